@@ -1,0 +1,4 @@
+# `python -m tokreason.cli`, the form `accelerate launch -m` and `torchrun -m` need.
+from tokreason.cli.app import main
+
+main()

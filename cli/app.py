@@ -1,0 +1,68 @@
+"""The `tokreason` command. Thin: parse, hand the overrides to the launcher, print."""
+import sys
+
+import typer
+from typing_extensions import Annotated
+
+app = typer.Typer(
+    help="Compare Quiet-STaR, RPT and RLP against continued pretraining on one model, corpus and budget.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+OVERRIDES_HELP = ("Hydra overrides: key=value, +key=value (add), ~key (remove), group=option "
+                  "(e.g. method=cpt model=hf data=text). `tokreason info` lists them.")
+HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def train(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
+          multirun: Annotated[bool, typer.Option("-m", "--multirun", help="Sweep: one run per combination of comma-separated values (Hydra multirun).")] = False):
+    """Train one method (default: the embedded tiny model on the synthetic corpus); with -m, a sweep."""
+    from tokreason.experiments.errors import UserError
+    from tokreason.experiments.launch import run_train
+    from tokreason.experiments.runner import Interrupted
+
+    try:
+        summaries = run_train(list(overrides or []), multirun)
+    except UserError as e:
+        _fail(str(e))
+    except Interrupted as e:
+        _fail(str(e), e.exit_code)
+    for s in summaries:
+        val = f"{s['val_loss']:.4f}" if s["val_loss"] is not None else "n/a"
+        typer.echo(f"{s['method']} seed {s['seed']}: {s['steps']} steps, val loss {val}, "
+                   f"{s['tokens_per_second']:.0f} tokens/s -> {s['run_dir']}")
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def info(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None):
+    """Print the config groups and their options, then the resolved config for the overrides."""
+    from omegaconf import OmegaConf
+
+    from tokreason.experiments.errors import UserError
+    from tokreason.experiments.launch import compose_config, group_options
+
+    try:
+        cfg = compose_config(list(overrides or []), with_hydra=True)
+        choices = dict(cfg.hydra.runtime.choices)
+        resolved = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}, resolve=True)
+        options = group_options()
+    except UserError as e:
+        _fail(str(e))
+    typer.echo("Config groups (choose with group=option):")
+    for group, names in options.items():
+        typer.echo(f"  {group:<8} {', '.join(names):<32} chosen: {choices.get(group)}")
+    typer.echo("\nResolved config:")
+    typer.echo(resolved)
+
+
+def main() -> None:
+    app(prog_name="tokreason")
+
+
+if __name__ == "__main__":
+    main()

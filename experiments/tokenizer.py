@@ -1,0 +1,63 @@
+"""Byte-level BPE tokenizer trained on a corpus (the embedded default is the synthetic corpus).
+
+Byte-level with the full 256-byte alphabet, so any UTF-8 text encodes without an unknown token and
+decodes back exactly. Digits are split into single tokens before BPE, so numbers are always spelled
+digit by digit (multi-digit number tokens make arithmetic much harder for small models). The four
+special tokens sit at ids 0..3; the thought tokens are reserved for the methods that think.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
+
+EOS_TOKEN = "<|endoftext|>"  # also used as bos
+PAD_TOKEN = "<|pad|>"
+THOUGHT_START_TOKEN = "<|startofthought|>"
+THOUGHT_END_TOKEN = "<|endofthought|>"
+SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, PAD_TOKEN, THOUGHT_START_TOKEN, THOUGHT_END_TOKEN)
+
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 1  # the byte alphabet, the specials, at least one merge
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE of `vocab_size` tokens (specials and 256 bytes included) on `texts`.
+
+    Deterministic: the same texts and vocab_size give the same vocabulary and merges. Encoding adds
+    no BOS/EOS; the corpus pipeline inserts EOS between documents itself. The result can hold fewer
+    than `vocab_size` tokens when the corpus runs out of pairs to merge (a small synthetic corpus
+    does): use len(tokenizer) for the model's embedding size.
+    """
+    if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size={vocab_size!r} is too small; the minimum is {MIN_VOCAB_SIZE}")
+
+    tok = Tokenizer(models.BPE())  # no unk token: every byte is in the alphabet
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),  # added first, so they get ids 0..3 in this order
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        extra_special_tokens=[THOUGHT_START_TOKEN, THOUGHT_END_TOKEN],
+        add_bos_token=False,
+        add_eos_token=False,
+        model_max_length=VERY_LARGE_INTEGER,  # no limit here: the model's context length decides
+        clean_up_tokenization_spaces=False,  # would rewrite " ." etc. and break decode(encode(s)) == s
+    )

@@ -1,0 +1,28 @@
+"""The algorithms. A method is an object with `step(model, batch) -> (loss, metrics)`: the
+training loop, checkpoints, logging and FLOP counting are the same for every method."""
+from typing import Protocol
+
+import torch
+
+
+class Method(Protocol):
+    name: str
+
+    def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """One micro-batch: the loss to back-propagate and scalar metrics to log."""
+        ...
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_method(name: str, **options) -> Method:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
+    return _REGISTRY[name](**options)
+
+
+from tokreason.methods.cpt import CPT  # noqa: E402
+
+_REGISTRY = {"cpt": CPT}

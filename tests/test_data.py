@@ -1,0 +1,97 @@
+"""Corpora, windows and the batch stream: local files, datasets folders, errors, resumability."""
+import json
+
+import pytest
+import torch
+
+from tokreason.experiments.data import BatchStream, InMemoryWindows, StreamedWindows, build_corpus, read_text_documents
+from tokreason.experiments.errors import UserError
+from tokreason.experiments.tokenizer import train_tokenizer
+from omegaconf import OmegaConf
+
+DOCS = [f"Document {i}: Ann has {i} apples and buys {i + 3} more, so she has {2 * i + 3}." for i in range(120)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(DOCS, 300)
+
+
+def text_cfg(path, **kw):
+    return OmegaConf.create({"kind": "text", "path": str(path), "text_field": "text", "val_fraction": 0.1,
+                             "seq_len": 16, "val_windows": 4, **kw})
+
+
+def test_txt_jsonl_and_folder_read_the_same_documents(tmp_path):
+    (tmp_path / "a.txt").write_text("\n\n".join(DOCS[:60]) + "\n")
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(DOCS[60:])))
+    assert read_text_documents(tmp_path / "a.txt") == DOCS[:60]
+    assert read_text_documents(tmp_path / "b.jsonl") == DOCS[60:]
+    assert read_text_documents(tmp_path) == DOCS
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "has no text"),
+    (b"\n\n  \n", "has no text"),
+    (b"good text\n\n\xff\xfe bad bytes", "is not UTF-8 text: byte 0xff at offset 11"),
+])
+def test_bad_text_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as e:
+        read_text_documents(path)
+    assert "\n" not in str(e.value)
+
+
+def test_jsonl_errors_name_the_line_and_field(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+    with pytest.raises(UserError, match=r"c.jsonl:2 has no string field 'text'"):
+        read_text_documents(path)
+    with pytest.raises(UserError, match="does not exist"):
+        read_text_documents(tmp_path / "missing.jsonl")
+    (tmp_path / "x.csv").write_text("a,b")
+    with pytest.raises(UserError, match="suffix '.csv'"):
+        read_text_documents(tmp_path / "x.csv")
+
+
+def test_text_corpus_split_is_deterministic_and_disjoint(tmp_path, tokenizer):
+    (tmp_path / "a.txt").write_text("\n\n".join(DOCS))
+    a = build_corpus(text_cfg(tmp_path / "a.txt"), tokenizer, seed=0)
+    b = build_corpus(text_cfg(tmp_path / "a.txt"), tokenizer, seed=0)
+    assert torch.equal(a.train.windows, b.train.windows) and torch.equal(a.val, b.val)
+    assert 0 < len(a.val) <= 4 and a.train.windows.shape[1] == 16
+    train_ids = set(map(tuple, a.train.windows.tolist()))
+    assert not any(tuple(w) in train_ids for w in a.val.tolist())
+
+
+def test_datasets_corpus_from_a_local_folder_streams(tmp_path, tokenizer):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    cfg = OmegaConf.create({"kind": "hf", "name": str(folder), "config_name": None, "split": "train", "text_field": "text",
+                            "streaming": True, "val_docs": 10, "seq_len": 16, "val_windows": 4})
+    corpus = build_corpus(cfg, tokenizer, seed=0)
+    assert isinstance(corpus.train, StreamedWindows) and len(corpus.val) == 4
+    expected = torch.cat([torch.tensor(tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+                          for d in DOCS[10:]])
+    assert torch.equal(corpus.train.take(0, 3).flatten(), expected[:48])
+    assert torch.equal(corpus.train.take(5, 1)[0], expected[80:96])  # skip ahead
+    assert torch.equal(corpus.train.take(1, 1)[0], expected[16:32])  # go back: re-read the stream
+    bad = OmegaConf.merge(cfg, {"text_field": "body"})
+    with pytest.raises(UserError, match="data.text_field='body' is not a column"):
+        build_corpus(bad, tokenizer, seed=0)
+    with pytest.raises(UserError, match="cannot load data.name="):
+        build_corpus(OmegaConf.merge(cfg, {"name": str(tmp_path / "nope")}), tokenizer, seed=0)
+
+
+def test_two_ranks_of_batch_b_see_what_one_rank_of_batch_2b_sees():
+    source = InMemoryWindows(torch.arange(50 * 4).view(50, 4), seed=3)
+    one = BatchStream(source, batch_size=6)
+    ranks = [BatchStream(source, batch_size=3, rank=r, world_size=2) for r in range(2)]
+    for _ in range(20):  # crosses epochs, each a different permutation
+        assert torch.equal(one.next()["input_ids"], torch.cat([r.next()["input_ids"] for r in ranks]))
+    resumed = BatchStream(source, batch_size=6, position=one.position)
+    assert torch.equal(resumed.next()["input_ids"], one.next()["input_ids"])
+    epochs = source.take(0, 100).view(2, 50, 4)
+    assert not torch.equal(epochs[0], epochs[1]) and sorted(epochs[0][:, 0].tolist()) == sorted(epochs[1][:, 0].tolist())

@@ -25,7 +25,7 @@ from tokreason.experiments.errors import UserError
 from tokreason.experiments.flops import FlopCounter
 from tokreason.experiments.models import (cache_dir, context_length, load_model_and_tokenizer,
                                           load_model_config, resolve_model_path)
-from tokreason.experiments.tracking import Tracker, redact
+from tokreason.experiments.tracking import Tracker, redact, wandb_mode
 from tokreason.methods import build_method, method_names
 from tokreason.methods.cpt import next_token_nll
 
@@ -73,6 +73,11 @@ def check_config(cfg: DictConfig) -> None:
             raise UserError(f"trainer.{key}={t[key]!r} is not valid; valid: {', '.join(valid)}")
     if cfg.logger.kind not in ("wandb", "none"):
         raise UserError(f"unknown logger.kind {cfg.logger.kind!r}; valid: wandb, none")
+    if cfg.logger.kind == "wandb":
+        try:
+            wandb_mode(str(cfg.logger.mode))
+        except ValueError as e:
+            raise UserError(f"logger.mode: {e}") from None
 
 
 class RunDirLock:
@@ -203,6 +208,11 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
         raise UserError(f"run dir {run_dir} has checkpoints and trainer.resume=never; use trainer.resume=auto or another run_dir")
     if (run_dir / "config.yaml").exists():
         check_resume_config(run_dir, config)
+    if ckpt is not None and (run_dir / "summary.json").exists() and \
+            json.loads((ckpt / "trainer_state.json").read_text())["step"] >= int(t.max_steps):
+        if main:
+            log.info("run dir %s holds a finished run; nothing to do", run_dir)
+        return json.loads((run_dir / "summary.json").read_text())
 
     # Everything that can fail on bad input happens before the first file of ours is written.
     started = time.perf_counter()
@@ -247,120 +257,121 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
         set_seed(int(cfg.seed))
     stream = BatchStream(corpus.train, int(t.batch_size), accelerator.process_index, accelerator.num_processes,
                          position=int(state["data_position"]))
-    tracker = Tracker(run_dir, config["logger"], redact(config), is_main_process=main,
-                      resume_step=state["step"] if ckpt is not None else None)
-    raw_model = accelerator.unwrap_model(model)
-    world, accum, max_steps = accelerator.num_processes, int(t.grad_accum), int(t.max_steps)
-    tokens_per_step = int(t.batch_size) * accum * world * seq_len
-    window: dict[str, list[float]] = state["window"]  # metric sums since the last log line
-    step = int(state["step"])
+    try:
+        tracker = Tracker(run_dir, config["logger"], redact(config), is_main_process=main,
+                          resume_step=state["step"] if ckpt is not None else None)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"logger: {e}") from None
+    with tracker:  # an exception (an interruption too) marks the W&B run failed and closes the files
+        raw_model = accelerator.unwrap_model(model)
+        world, accum, max_steps = accelerator.num_processes, int(t.grad_accum), int(t.max_steps)
+        tokens_per_step = int(t.batch_size) * accum * world * seq_len
+        window: dict[str, list[float]] = state["window"]  # metric sums since the last log line
+        step = int(state["step"])
 
-    def save_checkpoint() -> None:
-        state.update(step=step, data_position=stream.position, window=window)
-        root = run_dir / "checkpoints"
-        tmp, final = root / f"step_{step:08d}.tmp", root / f"step_{step:08d}"
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if main:
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)  # a kill mid-save leaves only a .tmp, which resume ignores
-            for old in sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))[: -int(t.keep_checkpoints)]:
-                shutil.rmtree(old)
-        accelerator.wait_for_everyone()
+        def save_checkpoint() -> None:
+            state.update(step=step, data_position=stream.position, window=window)
+            root = run_dir / "checkpoints"
+            tmp, final = root / f"step_{step:08d}.tmp", root / f"step_{step:08d}"
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if main:
+                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)  # a kill mid-save leaves only a .tmp, which resume ignores
+                for old in sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))[: -int(t.keep_checkpoints)]:
+                    shutil.rmtree(old)
+            accelerator.wait_for_everyone()
 
-    def log_line(step_seconds: float) -> None:
-        sums = torch.tensor([[s, n] for s, n in window.values()], dtype=torch.float64, device=accelerator.device)
-        sums = accelerator.reduce(sums, "sum") if world > 1 else sums
-        metrics = {f"train/{k}": float(s / n) for k, (s, n) in zip(window, sums.tolist())}
-        metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/tokens": state["tokens"], "train/flops": state["flops"]})
-        elapsed = state["train_seconds"]
-        timing = {"time/train_seconds": elapsed, "time/step_seconds": step_seconds,
-                  "time/tokens_per_second": state["tokens"] / elapsed if elapsed else 0.0}
-        if torch.cuda.is_available():
-            timing["time/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        tracker.log(step, metrics, timing)
-        window.clear()
+        def log_line(step_seconds: float) -> None:
+            sums = torch.tensor([[s, n] for s, n in window.values()], dtype=torch.float64, device=accelerator.device)
+            sums = accelerator.reduce(sums, "sum") if world > 1 else sums
+            metrics = {f"train/{k}": float(s / n) for k, (s, n) in zip(window, sums.tolist())}
+            metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/tokens": state["tokens"], "train/flops": state["flops"]})
+            state["last_train_loss"] = metrics.get("train/loss")
+            elapsed = state["train_seconds"]
+            timing = {"time/train_seconds": elapsed, "time/step_seconds": step_seconds,
+                      "time/tokens_per_second": state["tokens"] / elapsed if elapsed else 0.0}
+            if torch.cuda.is_available():
+                timing["time/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            tracker.log(step, metrics, timing)
+            window.clear()
 
-    def validate() -> float | None:
-        with flops.paused():
-            loss = validation_loss(raw_model, corpus.val, int(t.batch_size), accelerator.device)
-        if loss is not None:
-            tracker.log(step, {"val/loss": loss, "val/perplexity": math.exp(min(loss, 50.0))})
-        return loss
+        def validate() -> float | None:
+            with flops.paused():
+                loss = validation_loss(raw_model, corpus.val, int(t.batch_size), accelerator.device)
+            if loss is not None:
+                tracker.log(step, {"val/loss": loss, "val/perplexity": math.exp(min(loss, 50.0))})
+            return loss
 
-    val_loss = validate() if ckpt is None else None
-    progress = tqdm(total=max_steps, initial=step, disable=not (main and t.progress_bar), desc=cfg.method.name,
-                    unit="step", dynamic_ncols=True)
-    model.train()
-    with StopRequested() as stop:
-        while step < max_steps:
-            if stop.signal is not None:
-                save_checkpoint()
-                raise Interrupted(stop.signal, step)
-            step_started = time.perf_counter()
-            flops_before = flops.total
-            for micro in range(accum):
-                batch = {k: v.to(accelerator.device) for k, v in stream.next().items()}
-                sync = accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext()
-                with sync:
-                    loss, metrics = method.step(model, batch)
-                    accelerator.backward(loss / accum)
-                for k, v in metrics.items():
-                    s, n = window.get(k, (0.0, 0))
-                    window[k] = (s + float(v) / accum, n + (1 if micro == 0 else 0))
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), float(t.max_grad_norm))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            s, n = window.get("grad_norm", (0.0, 0))
-            window["grad_norm"] = (s + float(grad_norm), n + 1)
-            state["tokens"] += tokens_per_step
-            state["flops"] += (flops.total - flops_before) * world  # every process does the same work
-            step_seconds = time.perf_counter() - step_started
-            progress.update(1)
-            progress.set_postfix(loss=f"{window['loss'][0] / max(1, window['loss'][1]):.3f}",
-                                 tok_s=f"{tokens_per_step / step_seconds:.0f}", refresh=False)
-            if step % int(t.log_every) == 0 or step == max_steps:
+        val_loss = validate() if ckpt is None else None
+        progress = tqdm(total=max_steps, initial=step, disable=not (main and t.progress_bar), desc=cfg.method.name,
+                        unit="step", dynamic_ncols=True)
+        model.train()
+        with StopRequested() as stop:
+            while step < max_steps:
+                if stop.signal is not None:
+                    save_checkpoint()
+                    raise Interrupted(stop.signal, step)
+                step_started = time.perf_counter()
+                flops_before = flops.total
+                for micro in range(accum):
+                    batch = {k: v.to(accelerator.device) for k, v in stream.next().items()}
+                    sync = accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext()
+                    with sync:
+                        loss, metrics = method.step(model, batch)
+                        accelerator.backward(loss / accum)
+                    for k, v in metrics.items():
+                        s, n = window.get(k, (0.0, 0))
+                        window[k] = (s + float(v) / accum, n + (1 if micro == 0 else 0))
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), float(t.max_grad_norm))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                s, n = window.get("grad_norm", (0.0, 0))
+                window["grad_norm"] = (s + float(grad_norm), n + 1)
+                state["tokens"] += tokens_per_step
+                state["flops"] += (flops.total - flops_before) * world  # every process does the same work
+                step_seconds = time.perf_counter() - step_started
+                progress.update(1)
+                progress.set_postfix(loss=f"{window['loss'][0] / max(1, window['loss'][1]):.3f}",
+                                     tok_s=f"{tokens_per_step / step_seconds:.0f}", refresh=False)
+                if step % int(t.log_every) == 0 or step == max_steps:
+                    state["train_seconds"] += time.perf_counter() - step_started
+                    step_started = time.perf_counter()  # the loop's time, logging included
+                    log_line(step_seconds)
+                # Validation and checkpoints are timed apart: they are not the method's training cost.
                 state["train_seconds"] += time.perf_counter() - step_started
-                step_started = time.perf_counter()  # the loop's time, logging included
-                log_line(step_seconds)
-            # Validation and checkpoints are timed apart: they are not the method's training cost.
-            state["train_seconds"] += time.perf_counter() - step_started
-            if (int(t.eval_every) and step % int(t.eval_every) == 0) or step == max_steps:
-                val_loss = validate()
-            if (int(t.checkpoint_every) and step % int(t.checkpoint_every) == 0) or step == max_steps:
-                save_checkpoint()
-    progress.close()
+                if (int(t.eval_every) and step % int(t.eval_every) == 0) or step == max_steps:
+                    val_loss = validate()
+                if (int(t.checkpoint_every) and step % int(t.checkpoint_every) == 0) or step == max_steps:
+                    save_checkpoint()
+        progress.close()
 
-    if main and t.export_model:
-        export = run_dir / "model"
-        tmp = run_dir / "model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        raw_model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(export, ignore_errors=True)
-        os.replace(tmp, export)
-    last = {}
-    if (run_dir / "metrics.jsonl").exists():
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            last.update({k: v for k, v in json.loads(line).items() if k.startswith("train/")})
-    summary = {
-        "method": cfg.method.name, "seed": int(cfg.seed), "steps": step, "tokens": state["tokens"],
-        "flops": state["flops"], "train_loss": last.get("train/loss"), "val_loss": val_loss,
-        "val_perplexity": math.exp(min(val_loss, 50.0)) if val_loss is not None else None,
-        "train_seconds": state["train_seconds"], "bootstrap_seconds": bootstrap_s,
-        "tokens_per_second": state["tokens"] / state["train_seconds"] if state["train_seconds"] else None,
-        "parameters": sum(p.numel() for p in raw_model.parameters()), "model": model_path,
-        "processes": world, "run_dir": str(run_dir), "wandb_run_id": tracker.wandb_run_id,
-    }
-    tracker.log_summary(summary)
-    tracker.finish()
-    flops.remove()
-    accelerator.wait_for_everyone()
-    return summary
+        if main and t.export_model:
+            export = run_dir / "model"
+            tmp = run_dir / "model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            raw_model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            shutil.rmtree(export, ignore_errors=True)
+            os.replace(tmp, export)
+        summary = {
+            "method": cfg.method.name, "seed": int(cfg.seed), "steps": step, "tokens": state["tokens"],
+            "flops": state["flops"], "train_loss": state.get("last_train_loss"), "val_loss": val_loss,
+            "val_perplexity": math.exp(min(val_loss, 50.0)) if val_loss is not None else None,
+            "train_seconds": state["train_seconds"], "bootstrap_seconds": bootstrap_s,
+            "tokens_per_second": state["tokens"] / state["train_seconds"] if state["train_seconds"] else None,
+            "parameters": sum(p.numel() for p in raw_model.parameters()), "model": model_path,
+            "processes": world, "run_dir": str(run_dir), "wandb_run_id": tracker.wandb_run_id,
+        }
+        tracker.log_summary(summary)
+        tracker.finish()
+        flops.remove()
+        accelerator.wait_for_everyone()
+        return summary

@@ -122,6 +122,23 @@ def test_two_processes_of_batch_b_match_one_process_of_batch_2b(cli, tmp_path, c
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
     assert not torch.equal(one["model.embed_tokens.weight"], load_file(str(next((cache_dir / "base").glob("*/model.safetensors"))))["model.embed_tokens.weight"])
+    # Gradient accumulation: 2 micro-batches of 2 are the same optimizer step as one batch of 4.
+    cli("train", *FAST, "trainer.batch_size=2", "trainer.grad_accum=2", "run_dir=accum")
+    accum = weights(tmp_path / "accum")
+    assert max((one[k] - accum[k]).abs().max().item() for k in one) < 1e-5
+    assert json.loads((tmp_path / "accum" / "metrics.jsonl").read_text().splitlines()[1])["train/tokens"] == 2 * 4 * 64
+
+
+@pytest.mark.slow
+def test_train_on_local_text_and_on_a_datasets_folder(cli, tmp_path):
+    docs = [f"Note {i}: Bo has {i} pens and finds {i + 2} more, so Bo has {2 * i + 2} pens." for i in range(400)]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text((tmp_path / "corpus.jsonl").read_text())
+    for data, run in ((["data=text", "data.path=corpus.jsonl"], "text"), (["data=hf", "data.name=ds"], "hf")):
+        cli("train", *TINY_MODEL, *FAST_RUN, *data, f"run_dir={run}", "trainer.max_steps=4")
+        summary = json.loads((tmp_path / run / "summary.json").read_text())
+        assert summary["steps"] == 4 and summary["val_loss"] is not None
 
 
 @pytest.mark.slow
@@ -197,7 +214,10 @@ def test_a_run_dir_held_by_a_live_run_is_refused_untouched(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_with_another_config_is_refused(cli, tmp_path):
+def test_finished_run_is_left_alone_and_another_config_is_refused(cli, tmp_path):
     cli("train", *FAST, "trainer.max_steps=3", "run_dir=r")
+    summary = (tmp_path / "r" / "summary.json").read_bytes()
+    assert "cpt seed 0: 3 steps" in cli("train", *FAST, "trainer.max_steps=3", "run_dir=r").stdout
+    assert (tmp_path / "r" / "summary.json").read_bytes() == summary
     proc = cli("train", *FAST, "trainer.max_steps=3", "trainer.lr=0.5", "run_dir=r", check=False)
     assert "was started with trainer.lr=0.001, not 0.5" in _error(proc)

@@ -164,9 +164,15 @@ def _train_distributed(overrides: list[str]) -> dict:
     if "error" in payload[0]:
         raise UserError(payload[0]["error"])
     run_dir = Path(payload[0]["run_dir"])
+    fresh = not run_dir.exists()
     if state.is_main_process:
         _log_to_file(run_dir)
-    return train(OmegaConf.create(payload[0]["config"]), run_dir)
+    try:
+        return train(OmegaConf.create(payload[0]["config"]), run_dir)
+    except UserError:
+        if fresh and state.is_main_process:  # nothing half-written
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _log_to_file(run_dir: Path) -> None:

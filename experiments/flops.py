@@ -7,7 +7,10 @@ sampling, scoring) and adds, per processed token,
   + 4 * n_layers * d_attn * keys_attended                    # QK^T and AV
   
 where keys_attended is the causal average: P + (q + 1) / 2 for q new tokens after a KV cache of
-P. Embedding lookups, norms and activations are ignored (small, and the same for all methods).
+P; for a Quiet-STaR thought step over L positions (called with `thought_text_len=L`) it is what
+each query needs: (L + 1) / 2 text keys plus its own thought's keys so far, however the attention
+is computed. The hook sits on the backbone (`model.base_model`), which every method calls, and
+charges the lm_head once per token the backbone processes. Embedding lookups, norms and activations are ignored (small, and the same for all methods).
 A forward run with gradients enabled is followed by a backward of twice its cost, so it counts
 3x. This is the Kaplan et al. (2020) accounting with the unembedding included, which matters
 for small models."""
@@ -25,7 +28,7 @@ class FlopCounter:
         self.total = 0.0
         self._paused = False
         # A pre-hook: the KV cache must be measured before the forward appends to it.
-        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handle = model.base_model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def forward_flops(self, batch: int, new_tokens: int, cached: int = 0) -> float:
         keys = cached + (new_tokens + 1) / 2
@@ -40,7 +43,12 @@ class FlopCounter:
         batch, new_tokens = x.shape[0], x.shape[1]
         cache = kwargs.get("past_key_values")
         cached = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-        flops = self.forward_flops(batch, new_tokens, cached)
+        text_len = kwargs.get("thought_text_len")
+        if text_len is not None:  # a thought step: the text's causal average, then the own-thought diagonal
+            flops = self.forward_flops(batch, new_tokens) + batch * new_tokens * 4 * self.attn_width * (
+                (cached - text_len) / text_len + 1)
+        else:
+            flops = self.forward_flops(batch, new_tokens, cached)
         self.total += 3 * flops if torch.is_grad_enabled() else flops
 
     @contextmanager

@@ -57,6 +57,10 @@ def check_config(cfg: DictConfig) -> None:
     t = cfg.trainer
     if cfg.method.name not in method_names():
         raise UserError(f"unknown method {cfg.method.name!r}; valid: {', '.join(method_names())}")
+    try:
+        build_method(cfg.method.name, **method_options(cfg))
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
     for key in ("max_steps", "batch_size", "grad_accum", "log_every"):
         if int(t[key]) < 1:
             raise UserError(f"trainer.{key}={t[key]} is not valid; it must be at least 1")
@@ -78,6 +82,10 @@ def check_config(cfg: DictConfig) -> None:
             wandb_mode(str(cfg.logger.mode))
         except ValueError as e:
             raise UserError(f"logger.mode: {e}") from None
+
+
+def method_options(cfg: DictConfig) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
 
 
 class RunDirLock:
@@ -223,8 +231,18 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
     if ctx is not None and seq_len > ctx:
         raise UserError(f"data.seq_len={seq_len} is above the model's context of {ctx} tokens; use data.seq_len<={ctx}")
     model, tokenizer = load_model_and_tokenizer(cfg.model, model_path)
-    method_options = {k: v for k, v in config["method"].items() if k != "name"}
-    method = build_method(cfg.method.name, **method_options)
+    method = build_method(cfg.method.name, **method_options(cfg))
+    if hasattr(method, "check_window"):  # thoughts need room in the window and the context
+        try:
+            method.check_window(seq_len, ctx)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if hasattr(method, "wrap"):  # methods that learn parts beside the LM (Quiet-STaR's head) wrap it
+        try:
+            model = method.wrap(model, tokenizer)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    lm = getattr(model, "lm", model)
     corpus = build_corpus(cfg.data, tokenizer, int(cfg.seed))
     if main:
         log.info("%s | model %s (%d parameters) | %s", cfg.method.name, model_path,
@@ -233,7 +251,7 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
     if main and not (run_dir / "config.yaml").exists():
         (run_dir / "config.yaml").write_text(yaml.safe_dump(redact(config), sort_keys=False))
 
-    flops = FlopCounter(model)
+    flops = FlopCounter(lm)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": float(t.weight_decay)},
@@ -264,6 +282,7 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
         raise UserError(f"logger: {e}") from None
     with tracker:  # an exception (an interruption too) marks the W&B run failed and closes the files
         raw_model = accelerator.unwrap_model(model)
+        raw_lm = getattr(raw_model, "lm", raw_model)
         world, accum, max_steps = accelerator.num_processes, int(t.grad_accum), int(t.max_steps)
         tokens_per_step = int(t.batch_size) * accum * world * seq_len
         window: dict[str, list[float]] = state["window"]  # metric sums since the last log line
@@ -303,7 +322,7 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
 
         def validate() -> float | None:
             with flops.paused():
-                loss = validation_loss(raw_model, corpus.val, int(t.batch_size), accelerator.device)
+                loss = validation_loss(raw_lm, corpus.val, int(t.batch_size), accelerator.device)
             if loss is not None:
                 tracker.log(step, {"val/loss": loss, "val/perplexity": math.exp(min(loss, 50.0))})
             return loss
@@ -357,8 +376,10 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
             export = run_dir / "model"
             tmp = run_dir / "model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            raw_model.save_pretrained(tmp)
+            raw_lm.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            if hasattr(raw_model, "save_extra"):
+                raw_model.save_extra(tmp)
             shutil.rmtree(export, ignore_errors=True)
             os.replace(tmp, export)
         summary = {

@@ -20,9 +20,14 @@ def method_names() -> list[str]:
 def build_method(name: str, **options) -> Method:
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
+    known = _REGISTRY[name].__dataclass_fields__
+    for key in options:
+        if key not in known:
+            raise ValueError(f"method.{key} is not a {name} setting; valid: {', '.join(k for k in known if k != 'name')}")
     return _REGISTRY[name](**options)
 
 
 from tokreason.methods.cpt import CPT  # noqa: E402
+from tokreason.methods.quiet_star import QuietStar  # noqa: E402
 
-_REGISTRY = {"cpt": CPT}
+_REGISTRY = {"cpt": CPT, "quiet_star": QuietStar}

@@ -1,0 +1,340 @@
+"""Quiet-STaR (Zelikman et al., 2024, arXiv:2403.09629): think before every token.
+
+At every position t of a window, in parallel: a thought <start> h_1 .. h_m <end> is sampled,
+then the next n_ahead_talk true tokens are scored after it (teacher-forced). A mixing head
+blends the base prediction with the post-thought one; training minimises the NLL of the mixed
+prediction and pushes up thoughts that made the true continuation more likely (REINFORCE,
+baseline = mean over the n_passes thoughts at the same position, negatives clamped to 0).
+
+Counting follows the official code: n_ahead counts the forward passes up to the <end> token,
+the base pass included, so a thought samples m = n_ahead - 3 tokens (12 -> 9).
+
+Two forms (method.form):
+- official (default; it produced the paper's numbers): mix final hidden states,
+  h = (1 - w) h_base + w h_thought, logits = lm_head(h); NLL = 0.5 base + 0.5 mixed.
+- paper (Algorithm 1): mix log-probabilities, log p = log_softmax((1 - w) log p_base +
+  w log p_thought); NLL on the mixed prediction only.
+In both, w is the head's raw output with its last layer zero-initialised, so at step 0 the
+mixed prediction is exactly the base model's. REINFORCE temperature, policy weight and the
+meta-embedding scale are separate knobs (official values 3, 1e6, 100)."""
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import DynamicCache
+
+from tokreason.methods.cpt import next_token_nll
+from tokreason.methods.policy import group_advantages, reinforce_loss
+from tokreason.methods.thought_attention import THOUGHT_ATTENTION
+from tokreason.methods.verifier import Continuation, Rollouts, continuation_log_likelihood
+
+FORMS = ("official", "paper")
+THOUGHT_START, THOUGHT_END = "<|startofthought|>", "<|endofthought|>"
+FLASH_ONLY = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
+
+
+@dataclass
+class QuietStarConfig:
+    form: str = "official"
+    n_ahead: int = 12               # forward passes up to <end>, base pass included: m = n_ahead - 3 sampled tokens
+    n_ahead_talk: int = 4           # true tokens scored after each thought
+    n_passes: int = 2               # thoughts per position (the REINFORCE baseline is their mean)
+    temperature: float = 1.0        # thought sampling
+    reinforce_temperature: float = 3.0
+    policy_weight: float = 1.0e6
+    clamp_negative_advantages: bool = True
+    meta_init: str = "---"          # start/end embeddings start from this string's first token
+    meta_grad_scale: float = 100.0  # stored as e/scale, used as scale*p: gradient x scale (under Adam ~ lr x scale)
+    attention: str = "fast"         # fast: causal text + own-thought diagonal | dense: the official growing mask
+
+    def __post_init__(self):
+        if self.form not in FORMS:
+            raise ValueError(f"method.form={self.form!r} is not valid; valid: {', '.join(FORMS)}")
+        if self.attention not in ("fast", "dense"):
+            raise ValueError(f"method.attention={self.attention!r} is not valid; valid: fast, dense")
+        if self.n_ahead < 3:
+            raise ValueError(f"method.n_ahead={self.n_ahead} is too small; it must be at least 3 (base pass, <start>, <end>)")
+        if self.n_ahead_talk < 1:
+            raise ValueError(f"method.n_ahead_talk={self.n_ahead_talk} is not valid; it must be at least 1")
+        if self.n_passes < 2:
+            raise ValueError(f"method.n_passes={self.n_passes} is not valid with the mean-over-thoughts baseline; it must be at least 2")
+        for key in ("temperature", "reinforce_temperature", "meta_grad_scale"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be positive")
+
+    @property
+    def sampled_tokens(self) -> int:
+        return self.n_ahead - 3
+
+
+@dataclass
+class ThoughtPass:
+    base_hidden: torch.Tensor        # [N, L, H] the plain model's final hidden states
+    talk_hidden: torch.Tensor        # [N, L, T, H] after the thought: <end>, then the true tokens x_{t+1}..
+    thought_ids: torch.Tensor        # [N, L, m] the thought tokens at each position
+    policy_logprobs: torch.Tensor    # [N, L, m] their log-probs at the REINFORCE temperature
+
+
+class MixingHead(nn.Module):
+    """From (base hidden, post-thought hidden) to one mixing weight; the official shape."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1, bias=False))
+        nn.init.zeros_(self.net[-1].weight)  # w = 0: the mixed prediction starts as the base one
+
+    def forward(self, base: torch.Tensor, thought: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([base, thought], dim=-1))
+
+
+def check_window(config: QuietStarConfig, seq_len: int, context: int | None) -> None:
+    if config.n_ahead_talk >= seq_len:
+        raise ValueError(f"method.n_ahead_talk={config.n_ahead_talk} is beyond the window of data.seq_len={seq_len} "
+                         "tokens; it must be smaller")
+    if context is not None and seq_len + config.n_ahead + config.n_ahead_talk > context:
+        raise ValueError(f"data.seq_len={seq_len} plus n_ahead={config.n_ahead} and n_ahead_talk={config.n_ahead_talk} "
+                         f"positions exceeds the model's {context}; use data.seq_len<={context - config.n_ahead - config.n_ahead_talk}")
+
+
+def ensure_thought_tokens(lm, tokenizer) -> tuple[int, int]:
+    """The meta-tokens' vocabulary ids (added to the tokenizer and embeddings if missing)."""
+    missing = [t for t in (THOUGHT_START, THOUGHT_END) if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+        lm.resize_token_embeddings(len(tokenizer))
+    return tokenizer.convert_tokens_to_ids(THOUGHT_START), tokenizer.convert_tokens_to_ids(THOUGHT_END)
+
+
+class QuietStarModel(nn.Module):
+    """A causal LM plus what Quiet-STaR learns beside it: the mixing head and the start/end
+    embeddings. forward(input_ids) is the training objective, so DDP sees one module."""
+
+    def __init__(self, lm, tokenizer, config: QuietStarConfig):
+        super().__init__()
+        implementation = getattr(lm.config, "_attn_implementation", "eager")
+        if implementation in FLASH_ONLY:
+            raise ValueError(f"model.attn_implementation={implementation} cannot take Quiet-STaR's thought attention; "
+                             "use model.attn_implementation=sdpa or eager")
+        self.lm, self.config = lm, config
+        self.meta_ids = ensure_thought_tokens(lm, tokenizer)
+        lm.set_attn_implementation(THOUGHT_ATTENTION)
+        embed = lm.get_input_embeddings()
+        init_ids = tokenizer.encode(config.meta_init, add_special_tokens=False)
+        if not init_ids:
+            raise ValueError(f"method.meta_init={config.meta_init!r} encodes to no token; give a non-empty string")
+        start = embed.weight[init_ids[0]].detach().clone().float()
+        self.meta = nn.Parameter(torch.stack([start, start.clone()]) / config.meta_grad_scale)  # rows: <start>, <end>
+        self.mixing_head = MixingHead(embed.embedding_dim).to(embed.weight.device)
+        context = getattr(lm.config, "max_position_embeddings", None) or getattr(lm.config, "n_positions", None)
+        self.context = context
+
+    # ------------------------------------------------------------------ the thought pass
+    def think(self, ids: torch.Tensor, talk: int, greedy: bool = False, dense: bool | None = None,
+              thoughts: torch.Tensor | None = None) -> ThoughtPass:
+        """Thoughts at every position of ids [N, L] in one batched, KV-cached pass: one forward
+        for the text, then one per thought token and per talk token, each over all L positions.
+        `thoughts` [N, L, m] replays given thought tokens instead of sampling."""
+        c = self.config
+        dense = (c.attention == "dense") if dense is None else dense
+        n, length = ids.shape
+        backbone, lm_head, embed = self.lm.base_model, self.lm.get_output_embeddings(), self.lm.get_input_embeddings()
+        positions = torch.arange(length, device=ids.device).expand(n, length)
+        cache = DynamicCache(config=self.lm.config)
+        base_hidden = backbone(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
+        meta = (self.meta * c.meta_grad_scale).to(base_hidden.dtype)
+        mode = {"thought_text_len": length, "thought_dense": dense}
+
+        def step(inputs: torch.Tensor, offset: int) -> torch.Tensor:
+            return backbone(inputs_embeds=inputs, position_ids=positions + offset, past_key_values=cache,
+                            use_cache=True, **mode).last_hidden_state
+
+        x = meta[0].expand(n, length, -1)
+        thought_ids, policy_logprobs = [], []
+        m = c.sampled_tokens
+        for s in range(1, m + 2):  # inputs <start>, h_1..h_m; outputs h_1..h_m are sampled, the last is dropped for <end>
+            hidden = step(x, s)
+            if s > m:
+                break
+            logits = lm_head(hidden).float()
+            logits[..., list(self.meta_ids)] = float("-inf")  # meta-tokens are never thought
+            if thoughts is not None:
+                token = thoughts[:, :, s - 1]
+            elif greedy:
+                token = logits.argmax(-1)
+            else:
+                probs = torch.softmax(logits.detach() / c.temperature, dim=-1)
+                token = torch.multinomial(probs.view(-1, probs.shape[-1]), 1).view(n, length)
+            policy_logprobs.append(F.log_softmax(logits / c.reinforce_temperature, dim=-1).gather(-1, token[..., None])[..., 0])
+            thought_ids.append(token)
+            x = embed(token)
+        x = meta[1].expand(n, length, -1)
+        talk_hidden = []
+        for j in range(talk):
+            talk_hidden.append(step(x, m + 2 + j))
+            if j + 1 < talk:  # teacher-force x_{t+j+1} at position t (past the end: any token, never scored)
+                x = embed(F.pad(ids[:, j + 1:], (0, j + 1), value=int(ids[0, 0])))
+        empty = ids.new_zeros(n, length, 0)
+        return ThoughtPass(base_hidden, torch.stack(talk_hidden, dim=2),
+                           torch.stack(thought_ids, -1) if thought_ids else empty,
+                           torch.stack(policy_logprobs, -1) if policy_logprobs else empty.float())
+
+    # ------------------------------------------------------------------ mixing
+    def mixed_logprobs(self, base_hidden: torch.Tensor, talk_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p of the mixed prediction [.., V] and the mixing weight [.., 1]."""
+        lm_head = self.lm.get_output_embeddings()
+        w = self.mixing_head(base_hidden, talk_hidden)
+        if self.config.form == "official":
+            mixed = (1 - w) * base_hidden + w * talk_hidden
+            return F.log_softmax(lm_head(mixed).float(), dim=-1), w
+        base = F.log_softmax(lm_head(base_hidden).float(), dim=-1)
+        thought = F.log_softmax(lm_head(talk_hidden).float(), dim=-1)
+        return F.log_softmax((1 - w.float()) * base + w.float() * thought, dim=-1), w
+
+    def talk_scores(self, ids: torch.Tensor, tp: ThoughtPass):
+        """log p_mixed of each true talk token [N, L, T], those tokens [N, L, T], where they exist
+        [L, T], and the mean |mixing weight|."""
+        n, length = ids.shape
+        talk = tp.talk_hidden.shape[2]
+        scores, targets, valid, weights = [], [], [], []
+        for j in range(talk):  # talk step j at position t predicts x_{t+j+1}, paired with the base state at t+j
+            base = F.pad(tp.base_hidden[:, j:], (0, 0, 0, j))
+            logprobs, w = self.mixed_logprobs(base, tp.talk_hidden[:, :, j])
+            target = F.pad(ids[:, j + 1:], (0, j + 1), value=0)
+            scores.append(logprobs.gather(-1, target[..., None])[..., 0])
+            targets.append(target)
+            valid.append(torch.arange(length, device=ids.device) + j + 1 < length)
+            weights.append(w.detach().abs().mean())
+        return torch.stack(scores, -1), torch.stack(targets, -1), torch.stack(valid, -1), torch.stack(weights).mean()
+
+    # ------------------------------------------------------------------ the objective
+    def forward(self, input_ids: torch.Tensor, thoughts: torch.Tensor | None = None):
+        """The training loss on windows [B, L]: n_passes thoughts at every position."""
+        check_window(self.config, input_ids.shape[1], self.context)
+        ids = input_ids.repeat_interleave(self.config.n_passes, dim=0)  # the passes of one window are adjacent rows
+        tp = self.think(ids, self.config.n_ahead_talk, thoughts=thoughts)
+        loss, metrics = self.objective(input_ids, tp)
+        return loss, metrics, tp
+
+    def objective(self, input_ids: torch.Tensor, tp: ThoughtPass) -> tuple[torch.Tensor, dict]:
+        """NLL of the mixed prediction (plus the base NLL in the official form) and REINFORCE
+        on the thought tokens, from a thought pass over the windows repeated n_passes times."""
+        c = self.config
+        batch, length = input_ids.shape
+        ids = input_ids.repeat_interleave(c.n_passes, dim=0)
+        scores, targets, valid, mix_weight = self.talk_scores(ids, tp)
+        mixed_nll = -(scores * valid).sum() / (valid.sum() * ids.shape[0])
+        base_nll = next_token_nll(self.lm.get_output_embeddings()(tp.base_hidden), ids)
+        nll = 0.5 * base_nll + 0.5 * mixed_nll if c.form == "official" else mixed_nll
+
+        # Each position is a group of n_passes thoughts: [B, P, L, .] -> [B*L, P, .]
+        def groups(x: torch.Tensor) -> torch.Tensor:
+            x = x.view(batch, c.n_passes, length, *x.shape[2:]).transpose(1, 2)
+            return x.reshape(batch * length, c.n_passes, *x.shape[3:])
+
+        full_talk = torch.arange(length, device=ids.device) + c.n_ahead_talk < length  # every talk token exists
+        continuation = Continuation(ids=groups(targets)[:, 0], mask=valid[None].expand(batch, -1, -1).reshape(batch * length, -1))
+        rollouts = Rollouts(thought_ids=groups(tp.thought_ids), continuation_logprobs=groups(scores.detach()))
+        rewards = continuation_log_likelihood(rollouts, continuation)  # [B*L, P]
+        advantages = group_advantages(rewards, clamp_min=0.0 if c.clamp_negative_advantages else None)
+        position_ok = full_talk[None].expand(batch, -1).reshape(-1, 1).expand(-1, c.n_passes)
+        policy = reinforce_loss(groups(tp.policy_logprobs), advantages, position_ok)
+        loss = nll + c.policy_weight * policy
+        kept = position_ok[:, 0]
+        metrics = {"loss": loss.detach(), "nll": nll.detach(), "nll_base": base_nll.detach(), "nll_mixed": mixed_nll.detach(),
+                   "policy_loss": policy.detach(), "reward": rewards[kept].mean(), "reward_spread": rewards[kept].std(-1).mean(),
+                   "advantage": advantages[kept].mean(), "mixing_weight": mix_weight}
+        return loss, metrics
+
+    # ------------------------------------------------------------------ inference with thoughts
+    @torch.no_grad()
+    def next_token_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
+        """Mixed next-token log-probs at every position [N, L, V], with a greedy thought at each."""
+        tp = self.think(ids, talk=1, greedy=True)
+        return self.mixed_logprobs(tp.base_hidden, tp.talk_hidden[:, :, 0])[0]
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, greedy: bool = True) -> torch.Tensor:
+        """Token by token: a (greedy) thought after the last token, the mixed prediction, then the
+        chosen token joins the text. The text's KV cache is kept; each thought's is cropped away."""
+        c, lm_head, embed = self.config, self.lm.get_output_embeddings(), self.lm.get_input_embeddings()
+        backbone = self.lm.base_model
+        n, length = ids.shape
+        cache = DynamicCache(config=self.lm.config)
+        hidden = backbone(input_ids=ids, position_ids=torch.arange(length, device=ids.device).expand(n, -1),
+                          past_key_values=cache, use_cache=True).last_hidden_state[:, -1:]
+        meta = (self.meta * c.meta_grad_scale).to(hidden.dtype)
+        out = ids
+        for _ in range(max_new_tokens):
+            text_len = out.shape[1]
+            pos = torch.full((n, 1), text_len - 1, device=ids.device)
+            x = meta[0].expand(n, 1, -1)
+            for s in range(1, c.sampled_tokens + 2):
+                h = backbone(inputs_embeds=x, position_ids=pos + s, past_key_values=cache, use_cache=True).last_hidden_state
+                if s > c.sampled_tokens:
+                    break
+                logits = lm_head(h).float()
+                logits[..., list(self.meta_ids)] = float("-inf")
+                x = embed(logits.argmax(-1))
+            talk = backbone(inputs_embeds=meta[1].expand(n, 1, -1), position_ids=pos + c.sampled_tokens + 2,
+                            past_key_values=cache, use_cache=True).last_hidden_state
+            cache.crop(text_len - cache.get_seq_length())  # forget the thought (a negative count), keep the text
+            logprobs = self.mixed_logprobs(hidden, talk)[0][:, -1]
+            logprobs[..., list(self.meta_ids)] = float("-inf")
+            token = logprobs.argmax(-1, keepdim=True) if greedy else torch.multinomial(logprobs.exp(), 1)
+            out = torch.cat([out, token], dim=1)
+            hidden = backbone(input_ids=token, position_ids=torch.full((n, 1), text_len, device=ids.device),
+                              past_key_values=cache, use_cache=True).last_hidden_state
+        return out
+
+    def save_extra(self, folder: Path) -> None:
+        """The head, meta embeddings and settings beside the exported LM folder."""
+        save_file({"meta": self.meta.detach().contiguous(), **{f"mixing_head.{k}": v.detach().contiguous()
+                   for k, v in self.mixing_head.state_dict().items()}}, str(folder / "quiet_star.safetensors"))
+        (folder / "quiet_star.json").write_text(json.dumps(asdict(self.config), indent=2))
+
+
+def load_quiet_star(folder: str | Path, lm, tokenizer) -> QuietStarModel:
+    """Rebuild the model a run exported: its LM (already loaded from folder) plus the head and
+    meta embeddings saved beside it."""
+    folder = Path(folder)
+    model = QuietStarModel(lm, tokenizer, QuietStarConfig(**json.loads((folder / "quiet_star.json").read_text())))
+    state = load_file(str(folder / "quiet_star.safetensors"))
+    model.meta.data.copy_(state.pop("meta"))
+    model.mixing_head.load_state_dict({k.removeprefix("mixing_head."): v for k, v in state.items()})
+    return model.eval()
+
+
+@dataclass
+class QuietStar:
+    """The method as the training loop sees it."""
+
+    name: str = "quiet_star"
+    form: str = "official"
+    n_ahead: int = 12
+    n_ahead_talk: int = 4
+    n_passes: int = 2
+    temperature: float = 1.0
+    reinforce_temperature: float = 3.0
+    policy_weight: float = 1.0e6
+    clamp_negative_advantages: bool = True
+    meta_init: str = "---"
+    meta_grad_scale: float = 100.0
+    attention: str = "fast"
+
+    def __post_init__(self):
+        self.config = QuietStarConfig(**{k: v for k, v in self.__dict__.items() if k in QuietStarConfig.__dataclass_fields__})
+
+    def wrap(self, lm, tokenizer) -> QuietStarModel:
+        return QuietStarModel(lm, tokenizer, self.config)
+
+    def check_window(self, seq_len: int, context: int | None) -> None:
+        check_window(self.config, seq_len, context)
+
+    def step(self, model, batch):
+        loss, metrics, _ = model(input_ids=batch["input_ids"])
+        return loss, metrics

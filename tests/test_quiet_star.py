@@ -1,0 +1,240 @@
+"""Quiet-STaR: the fast thought pass against a slow, obviously-correct reference (each
+position's thought run as its own plain causal sequence), the objective on hand-computed cases,
+and the method through the CLI."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, \
+    Qwen2Config, Qwen2ForCausalLM
+
+from conftest import FAST
+from tokreason.experiments.tokenizer import train_tokenizer
+from tokreason.methods.policy import group_advantages, reinforce_loss
+from tokreason.methods.quiet_star import QuietStar, QuietStarConfig, ThoughtPass, load_quiet_star
+from tokreason.methods.verifier import Continuation, Rollouts, continuation_log_likelihood
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer([f"Ann has {i} apples --- so {i + 2} pears." for i in range(200)], 300)
+
+
+def tiny_lm(arch: str, vocab: int):
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=64)
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **common))
+    if arch == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=2, **common))
+    if arch == "mistral":
+        return MistralForCausalLM(MistralConfig(num_key_value_heads=2, sliding_window=None, **common))
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+
+
+def make(arch="llama", tokenizer=None, **kw):
+    options = dict(n_ahead=5, n_ahead_talk=3, n_passes=2, policy_weight=1.0) | kw
+    model = QuietStar(**options).wrap(tiny_lm(arch, len(tokenizer)), tokenizer)
+    torch.nn.init.normal_(model.mixing_head.net[-1].weight, std=0.5)  # past step 0: the thought matters
+    return model.eval()  # GPT-2's dropout would make every pass differ
+
+
+def reference_think(model, ids: torch.Tensor, thoughts: torch.Tensor, talk: int) -> ThoughtPass:
+    """Each (row, position) on its own: text x_0..x_t, <start>, the thought, <end>, then the true
+    tokens x_{t+1}.. teacher-forced, through a plain causal forward. No cache, no custom mask."""
+    c, lm = model.config, model.lm
+    embed, lm_head = lm.get_input_embeddings(), lm.get_output_embeddings()
+    meta = model.meta * c.meta_grad_scale
+    n, length = ids.shape
+    m = c.sampled_tokens
+    base = lm.base_model(input_ids=ids).last_hidden_state
+    padded = F.pad(ids, (0, talk), value=int(ids[0, 0]))
+    talk_hidden, policy = [], []
+    for r in range(n):
+        rows_talk, rows_policy = [], []
+        for t in range(length):
+            parts = [embed(ids[r, : t + 1]), meta[0][None], embed(thoughts[r, t]), meta[1][None],
+                     embed(padded[r, t + 1: t + talk])]
+            x = torch.cat(parts)[None]
+            h = lm.base_model(inputs_embeds=x, position_ids=torch.arange(x.shape[1])[None]).last_hidden_state[0]
+            rows_talk.append(h[t + 2 + m: t + 2 + m + talk])
+            logits = lm_head(h[t + 1: t + 1 + m]).float()
+            logits[..., list(model.meta_ids)] = float("-inf")
+            lp = F.log_softmax(logits / c.reinforce_temperature, -1)
+            rows_policy.append(lp.gather(-1, thoughts[r, t][:, None])[:, 0])
+        talk_hidden.append(torch.stack(rows_talk))
+        policy.append(torch.stack(rows_policy))
+    return ThoughtPass(base, torch.stack(talk_hidden), thoughts, torch.stack(policy))
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    out = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gpt2"])
+@pytest.mark.parametrize("form", ["official", "paper"])
+def test_fast_and_dense_paths_match_the_reference_in_outputs_loss_and_gradients(tokenizer, arch, form):
+    model = make(arch, tokenizer, form=form)
+    ids = torch.randint(4, len(tokenizer), (2, 9))
+    torch.manual_seed(1)
+    loss, _, tp = model(ids)  # samples the thoughts that every path then replays
+    loss.backward()
+    fast = grads(model)
+    ref_tp = reference_think(model, ids.repeat_interleave(2, 0), tp.thought_ids, talk=3)
+    torch.testing.assert_close(tp.talk_hidden, ref_tp.talk_hidden, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(tp.policy_logprobs, ref_tp.policy_logprobs, atol=1e-5, rtol=1e-4)
+    ref_loss, _ = model.objective(ids, ref_tp)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    ref_loss.backward()
+    reference = grads(model)
+    assert set(fast) == set(reference)
+    for k in reference:
+        torch.testing.assert_close(fast[k], reference[k], atol=1e-5, rtol=1e-3, msg=k)
+    model.config.attention = "dense"
+    dense_loss, _, _ = model(ids, thoughts=tp.thought_ids)
+    dense_loss.backward()
+    for k, g in grads(model).items():
+        torch.testing.assert_close(g, reference[k], atol=1e-5, rtol=1e-3, msg=k)
+
+
+def test_a_later_token_changes_no_earlier_thought_or_prediction(tokenizer):
+    model = make("llama", tokenizer)
+    ids = torch.randint(4, len(tokenizer), (1, 10))
+    later = ids.clone()
+    later[0, 6] = (ids[0, 6] + 1) % len(tokenizer) + 4 * (ids[0, 6] + 1 < 4)
+    with torch.no_grad():
+        a, b = model.think(ids, 3, greedy=True), model.think(later, 3, greedy=True)
+    assert torch.equal(a.thought_ids[:, :6], b.thought_ids[:, :6])
+    assert not torch.equal(a.base_hidden[:, 6:], b.base_hidden[:, 6:])
+    for t in range(10):
+        for j in range(3):  # talk step j at position t reads x_{t+j}: unchanged while t + j < 6
+            if t + j < 6:
+                assert torch.equal(a.talk_hidden[:, t, j], b.talk_hidden[:, t, j]), (t, j)
+
+
+@pytest.mark.parametrize("form", ["official", "paper"])
+def test_at_step_zero_the_mixed_prediction_is_exactly_the_base_one(tokenizer, form):
+    model = QuietStar(n_ahead=5, n_ahead_talk=2, form=form).wrap(tiny_lm("llama", len(tokenizer)), tokenizer)
+    ids = torch.randint(4, len(tokenizer), (2, 8))
+    with torch.no_grad():
+        mixed = model.next_token_logprobs(ids)
+        base = F.log_softmax(model.lm(input_ids=ids).logits.float(), -1)
+    assert torch.equal(mixed, base)
+
+
+def test_reward_advantage_and_reinforce_on_a_hand_computed_case():
+    # 1 position, 3 thoughts, 2 continuation tokens; the second token is past the text's end.
+    logprobs = torch.tensor([[[-1.0, -5.0], [-2.0, -5.0], [-0.5, -5.0]]])
+    cont = Continuation(ids=torch.tensor([[7, 0]]), mask=torch.tensor([[True, False]]))
+    rewards = continuation_log_likelihood(Rollouts(thought_ids=torch.zeros(1, 3, 2, dtype=torch.long),
+                                                   continuation_logprobs=logprobs), cont)
+    torch.testing.assert_close(rewards, torch.tensor([[-1.0, -2.0, -0.5]]))
+    mean = -3.5 / 3
+    torch.testing.assert_close(group_advantages(rewards), torch.tensor([[-1 - mean, -2 - mean, -0.5 - mean]]))
+    clamped = group_advantages(rewards, clamp_min=0.0)
+    a = [-1 - mean, 0.0, -0.5 - mean]  # 1/6, clamped from -5/6, 2/3
+    torch.testing.assert_close(clamped, torch.tensor([a]))
+    token_lp = torch.tensor([[[-1.0, -3.0], [-2.0, -2.0], [-0.2, -0.4]]], requires_grad=True)
+    loss = reinforce_loss(token_lp, clamped, torch.ones(1, 3, dtype=torch.bool))
+    torch.testing.assert_close(loss, torch.tensor(-(a[0] * -2.0 + a[2] * -0.3) / 3))  # per-thought mean log-prob, mean over thoughts
+    loss.backward()
+    expected = torch.tensor([[[-a[0] / 6] * 2, [0.0] * 2, [-a[2] / 6] * 2]])
+    torch.testing.assert_close(token_lp.grad, expected)
+
+
+def test_objective_reward_is_the_talk_log_likelihood_and_the_baseline_cancels_it(tokenizer):
+    model = make("llama", tokenizer, n_passes=3, clamp_negative_advantages=False)
+    ids = torch.randint(4, len(tokenizer), (1, 8))
+    with torch.no_grad():
+        _, metrics, tp = model(ids)
+        scores, _, valid, _ = model.talk_scores(ids.repeat_interleave(3, 0), tp)
+    full = torch.arange(8) + 3 < 8  # positions whose 3 talk tokens all exist
+    rewards = (scores * valid).sum(-1)[:, full]  # [passes, positions]
+    torch.testing.assert_close(metrics["reward"], rewards.mean())
+    torch.testing.assert_close(metrics["advantage"], torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+def test_gradients_reach_thought_logprobs_mixing_head_and_meta_embeddings(tokenizer):
+    model = make("llama", tokenizer, policy_weight=1.0, clamp_negative_advantages=False)
+    ids = torch.randint(4, len(tokenizer), (2, 9))
+    loss, metrics, tp = model(ids)
+    assert tp.policy_logprobs.requires_grad and metrics["policy_loss"] != 0
+    loss.backward()
+    for name in ("meta", "mixing_head.net.0.weight", "mixing_head.net.4.weight", "lm.model.layers.0.self_attn.q_proj.weight"):
+        assert dict(model.named_parameters())[name].grad.abs().sum() > 0, name
+    # The policy term alone moves the LM through the thought tokens' log-probs.
+    model.zero_grad()
+    policy_only = make("llama", tokenizer, clamp_negative_advantages=False)
+    _, m2, tp2 = policy_only(ids)
+    tp2.policy_logprobs.sum().backward()
+    assert policy_only.lm.model.embed_tokens.weight.grad.abs().sum() > 0
+
+
+def test_generation_with_thoughts_follows_the_parallel_mixed_prediction(tokenizer):
+    model = make("llama", tokenizer)
+    ids = torch.randint(4, len(tokenizer), (2, 5))
+    out = model.generate(ids, max_new_tokens=3)
+    for k in range(3):
+        logprobs = model.next_token_logprobs(out[:, : 5 + k])[:, -1]
+        logprobs[..., list(model.meta_ids)] = float("-inf")
+        assert torch.equal(logprobs.argmax(-1), out[:, 5 + k])
+
+
+def test_an_exported_model_reloads_with_the_same_predictions(tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = make("llama", tokenizer, form="paper")
+    model.lm.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model.save_extra(tmp_path)
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path)
+    again = load_quiet_star(tmp_path, lm, tokenizer)
+    assert again.config == model.config
+    ids = torch.randint(4, len(tokenizer), (2, 7))
+    torch.testing.assert_close(again.next_token_logprobs(ids), model.next_token_logprobs(ids))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(n_ahead=2), "method.n_ahead=2 is too small; it must be at least 3"),
+    (dict(n_passes=1), "method.n_passes=1 is not valid with the mean-over-thoughts baseline"),
+    (dict(form="mine"), "method.form='mine' is not valid; valid: official, paper"),
+])
+def test_bad_settings_are_one_line_errors(options, message):
+    with pytest.raises(ValueError, match=message) as e:
+        QuietStarConfig(**options)
+    assert "\n" not in str(e.value)
+
+
+def test_flash_attention_and_a_talk_beyond_the_window_are_refused(tokenizer):
+    lm = tiny_lm("llama", len(tokenizer))
+    lm.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="model.attn_implementation=flash_attention_2 cannot take .* use model.attn_implementation=sdpa or eager"):
+        QuietStar().wrap(lm, tokenizer)
+    with pytest.raises(ValueError, match="method.n_ahead_talk=4 is beyond the window of data.seq_len=4"):
+        QuietStar(n_ahead_talk=4).check_window(4, 64)
+    with pytest.raises(ValueError, match="exceeds the model's 64; use data.seq_len<=48"):
+        QuietStar().check_window(60, 64)
+
+
+@pytest.mark.slow
+def test_train_method_quiet_star_writes_a_complete_run_dir(cli, tmp_path):
+    cli("train", *FAST, "method=quiet_star_tiny", "method.n_ahead=6", "trainer.max_steps=4", "trainer.log_every=2",
+        "trainer.checkpoint_every=2", "run_dir=q")
+    run = tmp_path / "q"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "model/model.safetensors", "model/quiet_star.safetensors",
+                 "checkpoints/step_00000004/model.safetensors"):
+        assert (run / name).is_file(), name
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if "train/loss" in x]
+    assert [x["step"] for x in train] == [2, 4]
+    for key in ("train/reward", "train/advantage", "train/nll_mixed", "train/nll_base", "train/policy_loss", "train/mixing_weight"):
+        assert key in train[-1], key
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["method"] == "quiet_star" and summary["flops"] > 0
+    proc = cli("train", *FAST, "method=quiet_star_tiny", "method.n_ahead_talk=64", "run_dir=bad", check=False)
+    assert proc.returncode == 2 and "method.n_ahead_talk=64 is beyond the window" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "bad").exists()

@@ -129,7 +129,7 @@ class QuietStarModel(nn.Module):
             raise ValueError(f"method.meta_init={config.meta_init!r} encodes to no token; give a non-empty string")
         start = embed.weight[init_ids[0]].detach().clone().float()
         self.meta = nn.Parameter(torch.stack([start, start.clone()]) / config.meta_grad_scale)  # rows: <start>, <end>
-        self.mixing_head = MixingHead(embed.embedding_dim).to(embed.weight.device)
+        self.mixing_head = MixingHead(embed.embedding_dim).to(device=embed.weight.device, dtype=embed.weight.dtype)
         context = getattr(lm.config, "max_position_embeddings", None) or getattr(lm.config, "n_positions", None)
         self.context = context
 

@@ -198,6 +198,14 @@ def test_an_exported_model_reloads_with_the_same_predictions(tokenizer, tmp_path
     torch.testing.assert_close(again.next_token_logprobs(ids), model.next_token_logprobs(ids))
 
 
+def test_a_bfloat16_model_trains_in_its_own_dtype(tokenizer):
+    lm = tiny_lm("llama", len(tokenizer)).to(torch.bfloat16)
+    model = QuietStar(n_ahead=4, n_ahead_talk=2, policy_weight=1.0).wrap(lm, tokenizer)
+    loss, _, _ = model(torch.randint(4, len(tokenizer), (1, 6)))
+    loss.backward()
+    assert model.mixing_head.net[0].weight.dtype == torch.bfloat16 and model.mixing_head.net[0].weight.grad is not None
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(n_ahead=2), "method.n_ahead=2 is too small; it must be at least 3"),
     (dict(n_passes=1), "method.n_passes=1 is not valid with the mean-over-thoughts baseline"),

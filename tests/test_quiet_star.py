@@ -198,6 +198,22 @@ def test_an_exported_model_reloads_with_the_same_predictions(tokenizer, tmp_path
     torch.testing.assert_close(again.next_token_logprobs(ids), model.next_token_logprobs(ids))
 
 
+def test_missing_meta_tokens_are_added_and_their_embeddings_start_from_the_init_string():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "a": 1, "---": 2, "b": 3}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", eos_token="b")
+    lm = tiny_lm("llama", len(tok))
+    model = QuietStar(meta_grad_scale=100.0).wrap(lm, tok)
+    assert len(tok) == 6 and lm.get_input_embeddings().weight.shape[0] == 6
+    assert model.meta_ids == (tok.convert_tokens_to_ids("<|startofthought|>"), tok.convert_tokens_to_ids("<|endofthought|>"))
+    assert set(model.meta_ids) == {4, 5}
+    # Stored divided by the scale, used multiplied by it: the start value is the "---" embedding.
+    torch.testing.assert_close(model.meta[0] * 100.0, lm.get_input_embeddings().weight[2].detach())
+
+
 def test_a_bfloat16_model_trains_in_its_own_dtype(tokenizer):
     lm = tiny_lm("llama", len(tokenizer)).to(torch.bfloat16)
     model = QuietStar(n_ahead=4, n_ahead_talk=2, policy_weight=1.0).wrap(lm, tokenizer)

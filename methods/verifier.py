@@ -28,7 +28,9 @@ class Rollouts:
 
     thought_ids: torch.Tensor                       # [N, G, m] sampled thought tokens
     continuation_logprobs: torch.Tensor | None = None  # [N, G, T] log p(true token | context, thought)
-    predictions: list[list[bytes]] | None = None    # [N][G] a generated prediction's bytes
+    predictions: list[list[bytes | None]] | None = None  # [N][G] a generated prediction's bytes (None: unparsable)
+    prediction_first_token: torch.Tensor | None = None   # [N, G] the prediction's first token id (-1: none)
+    prediction_first_logprob: torch.Tensor | None = None  # [N, G] the model's log p of that token
 
 
 Verifier = Callable[[Rollouts, Continuation], torch.Tensor]
@@ -39,3 +41,36 @@ def continuation_log_likelihood(rollouts: Rollouts, continuation: Continuation) 
     tokens (Quiet-STaR sums over the n_ahead_talk tokens; RLP uses one token)."""
     logprobs = rollouts.continuation_logprobs
     return (logprobs * continuation.mask[:, None, :].to(logprobs.dtype)).sum(-1)
+
+
+def prefix_match_reward(rollouts: Rollouts, continuation: Continuation) -> torch.Tensor:
+    """RPT's reward (Eq. 3): 1 when the prediction's bytes are a prefix of the true
+    continuation's bytes and end exactly on one of the corpus's own token boundaries, else 0.
+    An unparsable (None) or empty prediction scores 0."""
+    rewards = torch.zeros(len(rollouts.predictions), len(rollouts.predictions[0]))
+    for i, predictions in enumerate(rollouts.predictions):
+        truth, ends = continuation.text[i], set(continuation.boundaries[i])
+        for g, prediction in enumerate(predictions):
+            rewards[i, g] = float(bool(prediction) and truth.startswith(prediction) and len(prediction) in ends)
+    return rewards
+
+
+def first_token_reward(rollouts: Rollouts, continuation: Continuation) -> torch.Tensor:
+    """RPT appendix A: 1 when the prediction's first token is the true next token."""
+    return (rollouts.prediction_first_token == continuation.ids[:, :1]).float()
+
+
+def dense_reward(rollouts: Rollouts, continuation: Continuation) -> torch.Tensor:
+    """RPT appendix A: 1 when the first token is right, else the model's probability of its
+    (wrong) first token; 0 without a prediction."""
+    right = first_token_reward(rollouts, continuation)
+    has = rollouts.prediction_first_token >= 0
+    return torch.where(right.bool(), right, rollouts.prediction_first_logprob.exp() * has)
+
+
+def conditional_dense_reward(rollouts: Rollouts, continuation: Continuation) -> torch.Tensor:
+    """RPT appendix A: the dense reward in groups where some rollout is right; 0 for a group
+    where none is (the paper names zero as one choice for that case)."""
+    dense = dense_reward(rollouts, continuation)
+    some_right = first_token_reward(rollouts, continuation).amax(dim=1, keepdim=True)
+    return dense * some_right

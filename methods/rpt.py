@@ -1,0 +1,260 @@
+"""RPT, Reinforcement Pre-Training (Dong et al., 2025, arXiv:2506.08007): next-token reasoning.
+
+At positions chosen by a selector (by default where a proxy model's top-16 entropy is high),
+the model writes a chain of thought and then predicts the continuation; the prediction earns
+1 when its bytes are a prefix of the true continuation ending on one of the corpus's own
+token boundaries (Eq. 3). G rollouts per position, GRPO: group z-score advantages, clipped
+surrogate, no KL by default, exactly on-policy (one update per rollout batch).
+
+Templates (method.template):
+- meta (base models): context, <start>, thought, <end>, then the predicted tokens up to a stop
+  token; the thought is closed at the budget if the model does not close it.
+- boxed (instruction/reasoning models): the paper's prompt (Appendix D, v0), free reasoning,
+  the prediction is the content of the last \\boxed{} after </think>."""
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokreason.methods.policy import clipped_surrogate, grpo_advantages, kl_penalty
+from tokreason.methods.quiet_star import ensure_thought_tokens
+from tokreason.methods.sampler import sample
+from tokreason.methods.selectors import SELECTORS, select_positions, top_k_entropy
+from tokreason.methods.token_bytes import token_byte_table
+from tokreason.methods.verifier import (Continuation, Rollouts, conditional_dense_reward, dense_reward,
+                                        first_token_reward, prefix_match_reward)
+
+REWARDS = {"prefix": prefix_match_reward, "first_token": first_token_reward, "dense": dense_reward,
+           "conditional_dense": conditional_dense_reward}
+TEMPLATES = ("meta", "boxed")
+# Every step logs the same keys (a skipped batch too), so processes can average them together.
+METRICS = ("loss", "policy_loss", "clip_fraction", "kl", "reward", "reward_std", "all_equal_groups", "format_failures",
+           "thought_length", "thought_closed", "positions")
+BOXED_PROMPT = ("Complete the given text under '### Context' by predicting the next token, and wrap it in '\\boxed{}'. "
+                "Please reason step by step to find the most probable next token as the final answer, and enclose it "
+                "in \\boxed{} (note: the token may begin with a space, e.g., \\boxed{ para} or \\boxed{ =}; do not use "
+                "\\text{}).\n\n### Context\n")
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} after </think> (braces matched), or None."""
+    if "</think>" not in text:
+        return None
+    text = text.rsplit("</think>", 1)[1]
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+class RPTModel(nn.Module):
+    """The policy LM (trained) with what RPT needs around it: the tokenizer's byte table, the
+    proxy for position selection, the frozen reference when a KL term is asked for."""
+
+    def __init__(self, lm, tokenizer, method: "RPT"):
+        super().__init__()
+        self.lm, self.method, self.tokenizer = lm, method, tokenizer
+        self.token_bytes = token_byte_table(tokenizer)
+        if method.template == "meta":
+            self.start_id, self.end_id = ensure_thought_tokens(lm, tokenizer)
+            self.token_bytes = token_byte_table(tokenizer)
+        else:
+            for marker in ("</think>", "\\boxed{"):
+                ids = tokenizer.encode(marker, add_special_tokens=False)
+                if not ids or tokenizer.decode(ids) != marker:
+                    raise ValueError(f"method.template=boxed needs the tokenizer to represent {marker!r}; use method.template=meta")
+        self.stop_ids = []
+        for stop in method.prediction_stop:
+            ids = tokenizer.encode(stop, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"method.prediction_stop entry {stop!r} is {len(ids)} tokens; each stop must be exactly one token")
+            self.stop_ids.append(ids[0])
+        if tokenizer.eos_token_id is not None:
+            self.stop_ids.append(tokenizer.eos_token_id)
+        # Kept out of the module tree: neither trained nor checkpointed.
+        self._reference = [copy.deepcopy(lm).eval().requires_grad_(False)] if method.kl_beta > 0 else []
+        self._proxy = []
+        self.calls = 0
+
+    def set_proxy(self, proxy) -> None:
+        self._proxy = [proxy.eval().requires_grad_(False)]
+
+    # -------------------------------------------------------------- positions and prompts
+    def positions(self, ids: torch.Tensor) -> torch.Tensor:
+        m = self.method
+        entropy = None
+        if m.selector in ("entropy", "top_fraction"):
+            proxy = self._proxy[0] if self._proxy else self.lm
+            with torch.no_grad():
+                entropy = top_k_entropy(proxy(input_ids=ids).logits, m.entropy_top_k, m.entropy_renormalize)
+        else:
+            entropy = torch.zeros(ids.shape, device=ids.device)
+        return select_positions(m.selector, entropy, per_window=m.positions_per_window, threshold=m.entropy_threshold,
+                                fraction=m.top_fraction, min_context=m.min_context, min_continuation=1)
+
+    def prompt(self, context: list[int]) -> list[int]:
+        if self.method.template == "meta":
+            return context + [self.start_id]
+        text = BOXED_PROMPT + self.tokenizer.decode(context)
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                      tokenize=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def continuation(self, ids: torch.Tensor, where: torch.Tensor) -> Continuation:
+        n = self.method.continuation_tokens
+        texts, ends, true_ids = [], [], []
+        for row, t in where.tolist():
+            following = ids[row, t + 1: t + 1 + n].tolist()
+            pieces = [self.token_bytes[i] for i in following]
+            texts.append(b"".join(pieces))
+            ends.append(list(torch.tensor([len(p) for p in pieces]).cumsum(0).tolist()))
+            true_ids.append(following[:1])
+        first = torch.tensor(true_ids, device=ids.device)
+        return Continuation(ids=first, mask=torch.ones_like(first, dtype=torch.bool), text=texts, boundaries=ends)
+
+    # -------------------------------------------------------------- one GRPO step
+    def forward(self, input_ids: torch.Tensor):
+        m = self.method
+        where = self.positions(input_ids)
+        if len(where) == 0:  # nothing to learn here: skip (counted), with a zero loss that touches every parameter
+            zero = sum(p.sum() for p in self.lm.parameters()) * 0.0
+            return zero, {**{k: 0.0 for k in METRICS}, "skipped_batch": 1.0}
+        prompts = [self.prompt(input_ids[row, : t + 1].tolist()) for row, t in where.tolist()]
+        group = m.group_size
+        rows = [p for p in prompts for _ in range(group)]
+        keys = [self.calls * 1_000_003 + i for i in range(len(rows))]  # fresh noise every step, repeatable
+        self.calls += 1
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        was_training = self.lm.training
+        self.lm.eval()
+        samples = sample(self.lm, rows, keys=keys, seed=m.seed, temperature=m.temperature,
+                         thought_budget=m.thought_budget, close_id=self.end_id if m.template == "meta" else None,
+                         max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
+        self.lm.train(was_training)
+
+        predictions, first_tokens = [], []
+        for r in range(len(rows)):
+            if m.template == "meta":
+                tokens = samples.prediction[r]
+                predictions.append(b"".join(self.token_bytes[i] for i in tokens) if tokens else None)
+                first_tokens.append(tokens[0] if tokens else -1)
+            else:
+                text = last_boxed(self.tokenizer.decode(samples.tokens[r][samples.sampled[r]].tolist()))
+                predictions.append(text.encode() if text is not None else None)
+                enc = self.tokenizer.encode(text, add_special_tokens=False) if text else []
+                first_tokens.append(enc[0] if enc else -1)
+        n = len(prompts)
+        rollouts = Rollouts(
+            thought_ids=samples.tokens.view(n, group, -1),
+            predictions=[predictions[i * group:(i + 1) * group] for i in range(n)],
+            prediction_first_token=torch.tensor(first_tokens, device=input_ids.device).view(n, group),
+            prediction_first_logprob=torch.nan_to_num(samples.first_logprob, nan=-float("inf")).view(n, group))
+        continuation = self.continuation(input_ids, where)
+        rewards = REWARDS[m.reward](rollouts, continuation).to(input_ids.device)
+        advantages, flat = grpo_advantages(rewards)
+
+        # Teacher-forced log-probs of the sampled tokens, with gradients (at the sampling temperature).
+        width = max(len(p) for p in rows)
+        prompt_ids = torch.full((len(rows), width), pad, dtype=torch.long, device=input_ids.device)
+        prompt_mask = torch.zeros_like(prompt_ids)
+        for r, p in enumerate(rows):
+            prompt_ids[r, width - len(p):] = torch.tensor(p, device=input_ids.device)
+            prompt_mask[r, width - len(p):] = 1
+        full = torch.cat([prompt_ids, samples.tokens], dim=1)
+        full_mask = torch.cat([prompt_mask, torch.ones_like(samples.tokens)], dim=1)
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.lm(input_ids=full, attention_mask=full_mask, position_ids=positions).logits[:, width - 1: -1]
+        logprobs = F.log_softmax(logits.float() / m.temperature, -1).gather(-1, samples.tokens[..., None])[..., 0]
+        token_mask = samples.sampled.clone()
+        if m.dynamic_sampling:  # DAPO: groups without spread leave the batch (and the loss's denominator)
+            token_mask &= ~flat.repeat_interleave(group)[:, None]
+        loss, clip_fraction = clipped_surrogate(logprobs, logprobs.detach(), advantages.view(-1), token_mask,
+                                                m.clip_eps_low, m.clip_eps_high)
+        metrics = {"policy_loss": loss.detach(), "clip_fraction": clip_fraction, "kl": 0.0}
+        if m.kl_beta > 0:
+            with torch.no_grad():
+                ref = self._reference[0](input_ids=full, attention_mask=full_mask, position_ids=positions).logits[:, width - 1: -1]
+                ref_lp = F.log_softmax(ref.float() / m.temperature, -1).gather(-1, samples.tokens[..., None])[..., 0]
+            kl = kl_penalty(logprobs, ref_lp, token_mask)
+            loss = loss + m.kl_beta * kl
+            metrics["kl"] = kl.detach()
+        unparsable = sum(p is None for p in predictions) / len(predictions)
+        metrics.update({"loss": loss.detach(), "reward": rewards.mean(), "reward_std": rewards.std(-1, unbiased=False).mean(),
+                        "all_equal_groups": flat.float().mean(), "format_failures": unparsable,
+                        "thought_length": samples.thought_len.float().mean() if m.template == "meta"
+                        else samples.sampled.sum(-1).float().mean(),
+                        "thought_closed": samples.closed.float().mean() if m.template == "meta" else 1.0,
+                        "positions": float(n), "skipped_batch": 0.0})
+        return loss, metrics
+
+
+@dataclass
+class RPT:
+    name: str = "rpt"
+    template: str = "meta"
+    group_size: int = 8
+    temperature: float = 0.8
+    thought_budget: int = 64
+    max_prediction_tokens: int = 8
+    prediction_stop: list = field(default_factory=lambda: ["\n"])
+    continuation_tokens: int = 32
+    selector: str = "entropy"
+    positions_per_window: int | None = 4
+    entropy_threshold: float = 1.0
+    entropy_top_k: int = 16
+    entropy_renormalize: bool = True
+    top_fraction: float = 0.2
+    min_context: int = 8
+    proxy_model: str | None = None
+    reward: str = "prefix"
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    kl_beta: float = 0.0
+    dynamic_sampling: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.template not in TEMPLATES:
+            raise ValueError(f"method.template={self.template!r} is not valid; valid: {', '.join(TEMPLATES)}")
+        if self.group_size < 2:
+            raise ValueError(f"method.group_size={self.group_size} is not valid; GRPO needs at least 2 rollouts per position")
+        if self.selector not in SELECTORS:
+            raise ValueError(f"method.selector={self.selector!r} is not valid; valid: {', '.join(SELECTORS)}")
+        if self.reward not in REWARDS:
+            raise ValueError(f"method.reward={self.reward!r} is not valid; valid: {', '.join(REWARDS)}")
+        if self.temperature <= 0:
+            raise ValueError(f"method.temperature={self.temperature} is not valid; it must be positive")
+        for key in ("thought_budget", "max_prediction_tokens", "continuation_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be at least 1")
+
+    def wrap(self, lm, tokenizer) -> RPTModel:
+        model = RPTModel(lm, tokenizer, self)
+        if self.proxy_model:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            proxy_tokenizer = AutoTokenizer.from_pretrained(self.proxy_model)
+            if proxy_tokenizer.get_vocab() != tokenizer.get_vocab():
+                raise ValueError(f"method.proxy_model={self.proxy_model!r} has another tokenizer than the model; "
+                                 "the entropy filter needs the same tokens")
+            model.set_proxy(AutoModelForCausalLM.from_pretrained(self.proxy_model).to(lm.device))
+        return model
+
+    def check_window(self, seq_len: int, context: int | None) -> None:
+        if self.min_context >= seq_len:
+            raise ValueError(f"method.min_context={self.min_context} leaves no position in a window of data.seq_len={seq_len}")
+        # meta: context, <start>, thought, <end>, prediction (boxed adds its prompt on top of this)
+        if context is not None and seq_len + self.thought_budget + self.max_prediction_tokens + 2 > context:
+            raise ValueError(f"data.seq_len={seq_len} plus method.thought_budget={self.thought_budget} and "
+                             f"max_prediction_tokens={self.max_prediction_tokens} exceeds the model's context of {context}")
+
+    def step(self, model, batch):
+        return model(input_ids=batch["input_ids"])

@@ -1,0 +1,108 @@
+"""One batched, KV-cached sampler for every rollout (RPT now, RLP next).
+
+All prompts x all samples go through the model together, one token per forward, with the
+prompts left-padded and the KV cache reused; never a Python loop over positions. A rollout
+thinks until it emits `close_id` or spends `thought_budget` tokens (then `close_id` is forced),
+and then predicts until a stop token or `max_prediction_tokens`. Without `close_id` it just
+generates until a stop token or the budget.
+
+Randomness is counter-based: the Gumbel noise for row key k at step s over token v is a hash
+of (seed, k, s, v). So a rollout draws the same tokens whether it is sampled alone or in any
+batch (for the same logits), which the tests check, and no global RNG state is consumed."""
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mix on int64 tensors holding values in [0, 2^32)."""
+    x = (x ^ (x >> 16)) * 0x7FEB352D & _MASK32
+    x = (x ^ (x >> 15)) * 0x46CA68B & _MASK32
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(seed: int, keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """[len(keys), vocab] standard Gumbel noise, a pure function of (seed, key, step, token)."""
+    h = _hash32(_hash32(torch.full_like(keys, seed & _MASK32)) ^ (keys & _MASK32))
+    h = _hash32(h ^ (step & _MASK32))
+    tokens = torch.arange(vocab, device=keys.device)
+    u = (_hash32(h[:, None] ^ tokens[None]).double() + 0.5) / 2**32
+    return -torch.log(-torch.log(u)).float()
+
+
+@dataclass
+class Samples:
+    tokens: torch.Tensor        # [R, T] generated tokens (pad_id after a rollout ended)
+    sampled: torch.Tensor       # [R, T] True where the policy chose the token (not forced, not padding)
+    thought_len: torch.Tensor   # [R] tokens before the close token (0 without one)
+    closed: torch.Tensor        # [R] the model closed its thought itself (not at the budget)
+    prediction: list[list[int]]  # [R] the prediction's tokens (after the close token, before the stop)
+    first_logprob: torch.Tensor  # [R] log p of the prediction's first token at temperature 1 (nan: none)
+
+
+@torch.no_grad()
+def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperature: float, thought_budget: int,
+           close_id: int | None, max_prediction_tokens: int, stop_ids: list[int], pad_id: int) -> Samples:
+    """Sample one rollout per prompt (repeat a prompt for G rollouts, with distinct keys)."""
+    device = lm.get_input_embeddings().weight.device
+    rows, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((rows, width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(rows, width, dtype=torch.long, device=device)
+    for r, p in enumerate(prompts):  # left-pad: every row's next token goes in the same column
+        ids[r, width - len(p):] = torch.tensor(p, device=device)
+        mask[r, width - len(p):] = 1
+    key_t = torch.tensor(keys, dtype=torch.long, device=device)
+    stops = torch.tensor(stop_ids or [-1], device=device)
+    thinking = torch.full((rows,), close_id is not None, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    closed = torch.zeros(rows, dtype=torch.bool, device=device)
+    thought_len = torch.zeros(rows, dtype=torch.long, device=device)
+    predicted = torch.zeros(rows, dtype=torch.long, device=device)
+    first_logprob = torch.full((rows,), float("nan"), device=device)
+    limit = (thought_budget + 1 + max_prediction_tokens) if close_id is not None else thought_budget
+    cache = DynamicCache(config=lm.config)
+    out_tokens, out_sampled, prediction = [], [], [[] for _ in range(rows)]
+    position = mask.cumsum(-1) - 1
+    logits = lm(input_ids=ids, attention_mask=mask, position_ids=position.clamp(min=0), past_key_values=cache,
+                use_cache=True).logits[:, -1].float()
+    next_position = position[:, -1] + 1
+    for step in range(limit):
+        noise = gumbel_noise(seed, key_t, step, logits.shape[-1])
+        token = (logits / temperature + noise).argmax(-1)
+        chosen = ~done
+        if close_id is not None:  # a thought at its budget is closed for it
+            force = thinking & (thought_len >= thought_budget)
+            token = torch.where(force, torch.full_like(token, close_id), token)
+            chosen &= ~force
+            newly_closed = thinking & (token == close_id)
+            closed |= newly_closed & ~force
+            thought_len += (thinking & ~newly_closed & ~done).long()
+        else:
+            newly_closed = torch.zeros_like(done)
+        predicting = ~thinking & ~done
+        stopping = predicting & torch.isin(token, stops)
+        if close_id is None:
+            stopping |= ~done & torch.isin(token, stops)
+        keep = predicting & ~stopping
+        first = keep & (predicted == 0)
+        first_logprob = torch.where(first, torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0], first_logprob)
+        for r in keep.nonzero()[:, 0].tolist():
+            prediction[r].append(int(token[r]))
+        predicted += keep.long()
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        out_tokens.append(token)
+        out_sampled.append(chosen & ~(done))
+        done |= stopping | (predicting & (predicted >= max_prediction_tokens))
+        if close_id is None:
+            done |= ~done & (torch.tensor(step + 1, device=device) >= thought_budget)
+        thinking &= ~newly_closed
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype, device=device)], dim=1)
+        logits = lm(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
+                    past_key_values=cache, use_cache=True).logits[:, -1].float()
+        next_position = next_position + 1
+    return Samples(torch.stack(out_tokens, 1), torch.stack(out_sampled, 1), thought_len, closed, prediction, first_logprob)

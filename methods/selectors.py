@@ -1,0 +1,51 @@
+"""Where to think: position selectors shared by the methods.
+
+Position t means: the context is tokens 0..t and the token to predict is t+1. A position is
+eligible when it has at least `min_context` tokens of context (the first tokens of a window
+look artificially uncertain) and `min_continuation` true tokens after it."""
+import torch
+
+SELECTORS = ("entropy", "top_fraction", "random", "all")
+
+
+def top_k_entropy(logits: torch.Tensor, k: int = 16, renormalize: bool = True) -> torch.Tensor:
+    """Entropy (nats) of the top-k next-token distribution, RPT's difficulty proxy. With
+    renormalize the k probabilities are rescaled to sum to 1 (the paper does not say; it is the
+    reading under which the entropy of a distribution is well defined)."""
+    probs = torch.softmax(logits.float(), dim=-1).topk(min(k, logits.shape[-1]), dim=-1).values
+    if renormalize:
+        probs = probs / probs.sum(-1, keepdim=True)
+    return -(probs * probs.clamp(min=1e-30).log()).sum(-1)
+
+
+def eligible(length: int, min_context: int, min_continuation: int, device=None) -> torch.Tensor:
+    t = torch.arange(length, device=device)
+    return (t + 1 >= min_context) & (t + min_continuation < length)
+
+
+def select_positions(kind: str, entropy: torch.Tensor | None, *, per_window: int | None, threshold: float = 0.0,
+                     fraction: float = 0.2, min_context: int = 1, min_continuation: int = 1,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """[K, 2] (row, position) pairs from windows [B, L]. `entropy` [B, L] is needed by the
+    entropy-based selectors. per_window caps the positions taken from each window (None: all);
+    entropy keeps the positions above the threshold (a random subset of them when capped),
+    top_fraction the highest-entropy fraction, random a uniform choice."""
+    if kind not in SELECTORS:
+        raise ValueError(f"unknown selector {kind!r}; valid: {', '.join(SELECTORS)}")
+    if kind in ("entropy", "top_fraction") and entropy is None:
+        raise ValueError(f"selector {kind!r} needs the entropy of each position")
+    batch, length = entropy.shape if entropy is not None else (None, None)
+    chosen = []
+    for row in range(batch):
+        ok = eligible(length, min_context, min_continuation, entropy.device)
+        candidates = ok.nonzero()[:, 0]
+        if kind == "entropy":
+            candidates = candidates[entropy[row, candidates] > threshold]
+        elif kind == "top_fraction" and len(candidates):
+            keep = max(1, int(round(fraction * len(candidates))))
+            candidates = candidates[entropy[row, candidates].argsort(descending=True)[:keep]].sort().values
+        if per_window is not None and len(candidates) > per_window:
+            pick = torch.randperm(len(candidates), generator=generator, device="cpu")[:per_window].to(candidates.device)
+            candidates = candidates[pick].sort().values
+        chosen.extend((row, int(t)) for t in candidates)
+    return torch.tensor(chosen, dtype=torch.long).view(-1, 2)

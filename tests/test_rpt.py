@@ -1,0 +1,175 @@
+"""RPT: the byte-prefix reward on hand-made cases, GRPO, the selectors, the batched sampler
+against per-position sampling, and the method through the CLI."""
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from conftest import FAST
+from tokreason.experiments.tokenizer import train_tokenizer
+from tokreason.methods.policy import clipped_surrogate, grpo_advantages
+from tokreason.methods.rpt import RPT, last_boxed
+from tokreason.methods.sampler import sample
+from tokreason.methods.selectors import select_positions, top_k_entropy
+from tokreason.methods.token_bytes import token_byte_table
+from tokreason.methods.verifier import (Continuation, Rollouts, conditional_dense_reward, dense_reward,
+                                        first_token_reward, prefix_match_reward)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer([f"The cat sat on the mat {i} times. héllo 数字 🙂" for i in range(100)], 320)
+
+
+def continuation_of(tokenizer, text: str) -> Continuation:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    table = token_byte_table(tokenizer)
+    pieces = [table[i] for i in ids]
+    ends = torch.tensor([len(p) for p in pieces]).cumsum(0).tolist()
+    return Continuation(ids=torch.tensor([ids[:1]]), mask=torch.ones(1, 1, dtype=torch.bool),
+                        text=[b"".join(pieces)], boundaries=[ends])
+
+
+def rewards_for(tokenizer, truth: str, predictions: list[bytes | None]) -> list[float]:
+    rollouts = Rollouts(thought_ids=torch.zeros(1, len(predictions), 0, dtype=torch.long), predictions=[predictions])
+    return prefix_match_reward(rollouts, continuation_of(tokenizer, truth))[0].tolist()
+
+
+def test_prefix_reward_on_hand_made_cases(tokenizer):
+    truth = " sat on the mat"
+    pieces = [token_byte_table(tokenizer)[i] for i in tokenizer(truth, add_special_tokens=False)["input_ids"]]
+    first, two = pieces[0], pieces[0] + pieces[1]
+    assert first.startswith(b" ")  # a leading-space token
+    assert rewards_for(tokenizer, truth, [
+        first,              # the first token, with its leading space: a prefix ending on a boundary
+        two,                # a prediction spanning two tokens: still on a boundary
+        first[:-1],         # ends inside a token
+        first.lstrip(),     # the space missing: not a prefix
+        truth.encode() + b" and more",  # longer than the continuation
+        None,               # unparsable
+        b"",                # empty
+    ]) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_prefix_reward_on_multi_byte_characters(tokenizer):
+    truth = "数字 🙂"
+    table = token_byte_table(tokenizer)
+    ids = tokenizer(truth, add_special_tokens=False)["input_ids"]
+    ends = torch.tensor([len(table[i]) for i in ids]).cumsum(0).tolist()
+    encoded = truth.encode()
+    inside_char = [n for n in range(1, len(encoded)) if n not in ends]
+    assert inside_char  # byte-level tokens split characters: those cuts are not boundaries
+    assert rewards_for(tokenizer, truth, [encoded[:ends[0]], encoded[:inside_char[0]], encoded]) == [1.0, 0.0, 1.0]
+
+
+def test_first_token_dense_and_conditional_dense_rewards():
+    cont = Continuation(ids=torch.tensor([[7], [9]]), mask=torch.ones(2, 1, dtype=torch.bool))
+    rollouts = Rollouts(thought_ids=torch.zeros(2, 3, 0, dtype=torch.long),
+                        prediction_first_token=torch.tensor([[7, 5, -1], [4, 5, 6]]),
+                        prediction_first_logprob=torch.log(torch.tensor([[0.9, 0.25, 1.0], [0.5, 0.1, 0.2]])))
+    assert first_token_reward(rollouts, cont).tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    torch.testing.assert_close(dense_reward(rollouts, cont), torch.tensor([[1.0, 0.25, 0.0], [0.5, 0.1, 0.2]]))
+    torch.testing.assert_close(conditional_dense_reward(rollouts, cont), torch.tensor([[1.0, 0.25, 0.0], [0.0, 0.0, 0.0]]))
+
+
+def test_grpo_advantages_and_an_all_equal_group():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+    advantages, flat = grpo_advantages(rewards, eps=0.0)
+    torch.testing.assert_close(advantages[0], torch.tensor([1.0, -1.0, -1.0, 1.0]))  # mean 0.5, std 0.5
+    assert flat.tolist() == [False, True, False] and advantages[1].tolist() == [0.0] * 4
+    std = (0.75 * 0.25) ** 0.5
+    torch.testing.assert_close(advantages[2], torch.tensor([0.25, 0.25, 0.25, -0.75]) / std)
+
+
+def test_the_clip_stops_the_gradient_past_the_trust_region():
+    old = torch.zeros(1, 3)
+    new = torch.log(torch.tensor([[1.1, 1.5, 0.5]])).requires_grad_()
+    loss, frac = clipped_surrogate(new, old, torch.tensor([1.0]), torch.ones(1, 3, dtype=torch.bool), 0.2, 0.2)
+    torch.testing.assert_close(loss, torch.tensor(-(1.1 + 1.2 + 0.5) / 3))  # ratio 1.5 clipped to 1.2
+    loss.backward()
+    torch.testing.assert_close(new.grad, torch.tensor([[-1.1 / 3, 0.0, -0.5 / 3]]))
+    torch.testing.assert_close(frac, torch.tensor(1 / 3))
+    # A negative advantage clips from below instead: ratio 0.5 -> 0.8 gives the larger penalty, no gradient.
+    new.grad = None
+    loss, _ = clipped_surrogate(new, old, torch.tensor([-1.0]), torch.ones(1, 3, dtype=torch.bool), 0.2, 0.2)
+    loss.backward()
+    torch.testing.assert_close(new.grad, torch.tensor([[1.1 / 3, 1.5 / 3, 0.0]]))
+
+
+def test_entropy_filter_returns_exactly_the_positions_above_the_threshold():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 20, 50) * torch.linspace(0.1, 4, 20)[None, :, None]
+    entropy = top_k_entropy(logits)
+    where = select_positions("entropy", entropy, per_window=None, threshold=1.5, min_context=4, min_continuation=2)
+    expected = [(b, t) for b in range(3) for t in range(20) if t + 1 >= 4 and t + 2 < 20 and entropy[b, t] > 1.5]
+    assert [tuple(x) for x in where.tolist()] == expected and expected
+    assert torch.allclose(top_k_entropy(torch.zeros(1, 100)), torch.log(torch.tensor(16.0)))
+    capped = select_positions("entropy", entropy, per_window=2, threshold=1.5, min_context=4, min_continuation=2,
+                              generator=torch.Generator().manual_seed(0))
+    assert all(tuple(x) in expected for x in capped.tolist()) and len(capped) <= 6
+    top = select_positions("top_fraction", entropy, per_window=None, fraction=0.25, min_context=1, min_continuation=1)
+    for b in range(3):
+        chosen = top[top[:, 0] == b, 1]
+        rest = torch.tensor([t for t in range(19) if t not in chosen.tolist()])
+        assert entropy[b, chosen].min() >= entropy[b, rest].max()
+
+
+def test_batched_sampler_equals_per_position_sampling_for_the_same_seeds():
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)).eval()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [20]]
+    rows = [p for p in prompts for _ in range(3)]
+    kw = dict(seed=7, temperature=0.8, thought_budget=5, close_id=2, max_prediction_tokens=3, stop_ids=[3], pad_id=1)
+    batched = sample(lm, rows, keys=list(range(len(rows))), **kw)
+    for i, p in enumerate(rows):
+        alone = sample(lm, [p], keys=[i], **kw)
+        n = alone.tokens.shape[1]
+        assert torch.equal(alone.tokens[0], batched.tokens[i, :n]) and alone.prediction[0] == batched.prediction[i]
+        assert (batched.tokens[i, n:] == 1).all()  # after its end: padding only
+    assert (batched.thought_len <= 5).all() and len({tuple(x) for x in batched.tokens.tolist()}) > 1
+    forced = ~batched.closed  # a thought at its budget was closed for it, and that close is not a policy token
+    assert forced.any()
+    for i in forced.nonzero()[:, 0].tolist():
+        assert batched.tokens[i, 5] == 2 and not batched.sampled[i, 5]
+
+
+def test_boxed_prediction_parsing():
+    assert last_boxed("x \\boxed{ no}</think> so \\boxed{ a{b}c} and \\boxed{ =}") == " ="
+    assert last_boxed("</think>\\boxed{ a{b}c}") == " a{b}c"
+    assert last_boxed("\\boxed{ x}") is None  # no </think>
+    assert last_boxed("</think> \\boxed{ open") is None
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(group_size=1), "method.group_size=1 is not valid"),
+    (dict(template="chat"), "method.template='chat' is not valid; valid: meta, boxed"),
+    (dict(selector="best"), "method.selector='best' is not valid"),
+])
+def test_bad_settings_are_one_line_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        RPT(**options)
+
+
+def test_unrepresentable_markers_and_multi_token_stops_are_refused(tokenizer):
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, max_position_embeddings=128))
+    with pytest.raises(ValueError, match="each stop must be exactly one token"):
+        RPT(prediction_stop=["the end"]).wrap(lm, tokenizer)
+
+
+@pytest.mark.slow
+def test_train_method_rpt_writes_a_complete_run_dir_and_counts_skips(cli, tmp_path):
+    cli("train", *FAST, "method=rpt_tiny", "method.group_size=2", "method.thought_budget=4", "trainer.max_steps=2",
+        "trainer.log_every=1", "run_dir=r")
+    run = tmp_path / "r"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "model/model.safetensors", "checkpoints/step_00000002/model.safetensors"):
+        assert (run / name).is_file(), name
+    train = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
+    for key in ("train/reward", "train/all_equal_groups", "train/format_failures", "train/thought_length", "train/skipped_batch"):
+        assert key in train[-1], key
+    # A threshold no position reaches: every batch is skipped and counted, nothing crashes.
+    cli("train", *FAST, "method=rpt_tiny", "method.entropy_threshold=99", "trainer.max_steps=2", "trainer.log_every=1", "run_dir=s")
+    skipped = [json.loads(x) for x in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
+    assert [x["train/skipped_batch"] for x in skipped] == [1.0, 1.0]

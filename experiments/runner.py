@@ -23,6 +23,7 @@ from transformers import get_scheduler
 from tokreason.experiments.data import BatchStream, build_corpus
 from tokreason.experiments.errors import UserError
 from tokreason.experiments.flops import FlopCounter
+from tokreason.experiments.next_token_eval import next_token_accuracy
 from tokreason.experiments.models import (cache_dir, context_length, load_model_and_tokenizer,
                                           load_model_config, resolve_model_path)
 from tokreason.experiments.tracking import Tracker, redact, wandb_mode
@@ -372,6 +373,13 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
                     save_checkpoint()
         progress.close()
 
+        ne = cfg.get("next_token_eval")
+        accuracy = {}
+        if ne is not None and int(ne.positions) > 0:
+            with flops.paused():
+                accuracy = next_token_accuracy(raw_lm, tokenizer, corpus.val, positions=int(ne.positions),
+                                               thought_budget=int(ne.thought_budget),
+                                               max_prediction_tokens=int(ne.max_prediction_tokens))
         if main and t.export_model:
             export = run_dir / "model"
             tmp = run_dir / "model.tmp"
@@ -390,6 +398,7 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
             "tokens_per_second": state["tokens"] / state["train_seconds"] if state["train_seconds"] else None,
             "parameters": sum(p.numel() for p in raw_model.parameters()), "model": model_path,
             "processes": world, "run_dir": str(run_dir), "wandb_run_id": tracker.wandb_run_id,
+            "next_token_accuracy": accuracy,
         }
         tracker.log_summary(summary)
         tracker.finish()

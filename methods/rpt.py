@@ -81,7 +81,7 @@ class RPTModel(nn.Module):
         # Kept out of the module tree: neither trained nor checkpointed.
         self._reference = [copy.deepcopy(lm).eval().requires_grad_(False)] if method.kl_beta > 0 else []
         self._proxy = []
-        self.calls = 0
+        self._replay: dict | None = None  # a rollout batch kept for its remaining epochs
 
     def set_proxy(self, proxy) -> None:
         self._proxy = [proxy.eval().requires_grad_(False)]
@@ -122,6 +122,8 @@ class RPTModel(nn.Module):
 
     # -------------------------------------------------------------- one GRPO step
     def forward(self, input_ids: torch.Tensor):
+        if self._replay is not None:  # a later epoch on the last rollout batch (these windows go unused)
+            return self.update(**self._replay)
         m = self.method
         where = self.positions(input_ids)
         if len(where) == 0:  # nothing to learn here: skip (counted), with a zero loss that touches every parameter
@@ -130,12 +132,15 @@ class RPTModel(nn.Module):
         prompts = [self.prompt(input_ids[row, : t + 1].tolist()) for row, t in where.tolist()]
         group = m.group_size
         rows = [p for p in prompts for _ in range(group)]
-        keys = [self.calls * 1_000_003 + i for i in range(len(rows))]  # fresh noise every step, repeatable
-        self.calls += 1
+        # Fresh noise every step from the global RNG, which checkpoints save, so a resumed run
+        # samples what an uninterrupted one would; the process rank keeps processes apart.
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        keys = [rank * 2**24 + i for i in range(len(rows))]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         was_training = self.lm.training
         self.lm.eval()
-        samples = sample(self.lm, rows, keys=keys, seed=m.seed, temperature=m.temperature,
+        samples = sample(self.lm, rows, keys=keys, seed=seed, temperature=m.temperature,
                          thought_budget=m.thought_budget, close_id=self.end_id if m.template == "meta" else None,
                          max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
         self.lm.train(was_training)
@@ -161,39 +166,45 @@ class RPTModel(nn.Module):
         rewards = REWARDS[m.reward](rollouts, continuation).to(input_ids.device)
         advantages, flat = grpo_advantages(rewards)
 
-        # Teacher-forced log-probs of the sampled tokens, with gradients (at the sampling temperature).
-        width = max(len(p) for p in rows)
-        prompt_ids = torch.full((len(rows), width), pad, dtype=torch.long, device=input_ids.device)
-        prompt_mask = torch.zeros_like(prompt_ids)
-        for r, p in enumerate(rows):
-            prompt_ids[r, width - len(p):] = torch.tensor(p, device=input_ids.device)
-            prompt_mask[r, width - len(p):] = 1
-        full = torch.cat([prompt_ids, samples.tokens], dim=1)
-        full_mask = torch.cat([prompt_mask, torch.ones_like(samples.tokens)], dim=1)
-        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.lm(input_ids=full, attention_mask=full_mask, position_ids=positions).logits[:, width - 1: -1]
-        logprobs = F.log_softmax(logits.float() / m.temperature, -1).gather(-1, samples.tokens[..., None])[..., 0]
+        full = torch.cat([samples.prompt_ids, samples.tokens], dim=1)
         token_mask = samples.sampled.clone()
         if m.dynamic_sampling:  # DAPO: groups without spread leave the batch (and the loss's denominator)
             token_mask &= ~flat.repeat_interleave(group)[:, None]
-        loss, clip_fraction = clipped_surrogate(logprobs, logprobs.detach(), advantages.view(-1), token_mask,
-                                                m.clip_eps_low, m.clip_eps_high)
+        unparsable = sum(p is None for p in predictions) / len(predictions)
+        stats = {"reward": rewards.mean(), "reward_std": rewards.std(-1, unbiased=False).mean(),
+                 "all_equal_groups": flat.float().mean(), "format_failures": unparsable,
+                 "thought_length": samples.thought_len.float().mean() if m.template == "meta"
+                 else samples.sampled.sum(-1).float().mean(),
+                 "thought_closed": samples.closed.float().mean() if m.template == "meta" else 1.0,
+                 "positions": float(n), "skipped_batch": 0.0}
+        return self.update(full=full, prompt_mask=samples.prompt_mask, tokens=samples.tokens, token_mask=token_mask,
+                           advantages=advantages.view(-1), old_logprobs=None, stats=stats, epochs_left=m.epochs - 1)
+
+    def update(self, full, prompt_mask, tokens, token_mask, advantages, old_logprobs, stats, epochs_left):
+        """The clipped surrogate on a rollout batch (teacher-forced log-probs of the sampled
+        tokens at the sampling temperature, with gradients); the first epoch is exactly
+        on-policy (ratio 1)."""
+        m = self.method
+        width = prompt_mask.shape[1]
+        full_mask = torch.cat([prompt_mask, torch.ones_like(tokens)], dim=1)
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.lm(input_ids=full, attention_mask=full_mask, position_ids=positions).logits[:, width - 1: -1]
+        logprobs = F.log_softmax(logits.float() / m.temperature, -1).gather(-1, tokens[..., None])[..., 0]
+        if old_logprobs is None:
+            old_logprobs = logprobs.detach()
+        loss, clip_fraction = clipped_surrogate(logprobs, old_logprobs, advantages, token_mask, m.clip_eps_low, m.clip_eps_high)
         metrics = {"policy_loss": loss.detach(), "clip_fraction": clip_fraction, "kl": 0.0}
         if m.kl_beta > 0:
             with torch.no_grad():
                 ref = self._reference[0](input_ids=full, attention_mask=full_mask, position_ids=positions).logits[:, width - 1: -1]
-                ref_lp = F.log_softmax(ref.float() / m.temperature, -1).gather(-1, samples.tokens[..., None])[..., 0]
+                ref_lp = F.log_softmax(ref.float() / m.temperature, -1).gather(-1, tokens[..., None])[..., 0]
             kl = kl_penalty(logprobs, ref_lp, token_mask)
             loss = loss + m.kl_beta * kl
             metrics["kl"] = kl.detach()
-        unparsable = sum(p is None for p in predictions) / len(predictions)
-        metrics.update({"loss": loss.detach(), "reward": rewards.mean(), "reward_std": rewards.std(-1, unbiased=False).mean(),
-                        "all_equal_groups": flat.float().mean(), "format_failures": unparsable,
-                        "thought_length": samples.thought_len.float().mean() if m.template == "meta"
-                        else samples.sampled.sum(-1).float().mean(),
-                        "thought_closed": samples.closed.float().mean() if m.template == "meta" else 1.0,
-                        "positions": float(n), "skipped_batch": 0.0})
-        return loss, metrics
+        self._replay = None if epochs_left <= 0 else dict(
+            full=full, prompt_mask=prompt_mask, tokens=tokens, token_mask=token_mask, advantages=advantages,
+            old_logprobs=old_logprobs, stats=stats, epochs_left=epochs_left - 1)
+        return loss, {**metrics, "loss": loss.detach(), **stats}
 
 
 @dataclass
@@ -219,7 +230,7 @@ class RPT:
     clip_eps_high: float = 0.2
     kl_beta: float = 0.0
     dynamic_sampling: bool = False
-    seed: int = 0
+    epochs: int = 1
 
     def __post_init__(self):
         if self.template not in TEMPLATES:
@@ -230,6 +241,8 @@ class RPT:
             raise ValueError(f"method.selector={self.selector!r} is not valid; valid: {', '.join(SELECTORS)}")
         if self.reward not in REWARDS:
             raise ValueError(f"method.reward={self.reward!r} is not valid; valid: {', '.join(REWARDS)}")
+        if self.epochs < 1:
+            raise ValueError(f"method.epochs={self.epochs} is not valid; it must be at least 1")
         if self.temperature <= 0:
             raise ValueError(f"method.temperature={self.temperature} is not valid; it must be positive")
         for key in ("thought_budget", "max_prediction_tokens", "continuation_tokens"):

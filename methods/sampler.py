@@ -41,12 +41,15 @@ class Samples:
     closed: torch.Tensor        # [R] the model closed its thought itself (not at the budget)
     prediction: list[list[int]]  # [R] the prediction's tokens (after the close token, before the stop)
     first_logprob: torch.Tensor  # [R] log p of the prediction's first token at temperature 1 (nan: none)
+    prompt_ids: torch.Tensor     # [R, P] the prompts, left-padded
+    prompt_mask: torch.Tensor    # [R, P] 1 on prompt tokens
 
 
 @torch.no_grad()
 def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperature: float, thought_budget: int,
            close_id: int | None, max_prediction_tokens: int, stop_ids: list[int], pad_id: int) -> Samples:
-    """Sample one rollout per prompt (repeat a prompt for G rollouts, with distinct keys)."""
+    """Sample one rollout per prompt (repeat a prompt for G rollouts, with distinct keys);
+    temperature 0 is greedy."""
     device = lm.get_input_embeddings().weight.device
     rows, width = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((rows, width), pad_id, dtype=torch.long, device=device)
@@ -54,6 +57,7 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
     for r, p in enumerate(prompts):  # left-pad: every row's next token goes in the same column
         ids[r, width - len(p):] = torch.tensor(p, device=device)
         mask[r, width - len(p):] = 1
+    prompt_mask = mask
     key_t = torch.tensor(keys, dtype=torch.long, device=device)
     stops = torch.tensor(stop_ids or [-1], device=device)
     thinking = torch.full((rows,), close_id is not None, device=device)
@@ -70,8 +74,10 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
                 use_cache=True).logits[:, -1].float()
     next_position = position[:, -1] + 1
     for step in range(limit):
-        noise = gumbel_noise(seed, key_t, step, logits.shape[-1])
-        token = (logits / temperature + noise).argmax(-1)
+        if temperature == 0:  # greedy
+            token = logits.argmax(-1)
+        else:
+            token = (logits / temperature + gumbel_noise(seed, key_t, step, logits.shape[-1])).argmax(-1)
         chosen = ~done
         if close_id is not None:  # a thought at its budget is closed for it
             force = thinking & (thought_len >= thought_budget)
@@ -105,4 +111,5 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
         logits = lm(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
                     past_key_values=cache, use_cache=True).logits[:, -1].float()
         next_position = next_position + 1
-    return Samples(torch.stack(out_tokens, 1), torch.stack(out_sampled, 1), thought_len, closed, prediction, first_logprob)
+    return Samples(torch.stack(out_tokens, 1), torch.stack(out_sampled, 1), thought_len, closed, prediction, first_logprob,
+                   ids, prompt_mask)

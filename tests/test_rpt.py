@@ -173,3 +173,73 @@ def test_train_method_rpt_writes_a_complete_run_dir_and_counts_skips(cli, tmp_pa
     cli("train", *FAST, "method=rpt_tiny", "method.entropy_threshold=99", "trainer.max_steps=2", "trainer.log_every=1", "run_dir=s")
     skipped = [json.loads(x) for x in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
     assert [x["train/skipped_batch"] for x in skipped] == [1.0, 1.0]
+
+
+def test_next_token_accuracy_buckets_nest_and_standard_mode_is_the_argmax(tokenizer):
+    from tokreason.experiments.next_token_eval import next_token_accuracy
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=128)).eval()
+    windows = torch.randint(4, len(tokenizer), (3, 24))
+    result = next_token_accuracy(lm, tokenizer, windows, positions=1000, thought_budget=3, max_prediction_tokens=2, min_context=4)
+    logits = lm(input_ids=windows).logits
+    entropy = top_k_entropy(logits)
+    for name, threshold in (("easy", 0.5), ("medium", 1.0), ("hard", 1.5)):
+        picks = [(b, t) for b in range(3) for t in range(3, 23) if entropy[b, t] > threshold]
+        assert result[name]["n"] == len(picks)
+        right = sum(int(logits[b, t].argmax() == windows[b, t + 1]) for b, t in picks)
+        assert result[name]["standard"] == pytest.approx(right / len(picks))
+        assert result[name]["reasoning"] is not None and 0.0 <= result[name]["reasoning"] <= 1.0
+    assert result["easy"]["n"] >= result["medium"]["n"] >= result["hard"]["n"]
+
+
+def test_extra_epochs_reuse_the_rollouts_with_the_rollout_policy_as_reference(tokenizer):
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=128))
+    model = RPT(group_size=4, thought_budget=3, max_prediction_tokens=2, selector="random", positions_per_window=2,
+                min_context=2, reward="dense", epochs=2).wrap(lm, tokenizer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    windows = torch.randint(4, len(tokenizer), (2, 16))
+    loss, first = model(windows)
+    assert model._replay is not None and first["clip_fraction"] == 0  # on-policy: ratio 1 everywhere
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    loss, second = model(torch.zeros_like(windows))  # the replay ignores the new windows
+    assert model._replay is None
+    assert second["reward"] == first["reward"] and second["positions"] == first["positions"]
+    assert second["policy_loss"] != first["policy_loss"]  # the policy moved: ratios are no longer 1
+
+
+@pytest.mark.slow
+def test_a_stopped_rpt_run_resumes_to_the_same_rollouts_weights_and_metrics(cli, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    args = [*FAST, "method=rpt_tiny", "method.group_size=2", "method.thought_budget=3", "method.selector=random",
+            "method.reward=dense", "trainer.max_steps=12", "trainer.log_every=1", "trainer.checkpoint_every=2",
+            "trainer.keep_checkpoints=6", "next_token_eval.positions=0"]
+    cli("train", *args, "run_dir=reference")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tokreason.cli", "train", *args, f"run_dir={run}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    marker = run / "checkpoints" / "step_00000004" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and not (run / "summary.json").exists()
+    cli("train", *args, f"run_dir={run}")
+    assert (run / "metrics.jsonl").read_bytes() == (tmp_path / "reference" / "metrics.jsonl").read_bytes()
+    a, b = load_file(str(run / "model" / "model.safetensors")), load_file(str(tmp_path / "reference" / "model" / "model.safetensors"))
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    rewards = [json.loads(x)["train/reward"] for x in (run / "metrics.jsonl").read_text().splitlines() if "train/reward" in x]
+    assert any(r > 0 for r in rewards)  # the rollouts did something to compare

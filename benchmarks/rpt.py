@@ -38,9 +38,8 @@ def main() -> None:
                for i in range(args.positions)]
     new_tokens = args.budget + 1 + 4
 
-    rows = [p for p in prompts for _ in range(args.group)]
     started = time.perf_counter()
-    s = sample(lm, rows, keys=list(range(len(rows))), seed=0, temperature=0.8, thought_budget=args.budget, close_id=close,
+    s = sample(lm, prompts, repeats=args.group, keys=list(range(len(prompts) * args.group)), seed=0, temperature=0.8, thought_budget=args.budget, close_id=close,
                max_prediction_tokens=4, stop_ids=[], pad_id=tokenizer.pad_token_id)
     batched_s = time.perf_counter() - started
     batched_tokens = int((s.tokens != tokenizer.pad_token_id).sum())

@@ -131,22 +131,22 @@ class RPTModel(nn.Module):
             return zero, {**{k: 0.0 for k in METRICS}, "skipped_batch": 1.0}
         prompts = [self.prompt(input_ids[row, : t + 1].tolist()) for row, t in where.tolist()]
         group = m.group_size
-        rows = [p for p in prompts for _ in range(group)]
+        rows = len(prompts) * group
         # Fresh noise every step from the global RNG, which checkpoints save, so a resumed run
         # samples what an uninterrupted one would; the process rank keeps processes apart.
         seed = int(torch.randint(0, 2**31 - 1, (1,)))
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        keys = [rank * 2**24 + i for i in range(len(rows))]
+        keys = [rank * 2**24 + i for i in range(rows)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         was_training = self.lm.training
         self.lm.eval()
-        samples = sample(self.lm, rows, keys=keys, seed=seed, temperature=m.temperature,
+        samples = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
                          thought_budget=m.thought_budget, close_id=self.end_id if m.template == "meta" else None,
                          max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
         self.lm.train(was_training)
 
         predictions, first_tokens = [], []
-        for r in range(len(rows)):
+        for r in range(rows):
             if m.template == "meta":
                 tokens = samples.prediction[r]
                 predictions.append(b"".join(self.token_bytes[i] for i in tokens) if tokens else None)

@@ -47,17 +47,21 @@ class Samples:
 
 @torch.no_grad()
 def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperature: float, thought_budget: int,
-           close_id: int | None, max_prediction_tokens: int, stop_ids: list[int], pad_id: int) -> Samples:
-    """Sample one rollout per prompt (repeat a prompt for G rollouts, with distinct keys);
-    temperature 0 is greedy."""
+           close_id: int | None, max_prediction_tokens: int, stop_ids: list[int], pad_id: int,
+           repeats: int = 1) -> Samples:
+    """`repeats` rollouts of each prompt (rows prompt-major: prompt i's are rows i*repeats ..),
+    one key per row; temperature 0 is greedy. Each prompt is read once and its KV cache shared
+    by its rollouts."""
     device = lm.get_input_embeddings().weight.device
-    rows, width = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((rows, width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(rows, width, dtype=torch.long, device=device)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
     for r, p in enumerate(prompts):  # left-pad: every row's next token goes in the same column
         ids[r, width - len(p):] = torch.tensor(p, device=device)
         mask[r, width - len(p):] = 1
-    prompt_mask = mask
+    rows = len(prompts) * repeats
+    if len(keys) != rows:
+        raise ValueError(f"{len(keys)} keys for {rows} rollouts; give one key per rollout")
     key_t = torch.tensor(keys, dtype=torch.long, device=device)
     stops = torch.tensor(stop_ids or [-1], device=device)
     thinking = torch.full((rows,), close_id is not None, device=device)
@@ -72,6 +76,10 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
     position = mask.cumsum(-1) - 1
     logits = lm(input_ids=ids, attention_mask=mask, position_ids=position.clamp(min=0), past_key_values=cache,
                 use_cache=True).logits[:, -1].float()
+    if repeats > 1:  # the rollouts of a prompt share its prefill
+        cache.batch_repeat_interleave(repeats)
+        ids, mask, position, logits = (x.repeat_interleave(repeats, dim=0) for x in (ids, mask, position, logits))
+    prompt_mask = mask
     next_position = position[:, -1] + 1
     for step in range(limit):
         if temperature == 0:  # greedy

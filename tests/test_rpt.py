@@ -122,7 +122,7 @@ def test_batched_sampler_equals_per_position_sampling_for_the_same_seeds():
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [20]]
     rows = [p for p in prompts for _ in range(3)]
     kw = dict(seed=7, temperature=0.8, thought_budget=5, close_id=2, max_prediction_tokens=3, stop_ids=[3], pad_id=1)
-    batched = sample(lm, rows, keys=list(range(len(rows))), **kw)
+    batched = sample(lm, prompts, repeats=3, keys=list(range(len(rows))), **kw)  # each prompt's prefill shared
     for i, p in enumerate(rows):
         alone = sample(lm, [p], keys=[i], **kw)
         n = alone.tokens.shape[1]

@@ -20,11 +20,12 @@ def method_names() -> list[str]:
 def build_method(name: str, **options) -> Method:
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
-    known = _REGISTRY[name].__dataclass_fields__
+    cls = _REGISTRY[name]
+    known = getattr(cls, "config_class", cls).__dataclass_fields__  # a method's settings, or its own fields
     for key in options:
         if key not in known:
             raise ValueError(f"method.{key} is not a {name} setting; valid: {', '.join(k for k in known if k != 'name')}")
-    return _REGISTRY[name](**options)
+    return cls(**options)
 
 
 from tokreason.methods.cpt import CPT  # noqa: E402

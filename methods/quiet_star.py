@@ -309,25 +309,14 @@ def load_quiet_star(folder: str | Path, lm, tokenizer) -> QuietStarModel:
     return model.eval()
 
 
-@dataclass
 class QuietStar:
-    """The method as the training loop sees it."""
+    """The method as the training loop sees it; its settings are a QuietStarConfig."""
 
-    name: str = "quiet_star"
-    form: str = "official"
-    n_ahead: int = 12
-    n_ahead_talk: int = 4
-    n_passes: int = 2
-    temperature: float = 1.0
-    reinforce_temperature: float = 3.0
-    policy_weight: float = 1.0e6
-    clamp_negative_advantages: bool = True
-    meta_init: str = "---"
-    meta_grad_scale: float = 100.0
-    attention: str = "fast"
+    name = "quiet_star"
+    config_class = QuietStarConfig
 
-    def __post_init__(self):
-        self.config = QuietStarConfig(**{k: v for k, v in self.__dict__.items() if k in QuietStarConfig.__dataclass_fields__})
+    def __init__(self, **options):
+        self.config = QuietStarConfig(**options)
 
     def wrap(self, lm, tokenizer) -> QuietStarModel:
         return QuietStarModel(lm, tokenizer, self.config)

@@ -224,7 +224,7 @@ class RPT:
     entropy_renormalize: bool = True
     top_fraction: float = 0.2
     min_context: int = 8
-    proxy_model: str | None = None
+    proxy_model: str = "base"
     reward: str = "prefix"
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
@@ -251,7 +251,9 @@ class RPT:
 
     def wrap(self, lm, tokenizer) -> RPTModel:
         model = RPTModel(lm, tokenizer, self)
-        if self.proxy_model:
+        if self.proxy_model == "base":  # the model as training starts, frozen
+            model.set_proxy(copy.deepcopy(lm))
+        elif self.proxy_model != "self":  # a folder or hub name: usually a smaller model of the same family
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             proxy_tokenizer = AutoTokenizer.from_pretrained(self.proxy_model)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 _MASK32 = 0xFFFFFFFF
 
@@ -31,6 +32,48 @@ def gumbel_noise(seed: int, keys: torch.Tensor, step: int, vocab: int) -> torch.
     tokens = torch.arange(vocab, device=keys.device)
     u = (_hash32(h[:, None] ^ tokens[None]).double() + 0.5) / 2**32
     return -torch.log(-torch.log(u)).float()
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A KV-cache layer that writes into buffers sized for the whole rollout, instead of
+    concatenating a new tensor every token (which copies the whole cache each step)."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads, _, dim = key_states.shape
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self._k = key_states.new_empty(batch, heads, self.capacity, dim)
+        self._v = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
+        self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        self._k[:, :, self.length:end] = key_states
+        self._v[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self._k, self._v = self._k.repeat_interleave(repeats, 0), self._v.repeat_interleave(repeats, 0)
+            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+
+
+def preallocated_cache(lm, capacity: int) -> DynamicCache:
+    cache = DynamicCache(config=lm.config)
+    if all(type(layer) is DynamicLayer for layer in cache.layers):  # sliding-window layers keep their own logic
+        cache.layers = [PreallocatedLayer(capacity) for _ in cache.layers]
+    return cache
 
 
 @dataclass
@@ -71,7 +114,7 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
     predicted = torch.zeros(rows, dtype=torch.long, device=device)
     first_logprob = torch.full((rows,), float("nan"), device=device)
     limit = (thought_budget + 1 + max_prediction_tokens) if close_id is not None else thought_budget
-    cache = DynamicCache(config=lm.config)
+    cache = preallocated_cache(lm, width + limit)
     out_tokens, out_sampled, prediction = [], [], [[] for _ in range(rows)]
     position = mask.cumsum(-1) - 1
     logits = lm(input_ids=ids, attention_mask=mask, position_ids=position.clamp(min=0), past_key_values=cache,

@@ -152,11 +152,28 @@ def test_bad_settings_are_one_line_errors(options, message):
         RPT(**options)
 
 
-def test_unrepresentable_markers_and_multi_token_stops_are_refused(tokenizer):
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=4, max_position_embeddings=128))
+def test_unrepresentable_markers_other_proxy_tokenizers_and_multi_token_stops_are_refused(tokenizer, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    def llama(vocab):
+        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=4, max_position_embeddings=128))
+
     with pytest.raises(ValueError, match="each stop must be exactly one token"):
-        RPT(prediction_stop=["the end"]).wrap(lm, tokenizer)
+        RPT(prediction_stop=["the end"]).wrap(llama(len(tokenizer)), tokenizer)
+    words = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    plain = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", eos_token="b")
+    with pytest.raises(ValueError, match="method.template=boxed needs the tokenizer to represent '</think>'; use method.template=meta"):
+        RPT(template="boxed", prediction_stop=[]).wrap(llama(len(plain)), plain)
+    other = train_tokenizer(["a completely different corpus of words"] * 20, 280)
+    llama(len(other)).save_pretrained(tmp_path)
+    other.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="has another tokenizer than the model"):
+        RPT(proxy_model=str(tmp_path)).wrap(llama(len(tokenizer)), tokenizer)
+    assert RPT().wrap(llama(len(tokenizer)), tokenizer)._proxy  # default: a frozen copy of the starting model
+    assert not RPT(proxy_model="self").wrap(llama(len(tokenizer)), tokenizer)._proxy
 
 
 @pytest.mark.slow

@@ -20,7 +20,10 @@ import torch
 
 
 class FlopCounter:
-    def __init__(self, model: torch.nn.Module):
+    """Hooks `model` and any `copies` (same architecture: an EMA, a reference, a proxy of the
+    same shape), whose forwards are training compute too."""
+
+    def __init__(self, model: torch.nn.Module, *copies: torch.nn.Module):
         config = model.config
         self.linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -28,7 +31,7 @@ class FlopCounter:
         self.total = 0.0
         self._paused = False
         # A pre-hook: the KV cache must be measured before the forward appends to it.
-        self._handle = model.base_model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handles = [m.base_model.register_forward_pre_hook(self._hook, with_kwargs=True) for m in (model, *copies)]
 
     def forward_flops(self, batch: int, new_tokens: int, cached: int = 0) -> float:
         keys = cached + (new_tokens + 1) / 2
@@ -61,4 +64,5 @@ class FlopCounter:
             self._paused = False
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()

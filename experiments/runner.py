@@ -252,9 +252,10 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
     if main and not (run_dir / "config.yaml").exists():
         (run_dir / "config.yaml").write_text(yaml.safe_dump(redact(config), sort_keys=False))
 
-    flops = FlopCounter(lm)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    flops = FlopCounter(lm, *getattr(model, "counted_models", lambda: [])())
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": float(t.weight_decay)},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=float(t.lr), betas=tuple(t.betas), eps=float(t.eps))
@@ -265,6 +266,8 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
                               num_training_steps=int(t.max_steps), scheduler_specific_kwargs=extra)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    for extra in getattr(accelerator.unwrap_model(model), "checkpoint_objects", lambda: [])():
+        accelerator.register_for_checkpointing(extra)  # e.g. RLP's EMA model, kept outside the trained module
 
     state = {"step": 0, "data_position": 0, "tokens": 0, "flops": 0.0, "train_seconds": 0.0, "window": {}}
     if ckpt is not None:
@@ -352,6 +355,8 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if hasattr(raw_model, "after_optimizer_step"):
+                    raw_model.after_optimizer_step()  # e.g. RLP's EMA update
                 step += 1
                 s, n = window.get("grad_norm", (0.0, 0))
                 window["grad_norm"] = (s + float(grad_norm), n + 1)

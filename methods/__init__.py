@@ -30,6 +30,7 @@ def build_method(name: str, **options) -> Method:
 
 from tokreason.methods.cpt import CPT  # noqa: E402
 from tokreason.methods.quiet_star import QuietStar  # noqa: E402
+from tokreason.methods.rlp import RLP  # noqa: E402
 from tokreason.methods.rpt import RPT  # noqa: E402
 
-_REGISTRY = {"cpt": CPT, "quiet_star": QuietStar, "rpt": RPT}
+_REGISTRY = {"cpt": CPT, "quiet_star": QuietStar, "rpt": RPT, "rlp": RLP}

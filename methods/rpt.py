@@ -12,6 +12,7 @@ Templates (method.template):
 - boxed (instruction/reasoning models): the paper's prompt (Appendix D, v0), free reasoning,
   the prediction is the content of the last \\boxed{} after </think>."""
 import copy
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -81,7 +82,12 @@ class RPTModel(nn.Module):
         # Kept out of the module tree: neither trained nor checkpointed.
         self._reference = [copy.deepcopy(lm).eval().requires_grad_(False)] if method.kl_beta > 0 else []
         self._proxy = []
+        self.last_timing: dict[str, float] = {}
         self._replay: dict | None = None  # a rollout batch kept for its remaining epochs
+
+    def counted_models(self) -> list:
+        """Forwards outside the trained LM that are training compute too (same architecture)."""
+        return [*self._reference, *[p for p in self._proxy if p.config.to_dict() == self.lm.config.to_dict()]]
 
     def set_proxy(self, proxy) -> None:
         self._proxy = [proxy.eval().requires_grad_(False)]
@@ -125,6 +131,7 @@ class RPTModel(nn.Module):
         if self._replay is not None:  # a later epoch on the last rollout batch (these windows go unused)
             return self.update(**self._replay)
         m = self.method
+        clock = time.perf_counter()
         where = self.positions(input_ids)
         if len(where) == 0:  # nothing to learn here: skip (counted), with a zero loss that touches every parameter
             zero = sum(p.sum() for p in self.lm.parameters()) * 0.0
@@ -144,6 +151,7 @@ class RPTModel(nn.Module):
                          thought_budget=m.thought_budget, close_id=self.end_id if m.template == "meta" else None,
                          max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
         self.lm.train(was_training)
+        sampled_at = time.perf_counter()
 
         predictions, first_tokens = [], []
         for r in range(rows):
@@ -177,8 +185,11 @@ class RPTModel(nn.Module):
                  else samples.sampled.sum(-1).float().mean(),
                  "thought_closed": samples.closed.float().mean() if m.template == "meta" else 1.0,
                  "positions": float(n), "skipped_batch": 0.0}
-        return self.update(full=full, prompt_mask=samples.prompt_mask, tokens=samples.tokens, token_mask=token_mask,
-                           advantages=advantages.view(-1), old_logprobs=None, stats=stats, epochs_left=m.epochs - 1)
+        result = self.update(full=full, prompt_mask=samples.prompt_mask, tokens=samples.tokens, token_mask=token_mask,
+                             advantages=advantages.view(-1), old_logprobs=None, stats=stats, epochs_left=m.epochs - 1)
+        # seconds per phase of the last step (benchmarks read it); scoring: rewards and the teacher-forced pass
+        self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
+        return result
 
     def update(self, full, prompt_mask, tokens, token_mask, advantages, old_logprobs, stats, epochs_left):
         """The clipped surrogate on a rollout batch (teacher-forced log-probs of the sampled

@@ -137,6 +137,8 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
             newly_closed = thinking & (token == close_id)
             closed |= newly_closed & ~force
             thought_len += (thinking & ~newly_closed & ~done).long()
+            if max_prediction_tokens == 0:  # nothing to predict: the rollout ends with its thought (RLP)
+                done |= newly_closed
         else:
             newly_closed = torch.zeros_like(done)
         predicting = ~thinking & ~done

@@ -44,3 +44,33 @@ def cli(cache_dir, tmp_path):
         return proc
 
     return run
+
+
+def stop_and_resume(cli, tmp_path: Path, args: list[str], stop_after_checkpoint: int) -> Path:
+    """Run `train *args` once uninterrupted (run dir `reference`), and once stopped by a real
+    SIGTERM after the checkpoint at `stop_after_checkpoint`, then resumed (run dir `run`)."""
+    import signal
+    import time
+
+    cli("train", *args, "run_dir=reference")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tokreason.cli", "train", *args, f"run_dir={run}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    marker = run / "checkpoints" / f"step_{stop_after_checkpoint:08d}" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and not (run / "summary.json").exists()
+    cli("train", *args, f"run_dir={run}")
+    return run
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))
+    return x.keys() == y.keys() and all(torch.equal(v, y[k]) for k, v in x.items())

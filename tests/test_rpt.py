@@ -232,31 +232,13 @@ def test_extra_epochs_reuse_the_rollouts_with_the_rollout_policy_as_reference(to
 
 @pytest.mark.slow
 def test_a_stopped_rpt_run_resumes_to_the_same_rollouts_weights_and_metrics(cli, tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from safetensors.torch import load_file
+    from conftest import same_weights, stop_and_resume
 
     args = [*FAST, "method=rpt_tiny", "method.group_size=2", "method.thought_budget=3", "method.selector=random",
             "method.reward=dense", "trainer.max_steps=12", "trainer.log_every=1", "trainer.checkpoint_every=2",
             "trainer.keep_checkpoints=6", "next_token_eval.positions=0"]
-    cli("train", *args, "run_dir=reference")
-    run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "tokreason.cli", "train", *args, f"run_dir={run}"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    marker = run / "checkpoints" / "step_00000004" / "trainer_state.json"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be stopped"
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM and not (run / "summary.json").exists()
-    cli("train", *args, f"run_dir={run}")
+    run = stop_and_resume(cli, tmp_path, args, stop_after_checkpoint=4)
     assert (run / "metrics.jsonl").read_bytes() == (tmp_path / "reference" / "metrics.jsonl").read_bytes()
-    a, b = load_file(str(run / "model" / "model.safetensors")), load_file(str(tmp_path / "reference" / "model" / "model.safetensors"))
-    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    assert same_weights(run, tmp_path / "reference")
     rewards = [json.loads(x)["train/reward"] for x in (run / "metrics.jsonl").read_text().splitlines() if "train/reward" in x]
     assert any(r > 0 for r in rewards)  # the rollouts did something to compare

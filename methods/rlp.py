@@ -1,0 +1,210 @@
+"""RLP, Reinforcement as a Pretraining Objective (Hatamizadeh et al., 2025, arXiv:2510.01265).
+
+At a random position of each document the model thinks (G thoughts), and each thought is
+rewarded by the information it adds about the true next token:
+
+    r = log p_theta(x_t | context, thought) - log p_EMA(x_t | context)
+
+with S_pred teacher-forced and without gradient, and S_EMA from an EMA copy of the model that
+sees the plain context (no template: our choice, the paper does not say). The advantage is
+A = G/(G-1) * (r - mean over the G thoughts), without std normalisation, and the loss is a
+clipped surrogate on the thought tokens only: no NLL, no KL.
+
+The EMA cancellation: S_EMA is the same for the G thoughts at a position, so it drops out of
+the group-mean advantage exactly; it still shapes the logged reward. `advantage=ema` uses
+A = r instead, the EMA as the only baseline, so the EMA term can matter."""
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokreason.methods.policy import clipped_surrogate
+from tokreason.methods.quiet_star import ensure_thought_tokens
+from tokreason.methods.sampler import sample
+from tokreason.methods.selectors import SELECTORS, select_positions, top_k_entropy
+
+ADVANTAGES = ("group", "ema")
+
+
+def rlp_advantages(rewards: torch.Tensor, kind: str = "group") -> torch.Tensor:
+    """[N, G] -> [N, G]. group: G/(G-1) (r - mean_G r), an unbiased leave-one-out baseline
+    written with the full mean; ema: r itself (the EMA's log-likelihood is the baseline)."""
+    if kind == "ema":
+        return rewards
+    g = rewards.shape[-1]
+    return g / (g - 1) * (rewards - rewards.mean(dim=-1, keepdim=True))
+
+
+class EMA:
+    """An exponential moving average of a model's weights, kept outside the trained module (so
+    the optimizer, DDP and `prepare` never see it) and checkpointed through state_dict."""
+
+    def __init__(self, lm: nn.Module, decay: float, device: str | None = None):
+        self.decay = decay
+        self.model = copy.deepcopy(lm).eval().requires_grad_(False)
+        if device:
+            self.model.to(device)
+
+    @torch.no_grad()
+    def update(self, lm: nn.Module) -> None:
+        for ema, live in zip(self.model.parameters(), lm.parameters()):
+            ema.lerp_(live.detach().to(ema.device, ema.dtype), 1 - self.decay)  # ema = d*ema + (1-d)*live
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state)
+
+
+class RLPModel(nn.Module):
+    def __init__(self, lm, tokenizer, method: "RLP"):
+        super().__init__()
+        self.lm, self.method, self.tokenizer = lm, method, tokenizer
+        self.start_id, self.end_id = ensure_thought_tokens(lm, tokenizer)
+        self.ema = EMA(lm, method.ema_decay, "cpu" if method.ema_device == "cpu" else None)  # from the first weights
+        self.last_timing: dict[str, float] = {}  # seconds per phase of the last step (benchmarks read it)
+
+    def checkpoint_objects(self) -> list:
+        return [self.ema]
+
+    def counted_models(self) -> list:
+        return [self.ema.model]
+
+    def after_optimizer_step(self) -> None:
+        self.ema.update(self.lm)
+
+    def positions(self, ids: torch.Tensor) -> torch.Tensor:
+        m = self.method
+        entropy = None
+        if m.selector in ("entropy", "top_fraction"):
+            with torch.no_grad():
+                entropy = top_k_entropy(self.lm(input_ids=ids).logits)
+        return select_positions(m.selector, entropy if entropy is not None else torch.zeros(ids.shape, device=ids.device),
+                                per_window=m.positions_per_window, threshold=m.entropy_threshold, fraction=m.top_fraction,
+                                min_context=m.min_context, min_continuation=m.target_tokens)
+
+    def forward(self, input_ids: torch.Tensor):
+        m, g = self.method, self.method.group_size
+        clock = time.perf_counter()
+        device = self.lm.get_input_embeddings().weight.device
+        if m.ema_device == "model" and next(self.ema.model.parameters()).device != device:
+            self.ema.model.to(device)  # the EMA was copied before the model was placed
+        where = self.positions(input_ids)
+        if len(where) == 0:  # no position with enough context and continuation: skip, counted
+            zero = sum(p.sum() for p in self.lm.parameters()) * 0.0
+            return zero, {**{k: 0.0 for k in METRICS}, "skipped_batch": 1.0}
+        rows, ts = where[:, 0], where[:, 1]
+        n = len(where)
+        prompts = [input_ids[r, : t + 1].tolist() + [self.start_id] for r, t in where.tolist()]
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))  # the global RNG: checkpointed, so resumes are exact
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        was_training = self.lm.training
+        self.lm.eval()
+        samples = sample(self.lm, prompts, repeats=g, keys=[rank * 2**24 + i for i in range(n * g)], seed=seed,
+                         temperature=m.temperature, thought_budget=m.thought_budget, close_id=self.end_id,
+                         max_prediction_tokens=0, stop_ids=[], pad_id=self.tokenizer.pad_token_id or 0)
+        self.lm.train(was_training)
+        sampled_at = time.perf_counter()
+
+        # One teacher-forced pass: [prompt | thought, <end> | x_{t+1} .. x_{t+k}] (the targets right
+        # after each row's own <end>); thought log-probs keep their gradient, S_pred does not.
+        k = m.target_tokens
+        targets = torch.stack([input_ids[rows, ts + 1 + j] for j in range(k)], dim=-1)  # [n, k]
+        lengths = (samples.tokens != (self.tokenizer.pad_token_id or 0)).sum(-1)   # thought + <end>
+        width, steps = samples.prompt_ids.shape[1], samples.tokens.shape[1]
+        full = torch.cat([samples.prompt_ids, samples.tokens, samples.tokens.new_zeros(n * g, k)], dim=1)
+        mask = torch.cat([samples.prompt_mask, torch.zeros_like(samples.tokens), samples.tokens.new_zeros(n * g, k)], dim=1)
+        repeated_targets = targets.repeat_interleave(g, dim=0)
+        for r in range(n * g):
+            end = width + int(lengths[r])
+            mask[r, width:end + k] = 1
+            full[r, end:end + k] = repeated_targets[r]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.lm(input_ids=full, attention_mask=mask, position_ids=positions).logits.float()
+        thought_lp = F.log_softmax(logits[:, width - 1: width - 1 + steps] / m.temperature, -1)
+        thought_lp = thought_lp.gather(-1, samples.tokens[..., None])[..., 0]
+        score_at = width - 1 + lengths[:, None] + torch.arange(k, device=full.device)[None]  # predicts each target
+        target_lp = F.log_softmax(logits.detach(), -1).gather(1, score_at[..., None].expand(-1, -1, logits.shape[-1]))
+        s_pred = target_lp.gather(-1, repeated_targets[..., None])[..., 0].sum(-1).view(n, g)
+        with torch.no_grad():
+            ema_device = next(self.ema.model.parameters()).device
+            ema_logits = self.ema.model(input_ids=input_ids.to(ema_device)).logits.float().to(logits.device)
+            ema_lp = F.log_softmax(ema_logits, -1)
+            s_ema = torch.stack([ema_lp[rows, ts + j].gather(-1, targets[:, j:j + 1])[:, 0] for j in range(k)], -1).sum(-1)
+        scored_at = time.perf_counter()
+
+        loss, metrics = self.objective(thought_lp, samples.sampled, s_pred, s_ema)
+        metrics.update({"thought_length": samples.thought_len.float().mean(), "thought_closed": samples.closed.float().mean(),
+                        "positions": float(n), "skipped_batch": 0.0})
+        self.last_timing = {"sampling": sampled_at - clock, "scoring": scored_at - sampled_at}
+        return loss, metrics
+
+    def objective(self, thought_logprobs: torch.Tensor, thought_mask: torch.Tensor, s_pred: torch.Tensor,
+                  s_ema: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Reward, advantage and the clipped surrogate on the thought tokens [n*G, T]."""
+        m = self.method
+        rewards = s_pred - s_ema[:, None]
+        advantages = rlp_advantages(rewards, m.advantage)
+        loss, clip_fraction = clipped_surrogate(thought_logprobs, thought_logprobs.detach(), advantages.reshape(-1),
+                                                thought_mask, m.clip_eps_low, m.clip_eps_high)
+        return loss, {"loss": loss.detach(), "reward": rewards.mean(), "reward_std": rewards.std(-1, unbiased=False).mean(),
+                      "advantage_abs": advantages.abs().mean(), "s_pred": s_pred.mean(), "s_ema": s_ema.mean(),
+                      "clip_fraction": clip_fraction}
+
+
+# Every step logs the same keys (a skipped batch too), so processes can average them together.
+METRICS = ("loss", "reward", "reward_std", "advantage_abs", "s_pred", "s_ema", "clip_fraction", "thought_length",
+           "thought_closed", "positions")
+
+
+@dataclass
+class RLP:
+    name: str = "rlp"
+    group_size: int = 16
+    temperature: float = 1.0
+    thought_budget: int = 64
+    target_tokens: int = 1
+    selector: str = "random"
+    positions_per_window: int | None = 1
+    entropy_threshold: float = 1.0
+    top_fraction: float = 0.2
+    min_context: int = 8
+    ema_decay: float = 0.999
+    ema_device: str = "model"
+    advantage: str = "group"
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+
+    def __post_init__(self):
+        if not 0 < self.ema_decay < 1:
+            raise ValueError(f"method.ema_decay={self.ema_decay} is not valid; it must be in (0, 1)")
+        if self.group_size < 2:
+            raise ValueError(f"method.group_size={self.group_size} is not valid; the group baseline needs at least 2 thoughts")
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"method.advantage={self.advantage!r} is not valid; valid: {', '.join(ADVANTAGES)}")
+        if self.ema_device not in ("model", "cpu"):
+            raise ValueError(f"method.ema_device={self.ema_device!r} is not valid; valid: model, cpu")
+        if self.selector not in SELECTORS:
+            raise ValueError(f"method.selector={self.selector!r} is not valid; valid: {', '.join(SELECTORS)}")
+        for key in ("thought_budget", "target_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be at least 1")
+
+    def wrap(self, lm, tokenizer) -> RLPModel:
+        return RLPModel(lm, tokenizer, self)
+
+    def check_window(self, seq_len: int, context: int | None) -> None:
+        if self.min_context + self.target_tokens > seq_len - 1:
+            raise ValueError(f"a window (document) of data.seq_len={seq_len} is shorter than method.min_context="
+                             f"{self.min_context} plus method.target_tokens={self.target_tokens}")
+        if context is not None and seq_len + self.thought_budget + 1 + self.target_tokens > context:
+            raise ValueError(f"method.thought_budget={self.thought_budget} is larger than the model's context of {context} "
+                             f"leaves after a window of data.seq_len={seq_len}; use method.thought_budget<="
+                             f"{context - seq_len - 1 - self.target_tokens}")
+
+    def step(self, model, batch):
+        return model(input_ids=batch["input_ids"])

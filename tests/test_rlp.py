@@ -1,0 +1,122 @@
+"""RLP: reward, advantage and EMA on hand-computed cases, the EMA cancellation, gradients on
+thought tokens only, and the method through the CLI (with an exact resume)."""
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from conftest import FAST, same_weights, stop_and_resume
+from tokreason.experiments.tokenizer import train_tokenizer
+from tokreason.methods.rlp import EMA, RLP, rlp_advantages
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer([f"Bo has {i} pens and {i + 1} cups." for i in range(100)], 300)
+
+
+def tiny(vocab: int) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=128))
+
+
+def test_advantage_with_the_leave_one_out_factor_and_the_ema_form():
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 2.0]])
+    torch.testing.assert_close(rlp_advantages(rewards), torch.tensor([[-1.5, 0.0, 1.5], [-0.75, -0.75, 1.5]]))
+    torch.testing.assert_close(rlp_advantages(rewards, "ema"), rewards)
+
+
+def test_reward_is_the_information_gain_over_the_ema(tokenizer):
+    model = RLP(group_size=2).wrap(tiny(len(tokenizer)), tokenizer)
+    lp = torch.zeros(4, 3, requires_grad=True)
+    _, metrics = model.objective(lp, torch.ones(4, 3, dtype=torch.bool), s_pred=torch.tensor([[-1.0, -2.0], [-0.5, -0.7]]),
+                                 s_ema=torch.tensor([-1.5, -1.0]))
+    # r = [[0.5, -0.5], [0.5, 0.3]]; A = 2 * (r - mean) = [[1, -1], [0.2, -0.2]]
+    torch.testing.assert_close(metrics["reward"], torch.tensor(0.2))
+    torch.testing.assert_close(metrics["advantage_abs"], torch.tensor(0.6))
+
+
+def test_ema_update_by_hand():
+    lm = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(lm.weight, 0.0)
+    ema = EMA(lm, decay=0.9)
+    torch.nn.init.constant_(lm.weight, 1.0)
+    ema.update(lm)
+    torch.testing.assert_close(ema.model.weight, torch.tensor([[0.1]]))
+    ema.update(lm)
+    torch.testing.assert_close(ema.model.weight, torch.tensor([[0.19]]))
+    assert not ema.model.weight.requires_grad
+    restored = EMA(lm, decay=0.9)
+    restored.load_state_dict(ema.state_dict())
+    torch.testing.assert_close(restored.model.weight, ema.model.weight)
+
+
+@pytest.mark.parametrize("advantage, cancels", [("group", True), ("ema", False)])
+def test_the_ema_term_cancels_from_the_group_advantage_and_not_from_the_ema_one(tokenizer, advantage, cancels):
+    model = RLP(group_size=3, advantage=advantage).wrap(tiny(len(tokenizer)), tokenizer)
+    torch.manual_seed(1)
+    base = torch.randn(6, 4)
+    mask = torch.ones(6, 4, dtype=torch.bool)
+    s_pred = torch.randn(2, 3)
+    grads = []
+    for shift in (0.0, 1.7):
+        lp = base.clone().requires_grad_()
+        loss, _ = model.objective(lp, mask, s_pred, torch.tensor([-1.0, -2.0]) + shift)
+        loss.backward()
+        grads.append(lp.grad)
+    assert torch.allclose(grads[0], grads[1]) is cancels
+    if advantage == "group":
+        torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=0)
+
+
+def test_only_thought_tokens_receive_gradient(tokenizer):
+    model = RLP(group_size=2, thought_budget=4, min_context=2).wrap(tiny(len(tokenizer)), tokenizer)
+    seen = {}
+    objective = model.objective
+
+    def spy(thought_lp, thought_mask, s_pred, s_ema):
+        seen.update(lp=thought_lp, mask=thought_mask, s_pred=s_pred, s_ema=s_ema)
+        return objective(thought_lp, thought_mask, s_pred, s_ema)
+
+    model.objective = spy
+    loss, metrics = model(torch.randint(4, len(tokenizer), (2, 16)))
+    assert not seen["s_pred"].requires_grad and not seen["s_ema"].requires_grad  # scores carry no gradient
+    grad = torch.autograd.grad(loss, seen["lp"], retain_graph=True)[0]
+    assert (grad[~seen["mask"]] == 0).all() and (grad[seen["mask"]] != 0).any()
+    loss.backward()
+    assert model.lm.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.ema.model.parameters())
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(ema_decay=1.0), "method.ema_decay=1.0 is not valid; it must be in \\(0, 1\\)"),
+    (dict(ema_decay=0.0), "method.ema_decay=0.0 is not valid"),
+    (dict(group_size=1), "method.group_size=1 is not valid"),
+    (dict(advantage="std"), "method.advantage='std' is not valid; valid: group, ema"),
+])
+def test_bad_settings_are_one_line_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        RLP(**options)
+
+
+def test_short_documents_and_a_budget_beyond_the_context_are_refused():
+    with pytest.raises(ValueError, match="shorter than method.min_context=8"):
+        RLP().check_window(8, 512)
+    with pytest.raises(ValueError, match="method.thought_budget=64 is larger than the model's context of 128"):
+        RLP().check_window(100, 128)
+
+
+@pytest.mark.slow
+def test_train_method_rlp_writes_curves_and_resumes_exactly_with_its_ema(cli, tmp_path):
+    args = [*FAST, "method=rlp_tiny", "method.group_size=2", "method.thought_budget=4", "trainer.max_steps=10",
+            "trainer.log_every=1", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=6", "next_token_eval.positions=0"]
+    run = stop_and_resume(cli, tmp_path, args, stop_after_checkpoint=4)
+    reference = tmp_path / "reference"
+    assert (run / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
+    assert same_weights(run, reference)
+    lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
+    for key in ("train/reward", "train/advantage_abs", "train/thought_length", "train/s_pred", "train/s_ema"):
+        assert key in lines[-1], key
+    assert (reference / "checkpoints" / "step_00000010" / "custom_checkpoint_1.pkl").is_file()  # the EMA

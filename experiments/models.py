@@ -10,18 +10,19 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tokreason.experiments import synthetic
 from tokreason.experiments.errors import UserError
-from tokreason.experiments.tokenizer import train_tokenizer
-from tokreason.methods.cpt import next_token_nll
+from tokreason.experiments.tokenizer import THOUGHT_END_TOKEN, THOUGHT_START_TOKEN, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +104,21 @@ def ensure_tiny_base(model_cfg: DictConfig, cache: Path) -> Path:
             return final
         tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        build_tiny_base(model_cfg, tmp)
+        build_tiny_base(model_cfg, tmp, key=final.name)
         os.replace(tmp, final)
     return final
 
 
-def build_tiny_base(model_cfg: DictConfig, out: Path) -> None:
+def build_tiny_base(model_cfg: DictConfig, out: Path, key: str) -> None:
     """Generate the pretraining corpus, train the tokenizer, pretrain the tiny Llama, save."""
     boot, arch = model_cfg.bootstrap, model_cfg.architecture
     started = time.perf_counter()
     log.info("building the tiny base model once (cached in %s)", out.parent)
     docs = synthetic.generate_corpus(int(boot.corpus_seed), int(boot.num_docs), "pretrain")
     tokenizer = train_tokenizer(docs[: int(model_cfg.tokenizer.train_docs)], int(model_cfg.tokenizer.vocab_size))
-    windows = pack_windows(tokenizer, docs, int(boot.seq_len))
+    start_id, end_id = tokenizer.convert_tokens_to_ids([THOUGHT_START_TOKEN, THOUGHT_END_TOKEN])
+    windows = pack_windows(tokenizer, docs, int(boot.seq_len), empty_thought_rate=float(boot.empty_thought_rate),
+                           thought_ids=(start_id, end_id), seed=int(boot.seed))
 
     torch.manual_seed(int(boot.seed))
     config = LlamaConfig(
@@ -131,7 +134,10 @@ def build_tiny_base(model_cfg: DictConfig, out: Path) -> None:
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(int(boot.seed)))
     for step in range(steps):
         idx = order[(torch.arange(batch) + step * batch) % len(order)]
-        loss = next_token_nll(model(input_ids=windows[idx]).logits, windows[idx])
+        ids = windows[idx]
+        targets = ids[:, 1:].masked_fill(ids[:, 1:] == start_id, -100)  # where a thought opens is not taught
+        logits = model(input_ids=ids).logits[:, :-1]
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -142,17 +148,24 @@ def build_tiny_base(model_cfg: DictConfig, out: Path) -> None:
 
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    info = {"key": out.name, "final_loss": loss.item(), "seconds": time.perf_counter() - started,
+    info = {"key": key, "final_loss": loss.item(), "seconds": time.perf_counter() - started,
             "parameters": sum(p.numel() for p in model.parameters()), "tokens": steps * batch * int(boot.seq_len)}
     (out / "bootstrap.json").write_text(json.dumps(info, indent=2))
     log.info("tiny base model ready: %d parameters, loss %.3f, %.0f s", info["parameters"], info["final_loss"], info["seconds"])
 
 
-def pack_windows(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
-    """Documents joined by EOS, cut into windows of seq_len tokens (the remainder dropped)."""
+def pack_windows(tokenizer, docs: list[str], seq_len: int, empty_thought_rate: float = 0.0,
+                 thought_ids: tuple[int, int] | None = None, seed: int = 0) -> torch.Tensor:
+    """Documents joined by EOS, cut into windows of seq_len tokens (the remainder dropped).
+    With empty_thought_rate, an empty thought <start><end> follows that fraction of tokens, so
+    the base model learns the meta-tokens carry nothing and reads on after them."""
     ids: list[int] = []
+    rng = random.Random(seed)
     for enc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
-        ids.extend(enc)
+        for token in enc:
+            ids.append(token)
+            if empty_thought_rate and rng.random() < empty_thought_rate:
+                ids.extend(thought_ids)
         ids.append(tokenizer.eos_token_id)
     n = len(ids) // seq_len
     if n == 0:

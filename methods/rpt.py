@@ -225,7 +225,7 @@ class RPT:
     group_size: int = 8
     temperature: float = 0.8
     thought_budget: int = 64
-    max_prediction_tokens: int = 8
+    max_prediction_tokens: int = 1
     prediction_stop: list = field(default_factory=lambda: ["\n"])
     continuation_tokens: int = 32
     selector: str = "entropy"

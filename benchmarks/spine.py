@@ -47,8 +47,10 @@ def overhead(cache: Path, out: Path, steps: int, batch_size: int) -> None:
     from tokreason.methods.cpt import next_token_nll
 
     os.environ["TOKREASON_CACHE"] = str(cache)
-    overrides = ["logger=none", "trainer.progress_bar=true", f"trainer.max_steps={steps}", f"trainer.batch_size={batch_size}",
-                 "trainer.eval_every=0", "trainer.checkpoint_every=0", "trainer.export_model=false", f"run_dir={out}"]
+    # Both loops run 2*steps on the same batches and are timed on the second half (the first warms up).
+    overrides = ["logger=none", "trainer.progress_bar=false", f"trainer.max_steps={2 * steps}", f"trainer.batch_size={batch_size}",
+                 f"trainer.log_every={steps}", "trainer.eval_every=0", "trainer.checkpoint_every=0",
+                 "trainer.export_model=false", "next_token_eval.positions=0", f"run_dir={out}"]
     cfg = compose_config(overrides)
     OmegaConf.resolve(cfg)
 
@@ -56,7 +58,7 @@ def overhead(cache: Path, out: Path, steps: int, batch_size: int) -> None:
     path = resolve_model_path(cfg.model, cache_dir(cfg))
     model, tokenizer = load_model_and_tokenizer(cfg.model, path)
     corpus = build_corpus(cfg.data, tokenizer, int(cfg.seed))
-    batches = [corpus.train.take(i * batch_size, batch_size) for i in range(steps)]
+    batches = [corpus.train.take(i * batch_size, batch_size) for i in range(2 * steps)]
     t = cfg.trainer
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -65,8 +67,9 @@ def overhead(cache: Path, out: Path, steps: int, batch_size: int) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     torch.manual_seed(0)
     model.train()
-    started = time.perf_counter()
-    for ids in batches:
+    for i, ids in enumerate(batches):
+        if i == steps:
+            started = time.perf_counter()
         loss = next_token_nll(model(input_ids=ids).logits, ids)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
@@ -76,9 +79,11 @@ def overhead(cache: Path, out: Path, steps: int, batch_size: int) -> None:
         loss.item()
     bare = steps * batch_size * int(cfg.data.seq_len) / (time.perf_counter() - started)
 
-    summary = train(cfg, out)
-    runner = summary["tokens_per_second"]
-    print(f"runner overhead, tiny model, {steps} steps of {batch_size}x{cfg.data.seq_len} tokens, CPU x{torch.get_num_threads()} threads:")
+    train(cfg, out)
+    first, second = [json.loads(x) for x in (out / "timing.jsonl").read_text().splitlines()]
+    runner = steps * batch_size * int(cfg.data.seq_len) / (second["time/train_seconds"] - first["time/train_seconds"])
+    print(f"runner overhead, tiny model, {steps} timed steps (after {steps} warm-up steps) of {batch_size}x{cfg.data.seq_len} "
+          f"tokens, CPU x{torch.get_num_threads()} threads:")
     print(f"  bare PyTorch loop: {bare:,.0f} tokens/s")
     print(f"  tokreason runner:  {runner:,.0f} tokens/s  ({100 * runner / bare:.1f}% of bare; goal >= 80%)")
 

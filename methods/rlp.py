@@ -24,7 +24,7 @@ from torch import nn
 from tokreason.methods.policy import clipped_surrogate
 from tokreason.methods.quiet_star import ensure_thought_tokens
 from tokreason.methods.sampler import sample
-from tokreason.methods.selectors import SELECTORS, select_positions, top_k_entropy
+from tokreason.methods.selectors import SELECTORS, choose_positions
 
 ADVANTAGES = ("group", "ema")
 
@@ -79,13 +79,9 @@ class RLPModel(nn.Module):
 
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
         m = self.method
-        entropy = None
-        if m.selector in ("entropy", "top_fraction"):
-            with torch.no_grad():
-                entropy = top_k_entropy(self.lm(input_ids=ids).logits)
-        return select_positions(m.selector, entropy if entropy is not None else torch.zeros(ids.shape, device=ids.device),
-                                per_window=m.positions_per_window, threshold=m.entropy_threshold, fraction=m.top_fraction,
-                                min_context=m.min_context, min_continuation=m.target_tokens)
+        return choose_positions(self.lm, ids, selector=m.selector, per_window=m.positions_per_window,
+                                threshold=m.entropy_threshold, fraction=m.top_fraction, min_context=m.min_context,
+                                min_continuation=m.target_tokens)
 
     def forward(self, input_ids: torch.Tensor):
         m, g = self.method, self.method.group_size

@@ -22,7 +22,7 @@ from torch import nn
 from tokreason.methods.policy import clipped_surrogate, grpo_advantages, kl_penalty
 from tokreason.methods.quiet_star import ensure_thought_tokens
 from tokreason.methods.sampler import sample
-from tokreason.methods.selectors import SELECTORS, select_positions, top_k_entropy
+from tokreason.methods.selectors import SELECTORS, choose_positions
 from tokreason.methods.token_bytes import token_byte_table
 from tokreason.methods.verifier import (Continuation, Rollouts, conditional_dense_reward, dense_reward,
                                         first_token_reward, prefix_match_reward)
@@ -95,15 +95,10 @@ class RPTModel(nn.Module):
     # -------------------------------------------------------------- positions and prompts
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
         m = self.method
-        entropy = None
-        if m.selector in ("entropy", "top_fraction"):
-            proxy = self._proxy[0] if self._proxy else self.lm
-            with torch.no_grad():
-                entropy = top_k_entropy(proxy(input_ids=ids).logits, m.entropy_top_k, m.entropy_renormalize)
-        else:
-            entropy = torch.zeros(ids.shape, device=ids.device)
-        return select_positions(m.selector, entropy, per_window=m.positions_per_window, threshold=m.entropy_threshold,
-                                fraction=m.top_fraction, min_context=m.min_context, min_continuation=1)
+        return choose_positions(self._proxy[0] if self._proxy else self.lm, ids, selector=m.selector,
+                                per_window=m.positions_per_window, threshold=m.entropy_threshold, fraction=m.top_fraction,
+                                min_context=m.min_context, min_continuation=1, top_k=m.entropy_top_k,
+                                renormalize=m.entropy_renormalize)
 
     def prompt(self, context: list[int]) -> list[int]:
         if self.method.template == "meta":

@@ -49,3 +49,17 @@ def select_positions(kind: str, entropy: torch.Tensor | None, *, per_window: int
             candidates = candidates[pick].sort().values
         chosen.extend((row, int(t)) for t in candidates)
     return torch.tensor(chosen, dtype=torch.long).view(-1, 2)
+
+
+@torch.no_grad()
+def choose_positions(scorer, ids: torch.Tensor, *, selector: str, per_window: int | None, threshold: float,
+                     fraction: float, min_context: int, min_continuation: int, top_k: int = 16,
+                     renormalize: bool = True) -> torch.Tensor:
+    """Positions in windows ids [B, L] for a method's selector settings; the entropy-based
+    selectors score the windows with `scorer` (a causal LM: the model, or a proxy)."""
+    if selector in ("entropy", "top_fraction"):
+        entropy = top_k_entropy(scorer(input_ids=ids).logits, top_k, renormalize)
+    else:
+        entropy = torch.zeros(ids.shape, device=ids.device)
+    return select_positions(selector, entropy, per_window=per_window, threshold=threshold, fraction=fraction,
+                            min_context=min_context, min_continuation=min_continuation)

@@ -101,7 +101,7 @@ class RLPModel(nn.Module):
         was_training = self.lm.training
         self.lm.eval()
         samples = sample(self.lm, prompts, repeats=g, keys=[rank * 2**24 + i for i in range(n * g)], seed=seed,
-                         temperature=m.temperature, thought_budget=m.thought_budget, close_id=self.end_id,
+                         temperature=m.temperature, thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens, close_id=self.end_id,
                          max_prediction_tokens=0, stop_ids=[], pad_id=self.tokenizer.pad_token_id or 0)
         self.lm.train(was_training)
         sampled_at = time.perf_counter()
@@ -163,6 +163,7 @@ class RLP:
     group_size: int = 16
     temperature: float = 1.0
     thought_budget: int = 64
+    min_thought_tokens: int = 0
     target_tokens: int = 1
     selector: str = "random"
     positions_per_window: int | None = 1
@@ -186,6 +187,8 @@ class RLP:
             raise ValueError(f"method.ema_device={self.ema_device!r} is not valid; valid: model, cpu")
         if self.selector not in SELECTORS:
             raise ValueError(f"method.selector={self.selector!r} is not valid; valid: {', '.join(SELECTORS)}")
+        if not 0 <= self.min_thought_tokens <= self.thought_budget:
+            raise ValueError(f"method.min_thought_tokens={self.min_thought_tokens} is not valid; it must be in [0, thought_budget]")
         for key in ("thought_budget", "target_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be at least 1")

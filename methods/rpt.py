@@ -143,7 +143,7 @@ class RPTModel(nn.Module):
         was_training = self.lm.training
         self.lm.eval()
         samples = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
-                         thought_budget=m.thought_budget, close_id=self.end_id if m.template == "meta" else None,
+                         thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens, close_id=self.end_id if m.template == "meta" else None,
                          max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
         self.lm.train(was_training)
         sampled_at = time.perf_counter()
@@ -220,6 +220,7 @@ class RPT:
     group_size: int = 8
     temperature: float = 0.8
     thought_budget: int = 64
+    min_thought_tokens: int = 0
     max_prediction_tokens: int = 1
     prediction_stop: list = field(default_factory=lambda: ["\n"])
     continuation_tokens: int = 32
@@ -251,6 +252,8 @@ class RPT:
             raise ValueError(f"method.epochs={self.epochs} is not valid; it must be at least 1")
         if self.temperature <= 0:
             raise ValueError(f"method.temperature={self.temperature} is not valid; it must be positive")
+        if not 0 <= self.min_thought_tokens <= self.thought_budget:
+            raise ValueError(f"method.min_thought_tokens={self.min_thought_tokens} is not valid; it must be in [0, thought_budget]")
         for key in ("thought_budget", "max_prediction_tokens", "continuation_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be at least 1")

@@ -91,7 +91,7 @@ class Samples:
 @torch.no_grad()
 def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperature: float, thought_budget: int,
            close_id: int | None, max_prediction_tokens: int, stop_ids: list[int], pad_id: int,
-           repeats: int = 1) -> Samples:
+           repeats: int = 1, min_thought_tokens: int = 0) -> Samples:
     """`repeats` rollouts of each prompt (rows prompt-major: prompt i's are rows i*repeats ..),
     one key per row; temperature 0 is greedy. Each prompt is read once and its KV cache shared
     by its rollouts."""
@@ -125,6 +125,8 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
     prompt_mask = mask
     next_position = position[:, -1] + 1
     for step in range(limit):
+        if close_id is not None and min_thought_tokens:  # no closing before the thought has this many tokens
+            logits[:, close_id] = torch.where(thought_len < min_thought_tokens, float("-inf"), logits[:, close_id])
         if temperature == 0:  # greedy
             token = logits.argmax(-1)
         else:
@@ -137,10 +139,9 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
             newly_closed = thinking & (token == close_id)
             closed |= newly_closed & ~force
             thought_len += (thinking & ~newly_closed & ~done).long()
-            if max_prediction_tokens == 0:  # nothing to predict: the rollout ends with its thought (RLP)
-                done |= newly_closed
+            ends_with_thought = newly_closed if max_prediction_tokens == 0 else torch.zeros_like(done)  # RLP
         else:
-            newly_closed = torch.zeros_like(done)
+            newly_closed = ends_with_thought = torch.zeros_like(done)
         predicting = ~thinking & ~done
         stopping = predicting & torch.isin(token, stops)
         if close_id is None:
@@ -154,7 +155,7 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
         token = torch.where(done, torch.full_like(token, pad_id), token)
         out_tokens.append(token)
         out_sampled.append(chosen & ~(done))
-        done |= stopping | (predicting & (predicted >= max_prediction_tokens))
+        done |= stopping | (predicting & (predicted >= max_prediction_tokens)) | ends_with_thought
         if close_id is None:
             done |= ~done & (torch.tensor(step + 1, device=device) >= thought_budget)
         thinking &= ~newly_closed

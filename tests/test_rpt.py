@@ -129,6 +129,13 @@ def test_batched_sampler_equals_per_position_sampling_for_the_same_seeds():
         assert torch.equal(alone.tokens[0], batched.tokens[i, :n]) and alone.prediction[0] == batched.prediction[i]
         assert (batched.tokens[i, n:] == 1).all()  # after its end: padding only
     assert (batched.thought_len <= 5).all() and len({tuple(x) for x in batched.tokens.tolist()}) > 1
+    # Nothing to predict (RLP): each rollout ends with its close token, kept; a minimum thought length is honoured.
+    thoughts = sample(lm, prompts, repeats=3, keys=list(range(len(rows))), **{**kw, "max_prediction_tokens": 0},
+                      min_thought_tokens=2)
+    for r in range(len(rows)):
+        n = int(thoughts.thought_len[r])
+        row = thoughts.tokens[r].tolist()
+        assert n >= 2 and row[n] == 2 and 2 not in row[:n] and all(t == 1 for t in row[n + 1:])
     forced = ~batched.closed  # a thought at its budget was closed for it, and that close is not a policy token
     assert forced.any()
     for i in forced.nonzero()[:, 0].tolist():

@@ -241,7 +241,7 @@ def test_extra_epochs_reuse_the_rollouts_with_the_rollout_policy_as_reference(to
 def test_a_stopped_rpt_run_resumes_to_the_same_rollouts_weights_and_metrics(cli, tmp_path):
     from conftest import same_weights, stop_and_resume
 
-    args = [*FAST, "method=rpt_tiny", "method.group_size=2", "method.thought_budget=3", "method.selector=random",
+    args = [*FAST, "method=rpt_tiny", "method.group_size=2", "method.thought_budget=3", "method.min_thought_tokens=1", "method.selector=random",
             "method.reward=dense", "trainer.max_steps=12", "trainer.log_every=1", "trainer.checkpoint_every=2",
             "trainer.keep_checkpoints=6", "next_token_eval.positions=0"]
     run = stop_and_resume(cli, tmp_path, args, stop_after_checkpoint=4)

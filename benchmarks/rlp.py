@@ -45,7 +45,6 @@ def one(method: str, group: int, budget: int, steps: int) -> dict:
     for i in range(steps + 1):  # the first is a warm-up
         started = time.perf_counter()
         loss, _ = algo.step(model, {"input_ids": windows})
-        forward_done = time.perf_counter()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

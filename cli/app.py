@@ -1,6 +1,4 @@
 """The `tokreason` command. Thin: parse, hand the overrides to the launcher, print."""
-import sys
-
 import typer
 from typing_extensions import Annotated
 

@@ -119,7 +119,6 @@ def run_train(overrides: list[str], multirun: bool) -> list[dict]:
             raise UserError("-m/--multirun cannot run inside torchrun or accelerate launch; launch each job on its own")
         summary = _train_distributed(overrides)
         return [summary] if int(os.environ.get("RANK", "0")) == 0 else []
-    hydra_args = list(overrides)
     if multirun:
         jobs = sweep_jobs(overrides)
         for job in jobs:

@@ -62,15 +62,14 @@ class RPTModel(nn.Module):
     def __init__(self, lm, tokenizer, method: "RPT"):
         super().__init__()
         self.lm, self.method, self.tokenizer = lm, method, tokenizer
-        self.token_bytes = token_byte_table(tokenizer)
         if method.template == "meta":
             self.start_id, self.end_id = ensure_thought_tokens(lm, tokenizer)
-            self.token_bytes = token_byte_table(tokenizer)
         else:
             for marker in ("</think>", "\\boxed{"):
                 ids = tokenizer.encode(marker, add_special_tokens=False)
                 if not ids or tokenizer.decode(ids) != marker:
                     raise ValueError(f"method.template=boxed needs the tokenizer to represent {marker!r}; use method.template=meta")
+        self.token_bytes = token_byte_table(tokenizer)  # after any meta-tokens were added
         self.stop_ids = []
         for stop in method.prediction_stop:
             ids = tokenizer.encode(stop, add_special_tokens=False)

@@ -30,10 +30,32 @@ def train(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_H
         _fail(str(e))
     except Interrupted as e:
         _fail(str(e), e.exit_code)
+    from tokreason.experiments.evaluation import format_table
+
     for s in summaries:
         val = f"{s['val_loss']:.4f}" if s["val_loss"] is not None else "n/a"
+        tps = f"{s['tokens_per_second']:.0f}" if s.get("tokens_per_second") else "n/a"
+        if s.get("eval"):
+            typer.echo(format_table(s["eval"]["rows"]))
         typer.echo(f"{s['method']} seed {s['seed']}: {s['steps']} steps, val loss {val}, "
-                   f"{s['tokens_per_second']:.0f} tokens/s -> {s['run_dir']}")
+                   f"{tps} tokens/s -> {s['run_dir']}")
+
+
+@app.command(name="eval", context_settings=HYDRA_ARGS)
+def eval_(overrides: Annotated[list[str] | None, typer.Argument(help="run=<run dir> (the trained model against its base), "
+                                                                      "or model=... to evaluate a model alone; then eval.* "
+                                                                      "overrides, e.g. eval.limit=20 eval.think=[off]", show_default=False)] = None):
+    """Benchmarks on the base and the trained model, think off and on, and the deltas."""
+    from tokreason.experiments.errors import UserError
+    from tokreason.experiments.evaluation import format_table
+    from tokreason.experiments.launch import run_eval
+
+    try:
+        table, out_dir = run_eval(list(overrides or []))
+    except UserError as e:
+        _fail(str(e))
+    typer.echo(format_table(table["rows"]))
+    typer.echo(f"evaluated in {table['seconds']:.0f} s -> {out_dir}")
 
 
 @app.command(context_settings=HYDRA_ARGS)

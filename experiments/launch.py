@@ -24,7 +24,7 @@ import tokreason.conf
 from tokreason.experiments.errors import UserError
 
 CONF_DIR = str(Path(tokreason.conf.__file__).parent)  # absolute: works installed, editable and in tests
-GROUPS = ("method", "model", "data", "trainer", "logger")
+GROUPS = ("method", "model", "data", "trainer", "logger", "eval")
 log = logging.getLogger(__name__)
 
 
@@ -182,3 +182,80 @@ def _log_to_file(run_dir: Path) -> None:
     for handler in (logging.StreamHandler(), logging.FileHandler(run_dir / "train.log")):
         handler.setFormatter(fmt)
         root.addHandler(handler)
+
+
+# ----------------------------------------------------------------------------- tokreason eval
+
+# With run=, the model, data and method come from the run; only these may be overridden.
+EVAL_OVERRIDABLE = ("eval", "logger", "cache_dir", "output_root")
+
+
+def run_eval(overrides: list[str]) -> tuple[dict, Path]:
+    """Evaluate a run dir's trained model against its base (`run=<dir>`), or, without run=, the
+    composed config's model alone. Returns the results table and where it was written."""
+    import time
+
+    from tokreason.experiments.evaluation import check_eval_config, evaluate, load_exported, load_run_config
+    from tokreason.experiments.models import cache_dir, resolve_model_path
+    from tokreason.experiments.runner import RunDirLock, check_config, quiet_libraries
+    from tokreason.experiments.tracking import Tracker, redact
+
+    runs = [o.split("=", 1)[1] for o in overrides if o.startswith("run=")]
+    rest = [o for o in overrides if not o.startswith("run=")]
+    composed = compose_config(rest)
+    quiet_libraries()
+    if runs:
+        run_dir = Path(os.path.expanduser(runs[-1]))
+        for o in rest:
+            key = o.lstrip("+~").split("=", 1)[0]
+            if not key.startswith(EVAL_OVERRIDABLE):
+                raise UserError(f"{o!r} cannot be changed when evaluating run={run_dir}: the model, data and method "
+                                f"come from the run; only {', '.join(k + '.*' for k in EVAL_OVERRIDABLE[:2])}, cache_dir "
+                                "and output_root may be given")
+        cfg = load_run_config(run_dir)
+        cfg.eval = composed.eval
+        cfg.cache_dir = composed.cache_dir
+        if any(o.lstrip("+~").startswith("logger") for o in rest):
+            cfg.logger = composed.logger
+        check_eval_config(cfg)
+        out_dir = run_dir / "eval"
+    else:
+        cfg = composed
+        check_config(cfg)
+        run_dir = None
+        out_dir = Path(str(cfg.output_root)) / "eval" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{cfg.model.kind}"
+    if not cfg.eval.benchmarks:
+        raise UserError("eval.benchmarks is empty (eval=none); choose benchmarks, e.g. eval=default")
+
+    base_path = resolve_model_path(cfg.model, cache_dir(cfg))
+    val_windows = _held_out_windows(cfg, base_path) if "heldout" in cfg.eval.benchmarks else None
+    lock = RunDirLock(run_dir) if run_dir is not None else None
+    if lock is not None:
+        lock.acquire()  # not while a training run is writing this dir
+    try:
+        trained = (lambda think: load_exported(run_dir / "model", cfg, think)) if run_dir is not None else None
+        table = evaluate(cfg, base_path=base_path, cache=cache_dir(cfg), val_windows=val_windows, trained_scorers=trained)
+        logger = OmegaConf.to_container(cfg.logger, resolve=True)
+        logger.update(job_type="eval", name=f"{logger.get('name') or 'run'}-eval")
+        with Tracker(out_dir, logger, redact(OmegaConf.to_container(cfg, resolve=True))) as tracker:
+            tracker.log_summary({"eval": table, "run_dir": str(run_dir) if run_dir else None, "model": base_path})
+        if run_dir is not None and (run_dir / "summary.json").exists():  # the run's own summary gets the table too
+            import json
+
+            summary = json.loads((run_dir / "summary.json").read_text())
+            summary["eval"] = table
+            tmp = run_dir / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, run_dir / "summary.json")
+    finally:
+        if lock is not None:
+            lock.release()
+    return table, out_dir
+
+
+def _held_out_windows(cfg: DictConfig, base_path: str):
+    from tokreason.experiments.data import build_corpus
+    from tokreason.experiments.models import load_model_and_tokenizer
+
+    _, tokenizer = load_model_and_tokenizer(cfg.model, base_path)
+    return build_corpus(cfg.data, tokenizer, int(cfg.seed)).val

@@ -22,6 +22,7 @@ from transformers import get_scheduler
 
 from tokreason.experiments.data import BatchStream, build_corpus
 from tokreason.experiments.errors import UserError
+from tokreason.experiments.evaluation import check_eval_config, eval_enabled, evaluate, make_scorer, think_modes
 from tokreason.experiments.flops import FlopCounter
 from tokreason.experiments.next_token_eval import next_token_accuracy
 from tokreason.experiments.models import (cache_dir, context_length, load_model_and_tokenizer,
@@ -76,6 +77,7 @@ def check_config(cfg: DictConfig) -> None:
     for key, valid in choices.items():
         if t[key] not in valid:
             raise UserError(f"trainer.{key}={t[key]!r} is not valid; valid: {', '.join(valid)}")
+    check_eval_config(cfg)
     if cfg.logger.kind not in ("wandb", "none"):
         raise UserError(f"unknown logger.kind {cfg.logger.kind!r}; valid: wandb, none")
     if cfg.logger.kind == "wandb":
@@ -190,6 +192,25 @@ def validation_loss(model, windows: torch.Tensor, batch_size: int, device) -> fl
         total += next_token_nll(model(input_ids=ids).logits, ids).item() * len(ids)
     model.train(was_training)
     return total / len(windows)
+
+
+def run_evaluation(cfg: DictConfig, raw_model, tokenizer, model_path: str, val_windows: torch.Tensor, flops) -> dict:
+    """The benchmark table of the model just trained (not training compute: FLOPs paused)."""
+    lm = getattr(raw_model, "lm", raw_model)
+    was_training = raw_model.training
+    raw_model.eval()
+
+    def trained_scorer(think: str):
+        return make_scorer(lm, tokenizer, cfg, think, raw_model if cfg.method.name == "quiet_star" else None)
+
+    log.info("evaluating the base and trained models on %s (think %s)", ", ".join(cfg.eval.benchmarks),
+             "/".join(think_modes(cfg)))
+    try:
+        with flops.paused():
+            return evaluate(cfg, base_path=model_path, cache=cache_dir(cfg), val_windows=val_windows,
+                            trained_scorers=trained_scorer)
+    finally:
+        raw_model.train(was_training)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -329,9 +350,10 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
                 loss = validation_loss(raw_lm, corpus.val, int(t.batch_size), accelerator.device)
             if loss is not None:
                 tracker.log(step, {"val/loss": loss, "val/perplexity": math.exp(min(loss, 50.0))})
+            state["val_loss"] = loss  # kept in checkpoints: a run resumed after its last step still reports it
             return loss
 
-        val_loss = validate() if ckpt is None else None
+        val_loss = validate() if ckpt is None else state.get("val_loss")
         progress = tqdm(total=max_steps, initial=step, disable=not (main and t.progress_bar), desc=cfg.method.name,
                         unit="step", dynamic_ncols=True)
         model.train()
@@ -395,6 +417,9 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
                 raw_model.save_extra(tmp)
             shutil.rmtree(export, ignore_errors=True)
             os.replace(tmp, export)
+        results = None
+        if main and eval_enabled(cfg):
+            results = run_evaluation(cfg, raw_model, tokenizer, model_path, corpus.val, flops)
         summary = {
             "method": cfg.method.name, "seed": int(cfg.seed), "steps": step, "tokens": state["tokens"],
             "flops": state["flops"], "train_loss": state.get("last_train_loss"), "val_loss": val_loss,
@@ -405,6 +430,8 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
             "processes": world, "run_dir": str(run_dir), "wandb_run_id": tracker.wandb_run_id,
             "next_token_accuracy": accuracy,
         }
+        if results is not None:
+            summary["eval"] = results
         tracker.log_summary(summary)
         tracker.finish()
         flops.remove()

@@ -311,7 +311,21 @@ class Tracker:
         text = json.dumps(summary, indent=2, sort_keys=True, default=_json_default) + "\n"
         _atomic_write_text(self.run_dir / SUMMARY_FILE, text)
         if self._run is not None:
-            self._run.summary.update(_flatten(summary))
+            self._run.summary.update(_flatten({k: v for k, v in summary.items() if k != "eval"}))
+            if summary.get("eval"):
+                self.log_eval(summary["eval"])
+
+    def log_eval(self, table: Mapping) -> None:
+        """The benchmark table: delta/<benchmark>/<metric> in the run summary, the rows as a W&B table."""
+        if not self._active or self._finished or self._run is None:
+            return
+        import wandb
+
+        from tokreason.experiments.evaluation import TABLE_COLUMNS, wandb_deltas
+
+        self._run.summary.update(wandb_deltas(table))
+        rows = [[r.get(c) for c in TABLE_COLUMNS] for r in table["rows"]]
+        self._run.log({"eval/table": wandb.Table(columns=TABLE_COLUMNS, data=rows)})
 
     def finish(self, exit_code: int | None = None) -> None:
         """Close the files and the W&B run (exit_code != 0 marks it failed). Idempotent."""

@@ -18,7 +18,7 @@ SMALL_SYNTHETIC = ["data.num_train_docs=300", "data.num_val_docs=40"]
 FAST_RUN = [
     "logger=none", "trainer.progress_bar=false", "data.seq_len=64", "data.val_windows=8",
     "trainer.max_steps=6", "trainer.batch_size=4", "trainer.log_every=2", "trainer.eval_every=3",
-    "trainer.checkpoint_every=3", "trainer.warmup_steps=2",
+    "trainer.checkpoint_every=3", "trainer.warmup_steps=2", "eval=none",
 ]
 FAST = TINY_MODEL + SMALL_SYNTHETIC + FAST_RUN
 

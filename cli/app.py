@@ -80,6 +80,30 @@ def info(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HE
     typer.echo(resolved)
 
 
+@app.command(name="lm-eval")
+def lm_eval_(run: Annotated[str, typer.Option(help="A finished run dir (its model/ folder is evaluated).")],
+             tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval task names.")],
+             think: Annotated[str, typer.Option(help="off: the plain LM; on: the method's own inference.")] = "off",
+             include_path: Annotated[str | None, typer.Option(help="A folder of your own task YAMLs.")] = None,
+             limit: Annotated[int | None, typer.Option(help="At most this many examples per task.")] = None,
+             batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 16,
+             output: Annotated[str | None, typer.Option(help="Write the per-task results here as JSON.")] = None):
+    """Any lm-evaluation-harness task on a run's trained model, think off or on (needs the lm-eval extra)."""
+    import json
+    from pathlib import Path
+
+    from tokreason.experiments.errors import UserError
+
+    try:
+        from tokreason.experiments.lm_eval_bridge import run_lm_eval
+
+        results = run_lm_eval(run, think, [t for t in tasks.split(",") if t], include_path, limit, batch_size,
+                              Path(output) if output else None)
+    except (UserError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(results["results"], indent=2, default=str))
+
+
 def main() -> None:
     app(prog_name="tokreason")
 

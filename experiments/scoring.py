@@ -92,15 +92,16 @@ class PlainScorer:
 
     # ------------------------------------------------------------------ generation
     def stop_token_ids(self, stop: tuple[str, ...]) -> list[int]:
-        """EOS, and every token whose text contains a whole stop string: the text is cut there
-        anyway, so generation may end at it (longer stop strings are cut in the text only)."""
+        """EOS, and every token whose text starts with a whole stop string: the text is cut right
+        before such a token anyway, so generation may end at it (a stop string that only appears
+        inside or across tokens is cut in the text)."""
         key = tuple(stop)
         if key not in self._stop_tokens:
             ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
             if stop:
                 for token_id in range(len(self.tokenizer)):
                     text = self.tokenizer.decode([token_id])
-                    if any(s in text for s in stop):
+                    if any(text.startswith(s) for s in stop):
                         ids.add(token_id)
             self._stop_tokens[key] = sorted(ids)
         return self._stop_tokens[key]
@@ -177,11 +178,12 @@ class QuietStarScorer(PlainScorer):
             for b in range(0, len(members), self.batch_size):
                 chunk = members[b: b + self.batch_size]
                 ids = torch.tensor([encoded[i] for i in chunk], device=self.device)
-                new = self.model.generate(ids, max_new_tokens)[:, length:]
+                stop_ids = self.stop_token_ids(stop)
+                new = self.model.generate(ids, max_new_tokens, stop_ids=stop_ids)[:, length:]
                 for i, row in zip(chunk, new.tolist()):
-                    if self.tokenizer.eos_token_id in row:
-                        row = row[: row.index(self.tokenizer.eos_token_id)]
-                    out[i] = self.cut(self.tokenizer.decode(row, skip_special_tokens=True), stop)
+                    ends = [k for k, token in enumerate(row) if token in stop_ids]
+                    text = self.tokenizer.decode(row[: ends[0] + 1] if ends else row, skip_special_tokens=True)
+                    out[i] = self.cut(text, stop)
         return out
 
 

@@ -258,9 +258,11 @@ class QuietStarModel(nn.Module):
         return self.mixed_logprobs(tp.base_hidden, tp.talk_hidden[:, :, 0])[0]
 
     @torch.no_grad()
-    def generate(self, ids: torch.Tensor, max_new_tokens: int, greedy: bool = True) -> torch.Tensor:
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, greedy: bool = True,
+                 stop_ids: list[int] | None = None) -> torch.Tensor:
         """Token by token: a (greedy) thought after the last token, the mixed prediction, then the
-        chosen token joins the text. The text's KV cache is kept; each thought's is cropped away."""
+        chosen token joins the text. The text's KV cache is kept; each thought's is cropped away.
+        Ends early once every row has produced one of `stop_ids`."""
         c, lm_head, embed = self.config, self.lm.get_output_embeddings(), self.lm.get_input_embeddings()
         backbone = self.lm.base_model
         n, length = ids.shape
@@ -269,7 +271,11 @@ class QuietStarModel(nn.Module):
                           past_key_values=cache, use_cache=True).last_hidden_state[:, -1:]
         meta = (self.meta * c.meta_grad_scale).to(hidden.dtype)
         out = ids
+        stops = torch.tensor(stop_ids or [-1], device=ids.device)
+        stopped = torch.zeros(n, dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
+            if bool(stopped.all()):
+                break
             text_len = out.shape[1]
             pos = torch.full((n, 1), text_len - 1, device=ids.device)
             x = meta[0].expand(n, 1, -1)
@@ -287,6 +293,7 @@ class QuietStarModel(nn.Module):
             logprobs[..., list(self.meta_ids)] = float("-inf")
             token = logprobs.argmax(-1, keepdim=True) if greedy else torch.multinomial(logprobs.exp(), 1)
             out = torch.cat([out, token], dim=1)
+            stopped |= torch.isin(token[:, 0], stops)
             hidden = backbone(input_ids=token, position_ids=torch.full((n, 1), text_len, device=ids.device),
                               past_key_values=cache, use_cache=True).last_hidden_state
         return out

@@ -80,6 +80,45 @@ def info(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HE
     typer.echo(resolved)
 
 
+@app.command(context_settings=HYDRA_ARGS)
+def compare(overrides: Annotated[list[str] | None, typer.Argument(help="experiment=<preset> (default: embedded), budget=steps|tokens|flops, "
+                                                                        "compare.* (seeds, methods, corrupt, ...), and overrides for every run.",
+                                                                   show_default=False)] = None):
+    """cpt, Quiet-STaR, RPT and RLP (and ablations) on one base model, corpus and budget; then the report."""
+    from tokreason.experiments.errors import UserError
+    from tokreason.experiments.launch import run_compare
+    from tokreason.experiments.runner import Interrupted
+
+    try:
+        root, summaries = run_compare(list(overrides or []))
+    except UserError as e:
+        _fail(str(e))
+    except Interrupted as e:
+        _fail(str(e), e.exit_code)
+    typer.echo(f"{len(summaries)} runs -> {root}; report: {root / 'report.md'}")
+
+
+@app.command()
+def report(paths: Annotated[list[str], typer.Argument(help="Run dirs, or sweep dirs holding run dirs.", show_default=False)],
+           out: Annotated[str | None, typer.Option(help="Where report.md and its images go (default: the sweep dir given, else ./report).")] = None):
+    """Rebuild the comparison report (report.md + PNGs) from run dirs alone, without W&B."""
+    from pathlib import Path
+
+    from tokreason.experiments.errors import UserError
+
+    try:
+        from tokreason.experiments.report import build_report, find_runs
+
+        runs = find_runs([Path(p) for p in paths])
+        target = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "summary.json").exists()
+                                        else Path("report"))
+        build_report(runs, target)
+    except UserError as e:
+        _fail(str(e))
+    skipped = f" ({len(runs.skipped)} unfinished skipped)" if runs.skipped else ""
+    typer.echo(f"report of {len(runs)} runs{skipped} -> {target / 'report.md'}")
+
+
 @app.command(name="lm-eval")
 def lm_eval_(run: Annotated[str, typer.Option(help="A finished run dir (its model/ folder is evaluated).")],
              tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval task names.")],

@@ -59,6 +59,11 @@ def check_config(cfg: DictConfig) -> None:
     t = cfg.trainer
     if cfg.method.name not in method_names():
         raise UserError(f"unknown method {cfg.method.name!r}; valid: {', '.join(method_names())}")
+    thought = cfg.get("thought") or {}
+    if thought.get("corrupt", "none") not in CORRUPTIONS:
+        raise UserError(f"thought.corrupt={thought.get('corrupt')!r} is not valid; valid: {', '.join(CORRUPTIONS)}")
+    if thought.get("corrupt", "none") != "none" and cfg.method.name not in ("quiet_star", "rpt", "rlp"):
+        raise UserError(f"thought.corrupt={thought.get('corrupt')} needs a method that thinks; method={cfg.method.name} has no thoughts")
     try:
         build_method(cfg.method.name, **method_options(cfg))
     except (ValueError, TypeError) as e:
@@ -69,6 +74,9 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("eval_every", "checkpoint_every", "warmup_steps"):
         if int(t[key]) < 0:
             raise UserError(f"trainer.{key}={t[key]} is not valid; it must be 0 or more")
+    for key in ("max_tokens", "max_flops"):
+        if t.get(key) is not None and float(t[key]) <= 0:
+            raise UserError(f"trainer.{key}={t[key]} is not valid; it must be positive, or null for no such budget")
     if int(t.keep_checkpoints) < 1:
         raise UserError(f"trainer.keep_checkpoints={t.keep_checkpoints} is not valid; it must be at least 1")
     if float(t.lr) <= 0:
@@ -88,7 +96,21 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def method_options(cfg: DictConfig) -> dict:
-    return {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
+    options = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
+    corrupt = (cfg.get("thought") or {}).get("corrupt", "none")
+    if corrupt != "none":  # the ablation is a top-level knob every thinking method takes
+        options["thought_corrupt"] = corrupt
+    return options
+
+
+CORRUPTIONS = ("none", "shuffle", "random")
+
+
+def budget_spent(state: dict, t: DictConfig) -> bool:
+    """Whether a run has used its budget: max_steps, and max_tokens / max_flops when set."""
+    return (int(state["step"]) >= int(t.max_steps)
+            or (t.get("max_tokens") is not None and state["tokens"] >= float(t.max_tokens))
+            or (t.get("max_flops") is not None and state["flops"] >= float(t.max_flops)))
 
 
 class RunDirLock:
@@ -194,6 +216,26 @@ def validation_loss(model, windows: torch.Tensor, batch_size: int, device) -> fl
     return total / len(windows)
 
 
+def schedule_steps(t: DictConfig, seq_len: int, world: int) -> int:
+    """The LR schedule's length: max_steps, or fewer when a token budget ends the run first (a
+    FLOPs budget's step count is not known in advance: its schedule runs to max_steps)."""
+    steps = int(t.max_steps)
+    if t.get("max_tokens") is not None:
+        per_step = int(t.batch_size) * int(t.grad_accum) * world * seq_len
+        steps = min(steps, math.ceil(float(t.max_tokens) / per_step))
+    return steps
+
+
+def peak_memory() -> dict:
+    """Peak memory of this process: the GPU's allocated peak, or on CPU the process's peak RSS
+    (which includes loading and the base model's bootstrap, if this run built it)."""
+    if torch.cuda.is_available():
+        return {"peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30, "peak_memory_kind": "cuda_allocated"}
+    import resource
+
+    return {"peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_memory_kind": "process_rss"}
+
+
 def run_evaluation(cfg: DictConfig, raw_model, tokenizer, model_path: str, val_windows: torch.Tensor, flops) -> dict:
     """The benchmark table of the model just trained (not training compute: FLOPs paused)."""
     lm = getattr(raw_model, "lm", raw_model)
@@ -239,7 +281,7 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
     if (run_dir / "config.yaml").exists():
         check_resume_config(run_dir, config)
     if ckpt is not None and (run_dir / "summary.json").exists() and \
-            json.loads((ckpt / "trainer_state.json").read_text())["step"] >= int(t.max_steps):
+            budget_spent(json.loads((ckpt / "trainer_state.json").read_text()), t):
         if main:
             log.info("run dir %s holds a finished run; nothing to do", run_dir)
         return json.loads((run_dir / "summary.json").read_text())
@@ -284,7 +326,8 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
     # one once per process), so W processes follow the same schedule as one.
     extra = {"min_lr_rate": float(t.min_lr_ratio)} if t.scheduler == "cosine" else None
     scheduler = get_scheduler(SCHEDULERS[t.scheduler], optimizer, num_warmup_steps=int(t.warmup_steps),
-                              num_training_steps=int(t.max_steps), scheduler_specific_kwargs=extra)
+                              num_training_steps=schedule_steps(t, seq_len, accelerator.num_processes),
+                              scheduler_specific_kwargs=extra)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     for extra in getattr(accelerator.unwrap_model(model), "checkpoint_objects", lambda: [])():
@@ -358,7 +401,7 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
                         unit="step", dynamic_ncols=True)
         model.train()
         with StopRequested() as stop:
-            while step < max_steps:
+            while not budget_spent({**state, "step": step}, t):
                 if stop.signal is not None:
                     save_checkpoint()
                     raise Interrupted(stop.signal, step)
@@ -388,18 +431,20 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
                 progress.update(1)
                 progress.set_postfix(loss=f"{window['loss'][0] / max(1, window['loss'][1]):.3f}",
                                      tok_s=f"{tokens_per_step / step_seconds:.0f}", refresh=False)
-                if step % int(t.log_every) == 0 or step == max_steps:
+                last = budget_spent({**state, "step": step}, t)
+                if step % int(t.log_every) == 0 or last:
                     state["train_seconds"] += time.perf_counter() - step_started
                     step_started = time.perf_counter()  # the loop's time, logging included
                     log_line(step_seconds)
                 # Validation and checkpoints are timed apart: they are not the method's training cost.
                 state["train_seconds"] += time.perf_counter() - step_started
-                if (int(t.eval_every) and step % int(t.eval_every) == 0) or step == max_steps:
+                if (int(t.eval_every) and step % int(t.eval_every) == 0) or last:
                     val_loss = validate()
-                if (int(t.checkpoint_every) and step % int(t.checkpoint_every) == 0) or step == max_steps:
+                if (int(t.checkpoint_every) and step % int(t.checkpoint_every) == 0) or last:
                     save_checkpoint()
         progress.close()
 
+        memory = peak_memory()  # training's peak, before the evaluations below
         ne = cfg.get("next_token_eval")
         accuracy = {}
         if ne is not None and int(ne.positions) > 0:
@@ -428,7 +473,7 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
             "tokens_per_second": state["tokens"] / state["train_seconds"] if state["train_seconds"] else None,
             "parameters": sum(p.numel() for p in raw_model.parameters()), "model": model_path,
             "processes": world, "run_dir": str(run_dir), "wandb_run_id": tracker.wandb_run_id,
-            "next_token_accuracy": accuracy,
+            "next_token_accuracy": accuracy, **memory,
         }
         if results is not None:
             summary["eval"] = results

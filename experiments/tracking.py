@@ -327,6 +327,19 @@ class Tracker:
         rows = [[r.get(c) for c in TABLE_COLUMNS] for r in table["rows"]]
         self._run.log({"eval/table": wandb.Table(columns=TABLE_COLUMNS, data=rows)})
 
+    def log_report(self, folder: Path) -> None:
+        """A comparison report: its images, and report.md as text, in this (the group's report) run."""
+        if not self._active or self._finished or self._run is None:
+            return
+        import wandb
+
+        folder = Path(folder)
+        logged: dict[str, Any] = {f"report/{png.stem}": wandb.Image(str(png)) for png in sorted(folder.glob("*.png"))}
+        if (folder / "report.md").exists():
+            logged["report/markdown"] = wandb.Html("<pre>" + (folder / "report.md").read_text()
+                                                   .replace("&", "&amp;").replace("<", "&lt;") + "</pre>")
+        self._run.log(logged)
+
     def finish(self, exit_code: int | None = None) -> None:
         """Close the files and the W&B run (exit_code != 0 marks it failed). Idempotent."""
         if not self._active or self._finished:

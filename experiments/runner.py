@@ -29,6 +29,7 @@ from tokreason.experiments.models import (cache_dir, context_length, load_model_
                                           load_model_config, resolve_model_path)
 from tokreason.experiments.tracking import Tracker, redact, wandb_mode
 from tokreason.methods import build_method, method_names
+from tokreason.methods.corruption import CORRUPTIONS
 from tokreason.methods.cpt import next_token_nll
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,6 @@ def method_options(cfg: DictConfig) -> dict:
         options["thought_corrupt"] = corrupt
     return options
 
-
-CORRUPTIONS = ("none", "shuffle", "random")
 
 
 def budget_spent(state: dict, t: DictConfig) -> bool:

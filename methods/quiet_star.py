@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache
 
+from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
 from tokreason.methods.cpt import next_token_nll
 from tokreason.methods.policy import group_advantages, reinforce_loss
 from tokreason.methods.thought_attention import THOUGHT_ATTENTION
@@ -50,12 +51,14 @@ class QuietStarConfig:
     meta_init: str = "---"          # start/end embeddings start from this string's first token
     meta_grad_scale: float = 100.0  # stored as e/scale, used as scale*p: gradient x scale (under Adam ~ lr x scale)
     attention: str = "fast"         # fast: causal text + own-thought diagonal | dense: the official growing mask
+    thought_corrupt: str = "none"   # the ablation: none | shuffle | random (see forward)
 
     def __post_init__(self):
         if self.form not in FORMS:
             raise ValueError(f"method.form={self.form!r} is not valid; valid: {', '.join(FORMS)}")
         if self.attention not in ("fast", "dense"):
             raise ValueError(f"method.attention={self.attention!r} is not valid; valid: fast, dense")
+        check_corruption(self.thought_corrupt)
         if self.n_ahead < 3:
             raise ValueError(f"method.n_ahead={self.n_ahead} is too small; it must be at least 3 (base pass, <start>, <end>)")
         if self.n_ahead_talk < 1:
@@ -122,6 +125,9 @@ class QuietStarModel(nn.Module):
                              "use model.attn_implementation=sdpa or eager")
         self.lm, self.config = lm, config
         self.meta_ids = ensure_thought_tokens(lm, tokenizer)
+        # never drawn into a random (corrupted) thought; nor beyond the tokenizer's vocabulary
+        self.forbidden_ids = [*self.meta_ids, tokenizer.eos_token_id, tokenizer.pad_token_id]
+        self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])
         lm.set_attn_implementation(THOUGHT_ATTENTION)
         embed = lm.get_input_embeddings()
         init_ids = tokenizer.encode(config.meta_init, add_special_tokens=False)
@@ -179,7 +185,7 @@ class QuietStarModel(nn.Module):
             if j + 1 < talk:  # teacher-force x_{t+j+1} at position t (past the end: any token, never scored)
                 x = embed(F.pad(ids[:, j + 1:], (0, j + 1), value=int(ids[0, 0])))
         empty = ids.new_zeros(n, length, 0)
-        return ThoughtPass(base_hidden, torch.stack(talk_hidden, dim=2),
+        return ThoughtPass(base_hidden, torch.stack(talk_hidden, dim=2) if talk_hidden else base_hidden[:, :, None][:, :, :0],
                            torch.stack(thought_ids, -1) if thought_ids else empty,
                            torch.stack(policy_logprobs, -1) if policy_logprobs else empty.float())
 
@@ -213,10 +219,28 @@ class QuietStarModel(nn.Module):
 
     # ------------------------------------------------------------------ the objective
     def forward(self, input_ids: torch.Tensor, thoughts: torch.Tensor | None = None):
-        """The training loss on windows [B, L]: n_passes thoughts at every position."""
-        check_window(self.config, input_ids.shape[1], self.context)
-        ids = input_ids.repeat_interleave(self.config.n_passes, dim=0)  # the passes of one window are adjacent rows
-        tp = self.think(ids, self.config.n_ahead_talk, thoughts=thoughts)
+        """The training loss on windows [B, L]: n_passes thoughts at every position.
+
+        With thought_corrupt (shuffle | random) and no given `thoughts`, the thoughts are first
+        sampled as usual in a pass without gradient (its text and thought steps, no talk steps),
+        then corrupted, then replayed as `thoughts`: the mixing, the NLL and REINFORCE all see
+        the corrupted thought, so REINFORCE pushes on the corrupted tokens' log-probs. `random`
+        does not need the sampled tokens but runs the same sampling pass, so that both
+        corruptions cost the same (the pass is extra compute over thought_corrupt=none).
+        Given `thoughts` are replayed as they are."""
+        c = self.config
+        check_window(c, input_ids.shape[1], self.context)
+        ids = input_ids.repeat_interleave(c.n_passes, dim=0)  # the passes of one window are adjacent rows
+        if c.thought_corrupt != "none" and thoughts is None:
+            with torch.no_grad():
+                sampled = self.think(ids, 0).thought_ids
+            # a seed from the global RNG (which checkpoints restore), drawn after the sampling pass
+            seed = int(torch.randint(0, 2**31 - 1, (1,)))
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            thoughts = corrupt_thoughts(sampled, torch.full(sampled.shape[:-1], sampled.shape[-1], device=sampled.device),
+                                        c.thought_corrupt, corruption_generator(seed, rank), self.vocab_size,
+                                        self.forbidden_ids)
+        tp = self.think(ids, c.n_ahead_talk, thoughts=thoughts)
         loss, metrics = self.objective(input_ids, tp)
         return loss, metrics, tp
 

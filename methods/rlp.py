@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
 from tokreason.methods.policy import clipped_surrogate
 from tokreason.methods.quiet_star import ensure_thought_tokens
 from tokreason.methods.sampler import sample
@@ -65,6 +66,7 @@ class RLPModel(nn.Module):
         super().__init__()
         self.lm, self.method, self.tokenizer = lm, method, tokenizer
         self.start_id, self.end_id = ensure_thought_tokens(lm, tokenizer)
+        self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])  # for random thoughts
         self.ema = EMA(lm, method.ema_decay, "cpu" if method.ema_device == "cpu" else None)  # from the first weights
         self.last_timing: dict[str, float] = {}  # seconds per phase of the last step (benchmarks read it)
 
@@ -110,9 +112,17 @@ class RLPModel(nn.Module):
         # after each row's own <end>); thought log-probs keep their gradient, S_pred does not.
         k = m.target_tokens
         targets = torch.stack([input_ids[rows, ts + 1 + j] for j in range(k)], dim=-1)  # [n, k]
-        lengths = (samples.tokens != (self.tokenizer.pad_token_id or 0)).sum(-1)   # thought + <end>
+        lengths = samples.thought_len + 1   # thought + <end> (the sampler always closes it; a sampled pad id is a token too)
+        thought = samples.tokens
+        if m.thought_corrupt != "none":
+            # The ablation: S_pred is scored after the corrupted thought (same length, same <end>)
+            # and the surrogate pushes on the corrupted tokens' log-probs. The corruption's noise
+            # comes from the step's seed: no extra global RNG draw.
+            pad = self.tokenizer.pad_token_id or 0
+            thought = corrupt_thoughts(samples.tokens, samples.thought_len, m.thought_corrupt, corruption_generator(seed, rank),
+                                       self.vocab_size, [self.start_id, self.end_id, self.tokenizer.eos_token_id, pad])
         width, steps = samples.prompt_ids.shape[1], samples.tokens.shape[1]
-        full = torch.cat([samples.prompt_ids, samples.tokens, samples.tokens.new_zeros(n * g, k)], dim=1)
+        full = torch.cat([samples.prompt_ids, thought, samples.tokens.new_zeros(n * g, k)], dim=1)
         mask = torch.cat([samples.prompt_mask, torch.zeros_like(samples.tokens), samples.tokens.new_zeros(n * g, k)], dim=1)
         repeated_targets = targets.repeat_interleave(g, dim=0)
         for r in range(n * g):
@@ -122,7 +132,7 @@ class RLPModel(nn.Module):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.lm(input_ids=full, attention_mask=mask, position_ids=positions).logits.float()
         thought_lp = F.log_softmax(logits[:, width - 1: width - 1 + steps] / m.temperature, -1)
-        thought_lp = thought_lp.gather(-1, samples.tokens[..., None])[..., 0]
+        thought_lp = thought_lp.gather(-1, thought[..., None])[..., 0]
         score_at = width - 1 + lengths[:, None] + torch.arange(k, device=full.device)[None]  # predicts each target
         target_lp = F.log_softmax(logits.detach(), -1).gather(1, score_at[..., None].expand(-1, -1, logits.shape[-1]))
         s_pred = target_lp.gather(-1, repeated_targets[..., None])[..., 0].sum(-1).view(n, g)
@@ -175,6 +185,7 @@ class RLP:
     advantage: str = "group"
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
+    thought_corrupt: str = "none"  # the ablation: none | shuffle | random (see forward)
 
     def __post_init__(self):
         if not 0 < self.ema_decay < 1:
@@ -183,6 +194,7 @@ class RLP:
             raise ValueError(f"method.group_size={self.group_size} is not valid; the group baseline needs at least 2 thoughts")
         if self.advantage not in ADVANTAGES:
             raise ValueError(f"method.advantage={self.advantage!r} is not valid; valid: {', '.join(ADVANTAGES)}")
+        check_corruption(self.thought_corrupt)
         if self.ema_device not in ("model", "cpu"):
             raise ValueError(f"method.ema_device={self.ema_device!r} is not valid; valid: model, cpu")
         if self.selector not in SELECTORS:

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
 from tokreason.methods.policy import clipped_surrogate, grpo_advantages, kl_penalty
 from tokreason.methods.quiet_star import ensure_thought_tokens
-from tokreason.methods.sampler import sample
+from tokreason.methods.sampler import Samples, sample
 from tokreason.methods.selectors import SELECTORS, choose_positions
 from tokreason.methods.token_bytes import token_byte_table
 from tokreason.methods.verifier import (Continuation, Rollouts, conditional_dense_reward, dense_reward,
@@ -70,6 +71,7 @@ class RPTModel(nn.Module):
                 if not ids or tokenizer.decode(ids) != marker:
                     raise ValueError(f"method.template=boxed needs the tokenizer to represent {marker!r}; use method.template=meta")
         self.token_bytes = token_byte_table(tokenizer)  # after any meta-tokens were added
+        self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])  # for random thoughts
         self.stop_ids = []
         for stop in method.prediction_stop:
             ids = tokenizer.encode(stop, add_special_tokens=False)
@@ -141,9 +143,12 @@ class RPTModel(nn.Module):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         was_training = self.lm.training
         self.lm.eval()
-        samples = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
-                         thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens, close_id=self.end_id if m.template == "meta" else None,
-                         max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
+        if m.thought_corrupt == "none":
+            samples = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
+                             thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens, close_id=self.end_id if m.template == "meta" else None,
+                             max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
+        else:
+            samples = self.corrupted_samples(prompts, keys, seed, rank, pad)
         self.lm.train(was_training)
         sampled_at = time.perf_counter()
 
@@ -184,6 +189,40 @@ class RPTModel(nn.Module):
         # seconds per phase of the last step (benchmarks read it); scoring: rewards and the teacher-forced pass
         self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
         return result
+
+    def corrupted_samples(self, prompts: list[list[int]], keys: list[int], seed: int, rank: int, pad: int) -> Samples:
+        """The corruption ablation (meta template only): the thoughts alone are sampled, then
+        corrupted (same length, same <end>), then the predictions are sampled after context,
+        <start>, corrupted thought, <end>. The rollouts returned hold the corrupted thought, so
+        the reward is the prediction's made after it and the update scores (and pushes on) the
+        corrupted tokens. No global RNG is drawn: the corruption's and the prediction's noise
+        come from the step's seed."""
+        m, group = self.method, self.method.group_size
+        thoughts = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
+                          thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens, close_id=self.end_id,
+                          max_prediction_tokens=0, stop_ids=[], pad_id=pad)
+        generator = corruption_generator(seed, rank)
+        corrupted = corrupt_thoughts(thoughts.tokens, thoughts.thought_len, m.thought_corrupt, generator, self.vocab_size,
+                                     [self.start_id, self.end_id, self.tokenizer.eos_token_id, pad])
+        closed_len = thoughts.thought_len + 1  # every thought ends with its <end> (the model's or forced at the budget)
+        rows = corrupted.tolist()
+        followed = [prompts[r // group] + rows[r][:k] for r, k in enumerate(closed_len.tolist())]
+        # With close_id=None the sampler has no thought phase and `thought_budget` is its whole
+        # limit: it predicts up to max_prediction_tokens tokens, ending early at a stop token.
+        predicted = sample(self.lm, followed, keys=keys, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+                           temperature=m.temperature, thought_budget=m.max_prediction_tokens, close_id=None,
+                           max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
+        # Per row [corrupted thought, <end>, prediction (stop token included), pad ..] after the
+        # thought call's left-padded prompts: what one uncorrupted call returns, in the same layout.
+        steps = predicted.tokens.shape[1]
+        tokens = torch.cat([corrupted, torch.full_like(predicted.tokens, pad)], dim=1)
+        chosen = torch.cat([thoughts.sampled, torch.zeros_like(predicted.sampled)], dim=1)
+        at = closed_len[:, None] + torch.arange(steps, device=tokens.device)[None]
+        tokens.scatter_(1, at, predicted.tokens)
+        chosen.scatter_(1, at, predicted.sampled)
+        width = int((closed_len + predicted.sampled.sum(-1)).max())
+        return Samples(tokens[:, :width], chosen[:, :width], thoughts.thought_len, thoughts.closed, predicted.prediction,
+                       predicted.first_logprob, thoughts.prompt_ids, thoughts.prompt_mask)
 
     def update(self, full, prompt_mask, tokens, token_mask, advantages, old_logprobs, stats, epochs_left):
         """The clipped surrogate on a rollout batch (teacher-forced log-probs of the sampled
@@ -237,10 +276,15 @@ class RPT:
     kl_beta: float = 0.0
     dynamic_sampling: bool = False
     epochs: int = 1
+    thought_corrupt: str = "none"  # the ablation: none | shuffle | random (meta template only; see corrupted_samples)
 
     def __post_init__(self):
         if self.template not in TEMPLATES:
             raise ValueError(f"method.template={self.template!r} is not valid; valid: {', '.join(TEMPLATES)}")
+        check_corruption(self.thought_corrupt)
+        if self.thought_corrupt != "none" and self.template != "meta":
+            raise ValueError(f"method.thought_corrupt={self.thought_corrupt!r} needs method.template=meta; "
+                             f"method.template={self.template} has no separable thought to corrupt")
         if self.group_size < 2:
             raise ValueError(f"method.group_size={self.group_size} is not valid; GRPO needs at least 2 rollouts per position")
         if self.selector not in SELECTORS:

@@ -291,7 +291,7 @@ def compare_jobs(overrides: list[str]) -> tuple[DictConfig, list[list[str]], Pat
     root = Path(str(cfg.output_root)) / "compare" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{c.name}"
     group = f"compare-{root.name}"
     common = [experiment, *[f"compare.{k}={v}" for k, v in _compare_overrides(overrides)], *budget,
-              *[str(o) for o in c.overrides], *passed, f"logger.group={group}"]
+              *[str(o) for o in c.overrides], *passed, *([f"logger.group={group}"] if cfg.logger.kind == "wandb" else [])]
     seeds = ",".join(str(s) for s in c.seeds)
     jobs = [[f"method={','.join(c.methods)}", f"seed={seeds}", *common, f"hydra.sweep.dir={root}/main"]]
     thinking = [m for m in c.methods if m.split("_tiny")[0] in THINKING]

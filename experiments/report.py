@@ -48,6 +48,7 @@ NO_BUDGET = "steps (no compare budget recorded)"
 
 # method config keys that make an ablation a variant of its own: key -> short label in the name
 # Config keys (dotted) that make a run an ablation of its method, and their label in names.
+BASE_VARIES = "by method"  # the base column when the base's score differs between runs (think on)
 ABLATION_KEYS = {"thought.corrupt": "corrupt"}
 
 
@@ -197,8 +198,12 @@ def _deltas(runs: list[dict], variants: list[str]) -> list[dict]:
                 cells[variant] = {"mean": deltas[0], "se": rows[0].get("se"), "seeds": 1, "se_kind": "paired"}
             else:
                 cells[variant] = {"mean": None, "se": None, "seeds": 0, "se_kind": None}
+        # Think on, the base is scored with each method's own inference: then it differs by method
+        # and one number would mislead (each run's summary.json has its own).
+        bases = [b for b in entry["bases"] if b is not None]
+        same = bool(bases) and max(bases) - min(bases) <= 1e-9 * max(1.0, abs(max(bases)))
         out.append({"benchmark": benchmark, "metric": metric, "think": think,
-                    "base": _mean(entry["bases"]), "variants": cells})
+                    "base": bases[0] if same else None, "base_varies": bool(bases) and not same, "variants": cells})
     return out
 
 
@@ -305,11 +310,14 @@ def _markdown(report: dict) -> str:
                      f"{_fmt_count(c['tokens'])} | {_fmt(SCI_FORMAT, c['flops'])} |")
     lines += ["", "## Benchmark deltas", "",
               "Delta = trained − base, mean over seeds ± SE: with ≥ 2 seeds the sample sd / √seeds, "
-              "with one seed that run's paired SE. Base = the base model's value (mean over runs).", "",
+              "with one seed that run's paired SE. Base = the base model's value; think on, the base is "
+              f"scored with each method's own inference, so where that differs the column says \"{BASE_VARIES}\" "
+              "(each run's summary.json has its own).", "",
               "| benchmark | metric | think | base | " + " | ".join(variants) + " |",
               "|---|---|---|---|" + "---|" * len(variants)]
     for d in report["deltas"]:
-        lines.append(f"| {d['benchmark']} | {d['metric']} | {d['think']} | {_fmt(VALUE_FORMAT, d['base'])} | "
+        base = BASE_VARIES if d.get("base_varies") else _fmt(VALUE_FORMAT, d["base"])
+        lines.append(f"| {d['benchmark']} | {d['metric']} | {d['think']} | {base} | "
                      + " | ".join(_delta_cell(d["variants"][v]) for v in variants) + " |")
     lines += ["", "## Cost", "",
               "Means over each variant's runs; per-token values are train FLOPs (or seconds) per corpus token, "

@@ -225,14 +225,31 @@ def schedule_steps(t: DictConfig, seq_len: int, world: int) -> int:
     return steps
 
 
+def reset_peak_memory() -> None:
+    """Start this run's peak-memory count (a sweep runs several jobs in one process)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak RSS (VmHWM)
+    except OSError:
+        pass
+
+
 def peak_memory() -> dict:
-    """Peak memory of this process: the GPU's allocated peak, or on CPU the process's peak RSS
-    (which includes loading and the base model's bootstrap, if this run built it)."""
+    """Peak memory since reset_peak_memory: the GPU's allocated peak, or on CPU the process's peak
+    RSS (Linux VmHWM; elsewhere the process's lifetime peak, which may include earlier jobs)."""
     if torch.cuda.is_available():
         return {"peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30, "peak_memory_kind": "cuda_allocated"}
-    import resource
+    try:
+        status = Path("/proc/self/status").read_text()
+        kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+        return {"peak_memory_gb": kb / 2**20, "peak_memory_kind": "process_rss"}
+    except (OSError, StopIteration, ValueError):
+        import resource
 
-    return {"peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_memory_kind": "process_rss"}
+        return {"peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "peak_memory_kind": "process_rss_lifetime"}
 
 
 def run_evaluation(cfg: DictConfig, raw_model, tokenizer, model_path: str, val_windows: torch.Tensor, flops) -> dict:
@@ -286,6 +303,7 @@ def _train(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> dict:
         return json.loads((run_dir / "summary.json").read_text())
 
     # Everything that can fail on bad input happens before the first file of ours is written.
+    reset_peak_memory()
     started = time.perf_counter()
     with accelerator.main_process_first():  # the main process builds the tiny base model once
         model_path = resolve_model_path(cfg.model, cache_dir(cfg))

@@ -258,3 +258,16 @@ def test_report_of_real_tiny_runs(cli, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_base_that_differs_between_runs_is_not_averaged(tmp_path):
+    """Think on, each method scores the base with its own inference: no single base value."""
+    a = write_run(tmp_path / "a", "rpt", 0, None, [0.1, -1.0, 0.2], [0.01, 0.1, 0.1], dict(steps=1, tokens=10, flops=1.0))
+    b = write_run(tmp_path / "b", "rlp", 0, None, [0.1, -1.0, 0.2], [0.01, 0.1, 0.1], dict(steps=1, tokens=10, flops=1.0))
+    summary = json.loads((b / "summary.json").read_text())
+    summary["eval"]["rows"][2]["base"] = 0.5  # the think-on row
+    (b / "summary.json").write_text(json.dumps(summary))
+    report = build_report([a, b], tmp_path / "out")
+    assert [d["base"] for d in report["deltas"]] == [0.3, 50.0, None] and report["deltas"][2]["base_varies"]
+    rows = md_tables((tmp_path / "out" / "report.md").read_text())["Benchmark deltas"]
+    assert [r["base"] for r in rows] == ["0.3000", "50.0000", "by method"]

@@ -230,8 +230,16 @@ def reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return
+    import ctypes
+    import gc
+
+    gc.collect()  # an earlier job's tensors, then the memory malloc still holds, go back to the OS first
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak RSS (VmHWM)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak RSS (VmHWM) to the current RSS
     except OSError:
         pass
 

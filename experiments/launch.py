@@ -288,7 +288,8 @@ def compare_jobs(overrides: list[str]) -> tuple[DictConfig, list[list[str]], Pat
                         "trainer.scheduler=constant"]}[c.budget]
     import time
 
-    root = Path(str(cfg.output_root)) / "compare" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{c.name}"
+    root = Path(str(c.root)) if c.get("root") else \
+        Path(str(cfg.output_root)) / "compare" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{c.name}"
     group = f"compare-{root.name}"
     common = [experiment, *[f"compare.{k}={v}" for k, v in _compare_overrides(overrides)], *budget,
               *[str(o) for o in c.overrides], *passed, *([f"logger.group={group}"] if cfg.logger.kind == "wandb" else [])]
@@ -320,9 +321,16 @@ def run_compare(overrides: list[str]) -> tuple[Path, list[dict]]:
     for sweep in jobs:  # every job of every sweep is checked before anything runs
         for job in sweep_jobs(sweep):
             check_job(job)
+    from tokreason.experiments.runner import Interrupted
+
     summaries = []
-    for sweep in jobs:
-        summaries += run_train(sweep, multirun=True)
+    try:
+        for sweep in jobs:
+            summaries += run_train(sweep, multirun=True)
+    except Interrupted as e:  # the run dirs are fixed under root: the same root resumes every one of them
+        e.args = (f"{e.args[0].split(';')[0]}; checkpoint saved: add compare.root={root} to the same command to resume "
+                  "the comparison (finished runs are kept)",)
+        raise
     build_report(find_runs([root]), root)
     if cfg.logger.kind == "wandb":  # the report joins the runs' W&B group as a run of its own
         from tokreason.experiments.tracking import Tracker

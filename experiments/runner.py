@@ -51,7 +51,7 @@ def quiet_libraries() -> None:
     logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
 # Keys that may differ when a run dir is resumed: how it is watched, not what it computes.
-RESUME_MAY_DIFFER = ("run_dir", "trainer.resume", "trainer.progress_bar", "logger", "output_root")
+RESUME_MAY_DIFFER = ("run_dir", "trainer.resume", "trainer.progress_bar", "logger", "output_root", "compare.root")
 SCHEDULERS = {"cosine": "cosine_with_min_lr", "linear": "linear", "constant": "constant_with_warmup"}
 
 

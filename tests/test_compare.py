@@ -80,3 +80,14 @@ def test_compare_runs_every_method_in_one_group_and_reports_them(cli, tmp_path):
     assert "report of 2 runs" in proc.stdout and (root / "report.md").read_text() == before
     proc = cli("report", str(tmp_path / "nothing-here"), check=False)
     assert proc.returncode == 2 and "no finished run dir" in proc.stderr
+
+
+def test_a_comparison_resumes_in_its_root_keeping_finished_runs(cli, tmp_path):
+    args = [*RUN, "compare.methods=[cpt]", "compare.corrupt=[]", "budget=steps", "compare.steps=2", "eval=none"]
+    cli("compare", *args)
+    [root] = (tmp_path / "runs" / "compare").iterdir()
+    summary = root / "main" / "0_cpt-seed0" / "summary.json"
+    first = summary.read_text()
+    proc = cli("compare", *args, f"compare.root={root}")
+    assert summary.read_text() == first and len(list((tmp_path / "runs" / "compare").iterdir())) == 1
+    assert "1 runs" in proc.stdout

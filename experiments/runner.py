@@ -104,7 +104,6 @@ def method_options(cfg: DictConfig) -> dict:
     return options
 
 
-
 def budget_spent(state: dict, t: DictConfig) -> bool:
     """Whether a run has used its budget: max_steps, and max_tokens / max_flops when set."""
     return (int(state["step"]) >= int(t.max_steps)

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -193,8 +194,6 @@ EVAL_OVERRIDABLE = ("eval", "logger", "cache_dir", "output_root")
 def run_eval(overrides: list[str]) -> tuple[dict, Path]:
     """Evaluate a run dir's trained model against its base (`run=<dir>`), or, without run=, the
     composed config's model alone. Returns the results table and where it was written."""
-    import time
-
     from tokreason.experiments.evaluation import check_eval_config, evaluate, load_exported, load_run_config
     from tokreason.experiments.models import cache_dir, resolve_model_path
     from tokreason.experiments.runner import RunDirLock, check_config, quiet_libraries
@@ -286,8 +285,6 @@ def compare_jobs(overrides: list[str]) -> tuple[DictConfig, list[list[str]], Pat
               "tokens": [f"trainer.max_tokens={int(c.tokens)}", f"trainer.max_steps={int(c.max_steps)}"],
               "flops": [f"trainer.max_flops={float(c.flops)}", f"trainer.max_steps={int(c.max_steps)}",
                         "trainer.scheduler=constant"]}[c.budget]
-    import time
-
     root = Path(str(c.root)) if c.get("root") else \
         Path(str(cfg.output_root)) / "compare" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{c.name}"
     group = f"compare-{root.name}"
@@ -295,7 +292,7 @@ def compare_jobs(overrides: list[str]) -> tuple[DictConfig, list[list[str]], Pat
               *[str(o) for o in c.overrides], *passed, *([f"logger.group={group}"] if cfg.logger.kind == "wandb" else [])]
     seeds = ",".join(str(s) for s in c.seeds)
     jobs = [[f"method={','.join(c.methods)}", f"seed={seeds}", *common, f"hydra.sweep.dir={root}/main"]]
-    thinking = [m for m in c.methods if m.split("_tiny")[0] in THINKING]
+    thinking = [m for m in c.methods if compose_config([f"method={m}"]).method.name in THINKING]
     if c.corrupt and thinking:
         jobs.append([f"method={','.join(thinking)}", f"thought.corrupt={','.join(c.corrupt)}", f"seed={seeds}", *common,
                      "run_name=${method.name}-corrupt_${thought.corrupt}-seed${seed}", f"hydra.sweep.dir={root}/ablation"])
@@ -311,13 +308,6 @@ def run_compare(overrides: list[str]) -> tuple[Path, list[dict]]:
     from tokreason.experiments.report import build_report, find_runs
 
     cfg, jobs, root = compare_jobs(overrides)
-    if cfg.logger.kind == "wandb":  # the main logger's mode check, before anything runs
-        from tokreason.experiments.tracking import wandb_mode
-
-        try:
-            wandb_mode(str(cfg.logger.mode))
-        except ValueError as e:
-            raise UserError(f"logger.mode: {e}") from None
     for sweep in jobs:  # every job of every sweep is checked before anything runs
         for job in sweep_jobs(sweep):
             check_job(job)

@@ -75,7 +75,7 @@ def info(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HE
         _fail(str(e))
     typer.echo("Config groups (choose with group=option):")
     for group, names in options.items():
-        typer.echo(f"  {group:<8} {', '.join(names):<32} chosen: {choices.get(group)}")
+        typer.echo(f"  {group:<10} {', '.join(names):<32} chosen: {choices.get(group)}")
     typer.echo("\nResolved config:")
     typer.echo(resolved)
 

@@ -27,7 +27,8 @@ def weights(run_dir):
 def test_help_and_info(cli):
     assert "train" in cli("--help").stdout and "multirun" in cli("train", "--help").stdout
     out = cli("info", "method=cpt", "data=text", "data.path=x.txt").stdout
-    assert "method   cpt" in out and "data     hf, synthetic, text" in out and "chosen: text" in out
+    assert "method     cpt" in out and "data       hf, synthetic, text" in out and "chosen: text" in out
+    assert "eval       default, none" in out and "experiment embedded" in out
     assert "path: x.txt" in out and "${" not in out  # resolved
 
 

@@ -82,7 +82,8 @@ def think_modes(cfg: DictConfig) -> list[str]:
 
 # ----------------------------------------------------------------------------- scorers
 
-def method_options(cfg: DictConfig) -> dict:
+def method_settings(cfg: DictConfig) -> dict:
+    """The method's own settings (cfg.method without its name)."""
     return {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
 
 
@@ -96,7 +97,7 @@ def make_scorer(lm, tokenizer, cfg: DictConfig, think: str, quiet_star_model=Non
         if quiet_star_model is None:  # the base model: a fresh head (it starts as the identity)
             from tokreason.methods.quiet_star import QuietStarConfig, QuietStarModel
 
-            quiet_star_model = QuietStarModel(lm, tokenizer, QuietStarConfig(**method_options(cfg))).eval()
+            quiet_star_model = QuietStarModel(lm, tokenizer, QuietStarConfig(**method_settings(cfg))).eval()
         return QuietStarScorer(quiet_star_model, tokenizer, batch)
     if name in ("rpt", "rlp"):
         budget = cfg.eval.get("thought_budget") or cfg.method.thought_budget
@@ -109,7 +110,7 @@ def think_signature(cfg: DictConfig, think: str) -> dict:
     if think == "off":
         return {"think": "off"}
     if cfg.method.name == "quiet_star":
-        return {"think": "on", "quiet_star": method_options(cfg)}
+        return {"think": "on", "quiet_star": method_settings(cfg)}
     return {"think": "on", "meta_template": True, "thought_budget": int(cfg.eval.get("thought_budget") or cfg.method.thought_budget),
             "min_thought_tokens": int(cfg.method.get("min_thought_tokens", 0))}
 
@@ -379,10 +380,16 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
     benches = {name: load_benchmark(name, cfg) for name in e.benchmarks if name != HELDOUT}
     fingerprint = model_fingerprint(base_path)
 
+    loaded: list = []
+
     def base_lm():
-        lm, tokenizer = load_model_and_tokenizer(cfg.model, base_path)
-        _to_device(lm)
-        return lm.eval(), tokenizer
+        """Loaded once, on first need. Think off is scored before on (see below), because
+        wrapping the base for Quiet-STaR's inference may add meta-token rows to it."""
+        if not loaded:
+            lm, tokenizer = load_model_and_tokenizer(cfg.model, base_path)
+            _to_device(lm)
+            loaded.extend([lm.eval(), tokenizer])
+        return loaded[0], loaded[1]
 
     # The held-out positions are chosen once, by the base model's entropy, so base and trained
     # are compared on the same positions.
@@ -392,7 +399,6 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
         windows = val_windows[: int(e.heldout.windows)]
         where, entropy = bucket_positions(lm, windows, int(e.heldout.positions))
         heldout = (windows, where, entropy)
-        del lm
 
     def run_all(scorer, tokenizer, think) -> dict:
         out = {}
@@ -403,7 +409,7 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
         return out
 
     base: dict = {}
-    for think in modes:
+    for think in sorted(modes, key=THINK_MODES.index):
         keys = {name: cache_key(fingerprint, benchmark_signature(name, cfg), think_signature(cfg, think))
                 for name in [*benches, *([HELDOUT] if heldout is not None else [])]}
         cached = {name: read_cached(cache, k) for name, k in keys.items()}

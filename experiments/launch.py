@@ -254,10 +254,9 @@ def run_eval(overrides: list[str]) -> tuple[dict, Path]:
 
 def _held_out_windows(cfg: DictConfig, base_path: str):
     from tokreason.experiments.data import build_corpus
-    from tokreason.experiments.models import load_model_and_tokenizer
+    from tokreason.experiments.models import load_tokenizer
 
-    _, tokenizer = load_model_and_tokenizer(cfg.model, base_path)
-    return build_corpus(cfg.data, tokenizer, int(cfg.seed)).val
+    return build_corpus(cfg.data, load_tokenizer(cfg.model, base_path), int(cfg.seed)).val
 
 
 # ----------------------------------------------------------------------------- tokreason compare

@@ -55,21 +55,37 @@ def load_model_config(model_cfg: DictConfig, path: str):
         raise UserError(f"cannot load model config from model.name_or_path={path!r}: {first}") from None
 
 
+def _load_kwargs(model_cfg: DictConfig) -> dict:
+    return dict(trust_remote_code=bool(model_cfg.get("trust_remote_code", False)), revision=model_cfg.get("revision"))
+
+
+def _cannot_load(path: str, e: Exception) -> UserError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return UserError(f"cannot load model.name_or_path={path!r}: {first}")
+
+
+def load_tokenizer(model_cfg: DictConfig, path: str):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **_load_kwargs(model_cfg))
+    except (OSError, ValueError) as e:
+        raise _cannot_load(path, e) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model_and_tokenizer(model_cfg: DictConfig, path: str):
     dtype = model_cfg.get("dtype", "float32")
     if dtype != "auto" and dtype not in DTYPES:
         raise UserError(f"model.dtype={dtype!r} is not valid; valid: auto, {', '.join(DTYPES)}")
-    kwargs = dict(trust_remote_code=bool(model_cfg.get("trust_remote_code", False)), revision=model_cfg.get("revision"))
+    kwargs = _load_kwargs(model_cfg)
+    tokenizer = load_tokenizer(model_cfg, path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype="auto" if dtype == "auto" else DTYPES[dtype],
             attn_implementation=model_cfg.get("attn_implementation", "sdpa"), **kwargs)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load model.name_or_path={path!r}: {first}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        raise _cannot_load(path, e) from None
     return model, tokenizer
 
 

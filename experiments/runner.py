@@ -22,7 +22,8 @@ from transformers import get_scheduler
 
 from tokreason.experiments.data import BatchStream, build_corpus
 from tokreason.experiments.errors import UserError
-from tokreason.experiments.evaluation import check_eval_config, eval_enabled, evaluate, make_scorer, think_modes
+from tokreason.experiments.evaluation import (check_eval_config, eval_enabled, evaluate, make_scorer, method_settings,
+                                              think_modes)
 from tokreason.experiments.flops import FlopCounter
 from tokreason.experiments.next_token_eval import next_token_accuracy
 from tokreason.experiments.models import (cache_dir, context_length, load_model_and_tokenizer,
@@ -97,7 +98,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def method_options(cfg: DictConfig) -> dict:
-    options = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
+    options = method_settings(cfg)
     corrupt = (cfg.get("thought") or {}).get("corrupt", "none")
     if corrupt != "none":  # the ablation is a top-level knob every thinking method takes
         options["thought_corrupt"] = corrupt

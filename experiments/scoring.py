@@ -240,4 +240,6 @@ class ThoughtScorer(PlainScorer):
         return out
 
     def window_nll(self, windows: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("a thought before every token of a window is not RPT's or RLP's inference")
+        """Refused: the plain model's NLL would pass for a thinking score (heldout_values never asks)."""
+        raise ValueError("held-out perplexity with thinking needs a thought before every token, which is not "
+                         "RPT's or RLP's inference; score it with think off")

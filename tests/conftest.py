@@ -23,6 +23,16 @@ FAST_RUN = [
 FAST = TINY_MODEL + SMALL_SYNTHETIC + FAST_RUN
 
 
+def tiny_llama(vocab: int):
+    """A 2-layer Llama with seeded random weights, for tests of a method's mechanics."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=128))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cache")

@@ -2,8 +2,8 @@
 thinking method, what the prediction / score is conditioned on under none, shuffle and random."""
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import tiny_llama
 import tokreason.methods.rlp as rlp_module
 import tokreason.methods.rpt as rpt_module
 from tokreason.experiments.tokenizer import train_tokenizer
@@ -18,12 +18,6 @@ PAD = -7  # an id no thought has, to see padding stay in place
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_tokenizer([f"Ann has {i} apples --- so {i + 2} pears." for i in range(200)], 300)
-
-
-def tiny(vocab: int) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, max_position_embeddings=128))
 
 
 def forbidden(tokenizer, model) -> set[int]:
@@ -101,7 +95,7 @@ def test_rpt_corruption_needs_the_meta_template():
 # ---------------------------------------------------------------------------- Quiet-STaR
 def quiet_star(tokenizer, corrupt: str | None):
     options = dict(n_ahead=7, n_ahead_talk=2, policy_weight=1.0) | ({} if corrupt is None else {"thought_corrupt": corrupt})
-    model = QuietStar(**options).wrap(tiny(len(tokenizer)), tokenizer)
+    model = QuietStar(**options).wrap(tiny_llama(len(tokenizer)), tokenizer)
     torch.nn.init.normal_(model.mixing_head.net[-1].weight, std=0.5)  # the thought matters to the loss
     return model.eval()
 
@@ -180,7 +174,7 @@ def spy_sampler(monkeypatch, module) -> list[dict]:
 def rpt(tokenizer, corrupt: str | None):
     options = dict(group_size=4, thought_budget=6, min_thought_tokens=3, max_prediction_tokens=2, selector="random",
                    positions_per_window=2, min_context=2, reward="dense", prediction_stop=[])
-    return RPT(**options, **({} if corrupt is None else {"thought_corrupt": corrupt})).wrap(tiny(len(tokenizer)), tokenizer)
+    return RPT(**options, **({} if corrupt is None else {"thought_corrupt": corrupt})).wrap(tiny_llama(len(tokenizer)), tokenizer)
 
 
 @pytest.mark.parametrize("corrupt", ["shuffle", "random"])
@@ -252,7 +246,7 @@ def scoring_inputs(model) -> list[torch.Tensor]:
 @pytest.mark.parametrize("corrupt", ["shuffle", "random"])
 def test_rlp_scores_after_and_pushes_on_the_corrupted_thought(tokenizer, monkeypatch, corrupt):
     model = RLP(group_size=4, thought_budget=6, min_thought_tokens=3, min_context=2, thought_corrupt=corrupt).wrap(
-        tiny(len(tokenizer)), tokenizer)
+        tiny_llama(len(tokenizer)), tokenizer)
     calls = spy_sampler(monkeypatch, rlp_module)
     seen = scoring_inputs(model)
     torch.manual_seed(3)
@@ -280,7 +274,7 @@ def test_rlp_none_scores_the_sampled_thought(tokenizer, monkeypatch):
     losses = []
     for corrupt in (None, "none"):
         model = RLP(group_size=4, thought_budget=6, min_context=2, **({} if corrupt is None else {"thought_corrupt": corrupt}))
-        model = model.wrap(tiny(len(tokenizer)), tokenizer)
+        model = model.wrap(tiny_llama(len(tokenizer)), tokenizer)
         seen = scoring_inputs(model)
         torch.manual_seed(3)
         losses.append(model(windows)[0])

@@ -4,9 +4,8 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import FAST, same_weights, stop_and_resume
+from conftest import FAST, same_weights, stop_and_resume, tiny_llama
 from tokreason.experiments.tokenizer import train_tokenizer
 from tokreason.methods.rlp import EMA, RLP, rlp_advantages
 
@@ -16,12 +15,6 @@ def tokenizer():
     return train_tokenizer([f"Bo has {i} pens and {i + 1} cups." for i in range(100)], 300)
 
 
-def tiny(vocab: int) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, max_position_embeddings=128))
-
-
 def test_advantage_with_the_leave_one_out_factor_and_the_ema_form():
     rewards = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 2.0]])
     torch.testing.assert_close(rlp_advantages(rewards), torch.tensor([[-1.5, 0.0, 1.5], [-0.75, -0.75, 1.5]]))
@@ -29,7 +22,7 @@ def test_advantage_with_the_leave_one_out_factor_and_the_ema_form():
 
 
 def test_reward_is_the_information_gain_over_the_ema(tokenizer):
-    model = RLP(group_size=2).wrap(tiny(len(tokenizer)), tokenizer)
+    model = RLP(group_size=2).wrap(tiny_llama(len(tokenizer)), tokenizer)
     lp = torch.zeros(4, 3, requires_grad=True)
     _, metrics = model.objective(lp, torch.ones(4, 3, dtype=torch.bool), s_pred=torch.tensor([[-1.0, -2.0], [-0.5, -0.7]]),
                                  s_ema=torch.tensor([-1.5, -1.0]))
@@ -55,7 +48,7 @@ def test_ema_update_by_hand():
 
 @pytest.mark.parametrize("advantage, cancels", [("group", True), ("ema", False)])
 def test_the_ema_term_cancels_from_the_group_advantage_and_not_from_the_ema_one(tokenizer, advantage, cancels):
-    model = RLP(group_size=3, advantage=advantage).wrap(tiny(len(tokenizer)), tokenizer)
+    model = RLP(group_size=3, advantage=advantage).wrap(tiny_llama(len(tokenizer)), tokenizer)
     torch.manual_seed(1)
     base = torch.randn(6, 4)
     mask = torch.ones(6, 4, dtype=torch.bool)
@@ -72,7 +65,7 @@ def test_the_ema_term_cancels_from_the_group_advantage_and_not_from_the_ema_one(
 
 
 def test_only_thought_tokens_receive_gradient(tokenizer):
-    model = RLP(group_size=2, thought_budget=4, min_context=2).wrap(tiny(len(tokenizer)), tokenizer)
+    model = RLP(group_size=2, thought_budget=4, min_context=2).wrap(tiny_llama(len(tokenizer)), tokenizer)
     seen = {}
     objective = model.objective
 

@@ -19,14 +19,16 @@ import torch
 from omegaconf import OmegaConf
 
 import tokreason.conf
-from tokreason.experiments.benchmark_data import load_real_benchmark
-from tokreason.experiments.benchmarks import synthetic_benchmark
-from tokreason.experiments.data import build_corpus
-from tokreason.experiments.evaluation import heldout_values, score_benchmark
-from tokreason.experiments.models import ensure_tiny_base, load_model_and_tokenizer
-from tokreason.experiments.next_token_eval import bucket_positions
-from tokreason.experiments.scoring import PlainScorer, QuietStarScorer, ThoughtScorer
-from tokreason.experiments.synthetic import ProblemSpec
+from tokreason.experiments.evaluation.real_tasks import load_real_benchmark
+from tokreason.experiments.evaluation.synthetic_tasks import synthetic_benchmark
+from tokreason.experiments.data.corpus import build_corpus
+from tokreason.experiments.evaluation.evaluate import heldout_values, score_benchmark
+from tokreason.experiments.models.loading import load_model_and_tokenizer
+from tokreason.experiments.models.tiny_base import ensure_tiny_base
+from tokreason.experiments.evaluation.next_token import bucket_positions
+from tokreason.methods.inference import PlainScorer, ThoughtScorer
+from tokreason.methods.quiet_star import QuietStarScorer
+from tokreason.experiments.data.synthetic import ProblemSpec
 from tokreason.methods.quiet_star import QuietStarConfig, QuietStarModel
 
 
@@ -76,7 +78,7 @@ def main() -> None:
             windows = build_corpus(data_cfg, tok, 0).val[: args.examples]
             where, entropy = bucket_positions(scorer.lm, windows, 64)
         started = time.perf_counter()
-        heldout_values(scorer, windows, where, entropy, OmegaConf.create({"eval": {"heldout": {"max_prediction_tokens": 1}}}), tok)
+        heldout_values(scorer, windows, where, entropy, max_prediction_tokens=1)
         seconds = time.perf_counter() - started
         print(f"  {'held-out windows (128 tokens)':<40} think {think:<16} {len(windows) / seconds:8.1f} windows/s ({seconds:.1f} s)")
 

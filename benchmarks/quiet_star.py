@@ -20,7 +20,7 @@ def one(method: str, attention: str, length: int, steps: int) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tokreason.experiments.tokenizer import train_tokenizer
+    from tokreason.experiments.data.tokenizer import train_tokenizer
     from tokreason.methods.cpt import CPT
     from tokreason.methods.quiet_star import QuietStar
 
@@ -42,8 +42,7 @@ def one(method: str, attention: str, length: int, steps: int) -> dict:
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def run() -> None:
-        loss, _ = step(model, batch)
-        loss.backward()
+        step(model, batch, lambda loss: loss.backward())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if cuda:

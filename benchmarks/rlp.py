@@ -17,7 +17,7 @@ def one(method: str, group: int, budget: int, steps: int) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tokreason.experiments.tokenizer import train_tokenizer
+    from tokreason.experiments.data.tokenizer import train_tokenizer
     from tokreason.methods.cpt import CPT
     from tokreason.methods.rlp import RLP
     from tokreason.methods.rpt import RPT
@@ -44,12 +44,10 @@ def one(method: str, group: int, budget: int, steps: int) -> dict:
     total = 0.0
     for i in range(steps + 1):  # the first is a warm-up
         started = time.perf_counter()
-        loss, _ = algo.step(model, {"input_ids": windows})
-        loss.backward()
+        algo.step(model, {"input_ids": windows}, lambda loss: loss.backward())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if hasattr(model, "after_optimizer_step"):
-            model.after_optimizer_step()
+        algo.after_optimizer_step(model)
         if cuda:
             torch.cuda.synchronize()
         ended = time.perf_counter()

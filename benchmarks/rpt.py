@@ -14,7 +14,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tokreason.experiments.tokenizer import train_tokenizer
+from tokreason.experiments.data.tokenizer import train_tokenizer
 from tokreason.methods.cpt import CPT
 from tokreason.methods.rpt import RPT
 from tokreason.methods.sampler import sample
@@ -67,8 +67,7 @@ def main() -> None:
         for i in range(3):
             if i == 1:
                 started = time.perf_counter()
-            loss, _ = method.step(module, {"input_ids": windows})
-            loss.backward()
+            method.step(module, {"input_ids": windows}, lambda loss: loss.backward())
             optimizer.step()
             optimizer.zero_grad()
         timings[name] = (time.perf_counter() - started) / 2

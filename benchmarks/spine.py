@@ -40,11 +40,11 @@ def default_run(cache: Path, out: Path) -> None:
 def overhead(cache: Path, out: Path, steps: int, batch_size: int) -> None:
     from omegaconf import OmegaConf
 
-    from tokreason.experiments.data import build_corpus
-    from tokreason.experiments.launch import compose_config
-    from tokreason.experiments.models import cache_dir, load_model_and_tokenizer, resolve_model_path
-    from tokreason.experiments.runner import train
-    from tokreason.methods.cpt import next_token_nll
+    from tokreason.experiments.data.corpus import build_corpus
+    from tokreason.experiments.launch.compose import compose_config
+    from tokreason.experiments.models.loading import cache_dir, load_model_and_tokenizer, resolve_model_path
+    from tokreason.experiments.training.runner import train
+    from tokreason.methods.lm import next_token_nll
 
     os.environ["TOKREASON_CACHE"] = str(cache)
     # Both loops run 2*steps on the same batches and are timed on the second half (the first warms up).

@@ -21,8 +21,8 @@ def train(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_H
           multirun: Annotated[bool, typer.Option("-m", "--multirun", help="Sweep: one run per combination of comma-separated values (Hydra multirun).")] = False):
     """Train one method (default: the embedded tiny model on the synthetic corpus); with -m, a sweep."""
     from tokreason.experiments.errors import UserError
-    from tokreason.experiments.launch import run_train
-    from tokreason.experiments.runner import Interrupted
+    from tokreason.experiments.launch.train import run_train
+    from tokreason.experiments.training.stopping import Interrupted
 
     try:
         summaries = run_train(list(overrides or []), multirun)
@@ -30,7 +30,7 @@ def train(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_H
         _fail(str(e))
     except Interrupted as e:
         _fail(str(e), e.exit_code)
-    from tokreason.experiments.evaluation import format_table
+    from tokreason.experiments.evaluation.evaluate import format_table
 
     for s in summaries:
         val = f"{s['val_loss']:.4f}" if s["val_loss"] is not None else "n/a"
@@ -47,8 +47,8 @@ def eval_(overrides: Annotated[list[str] | None, typer.Argument(help="run=<run d
                                                                       "overrides, e.g. eval.limit=20 eval.think=[off]", show_default=False)] = None):
     """Benchmarks on the base and the trained model, think off and on, and the deltas."""
     from tokreason.experiments.errors import UserError
-    from tokreason.experiments.evaluation import format_table
-    from tokreason.experiments.launch import run_eval
+    from tokreason.experiments.evaluation.evaluate import format_table
+    from tokreason.experiments.launch.evaluate import run_eval
 
     try:
         table, out_dir = run_eval(list(overrides or []))
@@ -64,13 +64,13 @@ def info(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HE
     from omegaconf import OmegaConf
 
     from tokreason.experiments.errors import UserError
-    from tokreason.experiments.launch import compose_config, group_options
+    from tokreason.experiments.launch.compose import compose_config, group_options
 
     try:
         cfg = compose_config(list(overrides or []), with_hydra=True)
         choices = dict(cfg.hydra.runtime.choices)
         resolved = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}, resolve=True)
-        options = group_options()
+        options = group_options(list(overrides or []))
     except UserError as e:
         _fail(str(e))
     typer.echo("Config groups (choose with group=option):")
@@ -86,8 +86,8 @@ def compare(overrides: Annotated[list[str] | None, typer.Argument(help="experime
                                                                    show_default=False)] = None):
     """cpt, Quiet-STaR, RPT and RLP (and ablations) on one base model, corpus and budget; then the report."""
     from tokreason.experiments.errors import UserError
-    from tokreason.experiments.launch import run_compare
-    from tokreason.experiments.runner import Interrupted
+    from tokreason.experiments.launch.compare import run_compare
+    from tokreason.experiments.training.stopping import Interrupted
 
     try:
         root, summaries = run_compare(list(overrides or []))
@@ -107,7 +107,7 @@ def report(paths: Annotated[list[str], typer.Argument(help="Run dirs, or sweep d
     from tokreason.experiments.errors import UserError
 
     try:
-        from tokreason.experiments.report import build_report, find_runs
+        from tokreason.experiments.reporting.report import build_report, find_runs
 
         runs = find_runs([Path(p) for p in paths])
         target = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "summary.json").exists()
@@ -134,7 +134,7 @@ def lm_eval_(run: Annotated[str, typer.Option(help="A finished run dir (its mode
     from tokreason.experiments.errors import UserError
 
     try:
-        from tokreason.experiments.lm_eval_bridge import run_lm_eval
+        from tokreason.experiments.evaluation.lm_eval_bridge import run_lm_eval
 
         results = run_lm_eval(run, think, [t for t in tasks.split(",") if t], include_path, limit, batch_size,
                               Path(output) if output else None)

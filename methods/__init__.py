@@ -1,36 +1,10 @@
-"""The algorithms. A method is an object with `step(model, batch) -> (loss, metrics)`: the
-training loop, checkpoints, logging and FLOP counting are the same for every method."""
-from typing import Protocol
+"""The algorithms: one module per method, each a short composition of shared parts.
 
-import torch
+The contract every method follows is `Method` (base.py); built-ins register themselves by name
+and a method of your own is named by `_target_` in its YAML (registry.py)."""
+from tokreason.methods.base import MetaThinkingMethod, Method, NoSettings, skipped_loss, step_seed
+from tokreason.methods.registry import (CONTROL, build_method, method_class, method_names, method_settings,
+                                        register_method)
 
-
-class Method(Protocol):
-    name: str
-
-    def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """One micro-batch: the loss to back-propagate and scalar metrics to log."""
-        ...
-
-
-def method_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def build_method(name: str, **options) -> Method:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
-    cls = _REGISTRY[name]
-    known = getattr(cls, "config_class", cls).__dataclass_fields__  # a method's settings, or its own fields
-    for key in options:
-        if key not in known:
-            raise ValueError(f"method.{key} is not a {name} setting; valid: {', '.join(k for k in known if k != 'name')}")
-    return cls(**options)
-
-
-from tokreason.methods.cpt import CPT  # noqa: E402
-from tokreason.methods.quiet_star import QuietStar  # noqa: E402
-from tokreason.methods.rlp import RLP  # noqa: E402
-from tokreason.methods.rpt import RPT  # noqa: E402
-
-_REGISTRY = {"cpt": CPT, "quiet_star": QuietStar, "rpt": RPT, "rlp": RLP}
+__all__ = ["CONTROL", "MetaThinkingMethod", "Method", "NoSettings", "build_method", "method_class", "method_names",
+           "method_settings", "register_method", "skipped_loss", "step_seed"]

@@ -27,14 +27,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache
 
+from tokreason.methods.base import Method, step_seed
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
-from tokreason.methods.cpt import next_token_nll
+from tokreason.methods.inference import PlainScorer
+from tokreason.methods.lm import context_length, next_token_nll
 from tokreason.methods.policy import group_advantages, reinforce_loss
+from tokreason.methods.registry import register_method
+from tokreason.methods.settings import at_least, one_of, positive
 from tokreason.methods.thought_attention import THOUGHT_ATTENTION
+from tokreason.methods.thoughts import add_thought_tokens
 from tokreason.methods.verifier import Continuation, Rollouts, continuation_log_likelihood
 
 FORMS = ("official", "paper")
-THOUGHT_START, THOUGHT_END = "<|startofthought|>", "<|endofthought|>"
 FLASH_ONLY = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
 
 
@@ -54,20 +58,14 @@ class QuietStarConfig:
     thought_corrupt: str = "none"   # the ablation: none | shuffle | random (see forward)
 
     def __post_init__(self):
-        if self.form not in FORMS:
-            raise ValueError(f"method.form={self.form!r} is not valid; valid: {', '.join(FORMS)}")
-        if self.attention not in ("fast", "dense"):
-            raise ValueError(f"method.attention={self.attention!r} is not valid; valid: fast, dense")
+        one_of(self, "form", FORMS)
+        one_of(self, "attention", ("fast", "dense"))
         check_corruption(self.thought_corrupt)
         if self.n_ahead < 3:
             raise ValueError(f"method.n_ahead={self.n_ahead} is too small; it must be at least 3 (base pass, <start>, <end>)")
-        if self.n_ahead_talk < 1:
-            raise ValueError(f"method.n_ahead_talk={self.n_ahead_talk} is not valid; it must be at least 1")
-        if self.n_passes < 2:
-            raise ValueError(f"method.n_passes={self.n_passes} is not valid with the mean-over-thoughts baseline; it must be at least 2")
-        for key in ("temperature", "reinforce_temperature", "meta_grad_scale"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be positive")
+        at_least(self, ["n_ahead_talk"], 1)
+        at_least(self, ["n_passes"], 2, " with the mean-over-thoughts baseline")
+        positive(self, ["temperature", "reinforce_temperature", "meta_grad_scale"])
 
     @property
     def sampled_tokens(self) -> int:
@@ -104,15 +102,6 @@ def check_window(config: QuietStarConfig, seq_len: int, context: int | None) -> 
                          f"positions exceeds the model's {context}; use data.seq_len<={context - config.n_ahead - config.n_ahead_talk}")
 
 
-def ensure_thought_tokens(lm, tokenizer) -> tuple[int, int]:
-    """The meta-tokens' vocabulary ids (added to the tokenizer and embeddings if missing)."""
-    missing = [t for t in (THOUGHT_START, THOUGHT_END) if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
-    if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing})
-        lm.resize_token_embeddings(len(tokenizer))
-    return tokenizer.convert_tokens_to_ids(THOUGHT_START), tokenizer.convert_tokens_to_ids(THOUGHT_END)
-
-
 class QuietStarModel(nn.Module):
     """A causal LM plus what Quiet-STaR learns beside it: the mixing head and the start/end
     embeddings. forward(input_ids) is the training objective, so DDP sees one module."""
@@ -124,20 +113,19 @@ class QuietStarModel(nn.Module):
             raise ValueError(f"model.attn_implementation={implementation} cannot take Quiet-STaR's thought attention; "
                              "use model.attn_implementation=sdpa or eager")
         self.lm, self.config = lm, config
-        self.meta_ids = ensure_thought_tokens(lm, tokenizer)
+        init_ids = tokenizer.encode(config.meta_init, add_special_tokens=False)
+        if not init_ids:
+            raise ValueError(f"method.meta_init={config.meta_init!r} encodes to no token; give a non-empty string")
+        self.meta_ids = add_thought_tokens(lm, tokenizer, config.meta_init).ids
         # never drawn into a random (corrupted) thought; nor beyond the tokenizer's vocabulary
         self.forbidden_ids = [*self.meta_ids, tokenizer.eos_token_id, tokenizer.pad_token_id]
         self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])
         lm.set_attn_implementation(THOUGHT_ATTENTION)
         embed = lm.get_input_embeddings()
-        init_ids = tokenizer.encode(config.meta_init, add_special_tokens=False)
-        if not init_ids:
-            raise ValueError(f"method.meta_init={config.meta_init!r} encodes to no token; give a non-empty string")
         start = embed.weight[init_ids[0]].detach().clone().float()
         self.meta = nn.Parameter(torch.stack([start, start.clone()]) / config.meta_grad_scale)  # rows: <start>, <end>
         self.mixing_head = MixingHead(embed.embedding_dim).to(device=embed.weight.device, dtype=embed.weight.dtype)
-        context = getattr(lm.config, "max_position_embeddings", None) or getattr(lm.config, "n_positions", None)
-        self.context = context
+        self.context = context_length(lm.config)
 
     # ------------------------------------------------------------------ the thought pass
     def think(self, ids: torch.Tensor, talk: int, greedy: bool = False, dense: bool | None = None,
@@ -151,12 +139,12 @@ class QuietStarModel(nn.Module):
         backbone, lm_head, embed = self.lm.base_model, self.lm.get_output_embeddings(), self.lm.get_input_embeddings()
         positions = torch.arange(length, device=ids.device).expand(n, length)
         cache = DynamicCache(config=self.lm.config)
-        base_hidden = backbone(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
+        base_hidden = backbone(input_ids=ids, position_ids=positions, cache=cache, use_cache=True).last_hidden_state
         meta = (self.meta * c.meta_grad_scale).to(base_hidden.dtype)
         mode = {"thought_text_len": length, "thought_dense": dense}
 
         def step(inputs: torch.Tensor, offset: int) -> torch.Tensor:
-            return backbone(inputs_embeds=inputs, position_ids=positions + offset, past_key_values=cache,
+            return backbone(inputs_embeds=inputs, position_ids=positions + offset, cache=cache,
                             use_cache=True, **mode).last_hidden_state
 
         x = meta[0].expand(n, length, -1)
@@ -234,9 +222,7 @@ class QuietStarModel(nn.Module):
         if c.thought_corrupt != "none" and thoughts is None:
             with torch.no_grad():
                 sampled = self.think(ids, 0).thought_ids
-            # a seed from the global RNG (which checkpoints restore), drawn after the sampling pass
-            seed = int(torch.randint(0, 2**31 - 1, (1,)))
-            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            seed, rank = step_seed()  # drawn after the sampling pass
             thoughts = corrupt_thoughts(sampled, torch.full(sampled.shape[:-1], sampled.shape[-1], device=sampled.device),
                                         c.thought_corrupt, corruption_generator(seed, rank), self.vocab_size,
                                         self.forbidden_ids)
@@ -292,7 +278,7 @@ class QuietStarModel(nn.Module):
         n, length = ids.shape
         cache = DynamicCache(config=self.lm.config)
         hidden = backbone(input_ids=ids, position_ids=torch.arange(length, device=ids.device).expand(n, -1),
-                          past_key_values=cache, use_cache=True).last_hidden_state[:, -1:]
+                          cache=cache, use_cache=True).last_hidden_state[:, -1:]
         meta = (self.meta * c.meta_grad_scale).to(hidden.dtype)
         out = ids
         stops = torch.tensor(stop_ids or [-1], device=ids.device)
@@ -304,14 +290,14 @@ class QuietStarModel(nn.Module):
             pos = torch.full((n, 1), text_len - 1, device=ids.device)
             x = meta[0].expand(n, 1, -1)
             for s in range(1, c.sampled_tokens + 2):
-                h = backbone(inputs_embeds=x, position_ids=pos + s, past_key_values=cache, use_cache=True).last_hidden_state
+                h = backbone(inputs_embeds=x, position_ids=pos + s, cache=cache, use_cache=True).last_hidden_state
                 if s > c.sampled_tokens:
                     break
                 logits = lm_head(h).float()
                 logits[..., list(self.meta_ids)] = float("-inf")
                 x = embed(logits.argmax(-1))
             talk = backbone(inputs_embeds=meta[1].expand(n, 1, -1), position_ids=pos + c.sampled_tokens + 2,
-                            past_key_values=cache, use_cache=True).last_hidden_state
+                            cache=cache, use_cache=True).last_hidden_state
             cache.crop(text_len - cache.get_seq_length())  # forget the thought (a negative count), keep the text
             logprobs = self.mixed_logprobs(hidden, talk)[0][:, -1]
             logprobs[..., list(self.meta_ids)] = float("-inf")
@@ -319,7 +305,7 @@ class QuietStarModel(nn.Module):
             out = torch.cat([out, token], dim=1)
             stopped |= torch.isin(token[:, 0], stops)
             hidden = backbone(input_ids=token, position_ids=torch.full((n, 1), text_len, device=ids.device),
-                              past_key_values=cache, use_cache=True).last_hidden_state
+                              cache=cache, use_cache=True).last_hidden_state
         return out
 
     def save_extra(self, folder: Path) -> None:
@@ -340,14 +326,50 @@ def load_quiet_star(folder: str | Path, lm, tokenizer) -> QuietStarModel:
     return model.eval()
 
 
-class QuietStar:
-    """The method as the training loop sees it; its settings are a QuietStarConfig."""
+class QuietStarScorer(PlainScorer):
+    """Quiet-STaR's inference: every prediction is the mixing head's, after a greedy thought."""
 
-    name = "quiet_star"
+    think = "on"
+
+    def __init__(self, model: QuietStarModel, tokenizer, batch_size: int = 16):
+        super().__init__(model.lm, tokenizer, batch_size)
+        self.model = model
+        if self.context is not None:  # each position's thought and talk tokens take positions too
+            self.context -= model.config.sampled_tokens + 2
+
+    @torch.no_grad()
+    def next_token_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.next_token_logprobs(ids)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[str]:
+        # QuietStarModel.generate takes prompts of one length (no padding inside its thoughts'
+        # cache), so prompts of equal length are batched together.
+        max_new_tokens = self._new_tokens(max_new_tokens)
+        encoded = [self._fit(self.tokenizer(p, add_special_tokens=True)["input_ids"], max_new_tokens) for p in prompts]
+        by_length: dict[int, list[int]] = {}
+        for i, ids in enumerate(encoded):
+            by_length.setdefault(len(ids), []).append(i)
+        out = [""] * len(prompts)
+        stop_ids = self.stop_token_ids(stop)
+        for length, members in by_length.items():
+            for b in range(0, len(members), self.batch_size):
+                chunk = members[b: b + self.batch_size]
+                ids = torch.tensor([encoded[i] for i in chunk], device=self.device)
+                new = self.model.generate(ids, max_new_tokens, stop_ids=stop_ids)[:, length:]
+                for i, row in zip(chunk, new.tolist()):
+                    ends = [k for k, token in enumerate(row) if token in stop_ids]
+                    text = self.tokenizer.decode(row[: ends[0] + 1] if ends else row, skip_special_tokens=True)
+                    out[i] = self.cut(text, stop)
+        return out
+
+
+@register_method("quiet_star")
+class QuietStar(Method):
+    """Thoughts at every position, in parallel; its settings are a QuietStarConfig."""
+
     config_class = QuietStarConfig
-
-    def __init__(self, **options):
-        self.config = QuietStarConfig(**options)
+    thinks = True
 
     def wrap(self, lm, tokenizer) -> QuietStarModel:
         return QuietStarModel(lm, tokenizer, self.config)
@@ -355,6 +377,24 @@ class QuietStar:
     def check_window(self, seq_len: int, context: int | None) -> None:
         check_window(self.config, seq_len, context)
 
-    def step(self, model, batch):
+    def step(self, model, batch, backward):
         loss, metrics, _ = model(input_ids=batch["input_ids"])
-        return loss, metrics
+        backward(loss)
+        return metrics
+
+    def export(self, model: QuietStarModel, folder: Path) -> None:
+        model.save_extra(folder)
+
+    def load_export(self, folder: Path, lm, tokenizer) -> QuietStarModel:
+        return load_quiet_star(folder, lm, tokenizer)
+
+    def think_scorer(self, lm, tokenizer, *, batch_size: int, thought_budget: int | None = None, model=None):
+        """The mixing head's predictions after greedy thoughts; the base model gets a fresh head
+        (its last layer is zero, so it starts as the identity: the base's own predictions)."""
+        model = model if model is not None else QuietStarModel(lm, tokenizer, self.config)
+        return QuietStarScorer(model.eval(), tokenizer, batch_size)
+
+    def think_settings(self, thought_budget: int | None = None) -> dict:
+        settings = self.settings()
+        settings.pop("thought_corrupt")  # evaluation never corrupts
+        return {"quiet_star": settings}

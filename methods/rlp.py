@@ -21,11 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokreason.methods.base import MetaThinkingMethod, skipped_loss, step_seed
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
 from tokreason.methods.policy import clipped_surrogate
-from tokreason.methods.quiet_star import ensure_thought_tokens
+from tokreason.methods.registry import register_method
 from tokreason.methods.sampler import sample
 from tokreason.methods.selectors import SELECTORS, choose_positions
+from tokreason.methods.settings import at_least, one_of, thought_lengths
+from tokreason.methods.thoughts import meta_prompt
+from tokreason.methods.verifier import Continuation, Rollouts, information_gain
 
 ADVANTAGES = ("group", "ema")
 
@@ -62,44 +66,35 @@ class EMA:
 
 
 class RLPModel(nn.Module):
-    def __init__(self, lm, tokenizer, method: "RLP"):
+    """The policy LM (trained) and its EMA copy (the reward's baseline, not trained)."""
+
+    def __init__(self, lm, tokenizer, config: "RLPConfig", tokens):
         super().__init__()
-        self.lm, self.method, self.tokenizer = lm, method, tokenizer
-        self.start_id, self.end_id = ensure_thought_tokens(lm, tokenizer)
+        self.lm, self.config, self.tokenizer, self.tokens = lm, config, tokenizer, tokens
+        self.start_id, self.end_id = tokens.ids
         self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])  # for random thoughts
-        self.ema = EMA(lm, method.ema_decay, "cpu" if method.ema_device == "cpu" else None)  # from the first weights
+        self.ema = EMA(lm, config.ema_decay, "cpu" if config.ema_device == "cpu" else None)  # from the first weights
         self.last_timing: dict[str, float] = {}  # seconds per phase of the last step (benchmarks read it)
 
-    def checkpoint_objects(self) -> list:
-        return [self.ema]
-
-    def counted_models(self) -> list:
-        return [self.ema.model]
-
-    def after_optimizer_step(self) -> None:
-        self.ema.update(self.lm)
-
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
-        m = self.method
+        m = self.config
         return choose_positions(self.lm, ids, selector=m.selector, per_window=m.positions_per_window,
                                 threshold=m.entropy_threshold, fraction=m.top_fraction, min_context=m.min_context,
                                 min_continuation=m.target_tokens)
 
     def forward(self, input_ids: torch.Tensor):
-        m, g = self.method, self.method.group_size
+        m, g = self.config, self.config.group_size
         clock = time.perf_counter()
         device = self.lm.get_input_embeddings().weight.device
         if m.ema_device == "model" and next(self.ema.model.parameters()).device != device:
             self.ema.model.to(device)  # the EMA was copied before the model was placed
         where = self.positions(input_ids)
         if len(where) == 0:  # no position with enough context and continuation: skip, counted
-            zero = sum(p.sum() for p in self.lm.parameters()) * 0.0
-            return zero, {**{k: 0.0 for k in METRICS}, "skipped_batch": 1.0}
+            return skipped_loss(self.lm, METRICS)
         rows, ts = where[:, 0], where[:, 1]
         n = len(where)
-        prompts = [input_ids[r, : t + 1].tolist() + [self.start_id] for r, t in where.tolist()]
-        seed = int(torch.randint(0, 2**31 - 1, (1,)))  # the global RNG: checkpointed, so resumes are exact
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        prompts = [meta_prompt(input_ids[r, : t + 1].tolist(), self.tokens) for r, t in where.tolist()]
+        seed, rank = step_seed()
         was_training = self.lm.training
         self.lm.eval()
         samples = sample(self.lm, prompts, repeats=g, keys=[rank * 2**24 + i for i in range(n * g)], seed=seed,
@@ -151,9 +146,15 @@ class RLPModel(nn.Module):
 
     def objective(self, thought_logprobs: torch.Tensor, thought_mask: torch.Tensor, s_pred: torch.Tensor,
                   s_ema: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Reward, advantage and the clipped surrogate on the thought tokens [n*G, T]."""
-        m = self.method
-        rewards = s_pred - s_ema[:, None]
+        """Reward, advantage and the clipped surrogate on the thought tokens [n*G, T]. s_pred
+        [n, G]: log p of the true target tokens after each thought (summed over them); s_ema
+        [n]: the EMA's log p of them on the plain context."""
+        m = self.config
+        n, g = s_pred.shape
+        rollouts = Rollouts(continuation_logprobs=s_pred[..., None],
+                            reference_logprobs=s_ema[:, None])
+        rewards = information_gain(rollouts, Continuation(ids=s_ema.new_zeros(n, 1, dtype=torch.long),
+                                                          mask=torch.ones(n, 1, dtype=torch.bool, device=s_ema.device)))
         advantages = rlp_advantages(rewards, m.advantage)
         loss, clip_fraction = clipped_surrogate(thought_logprobs, thought_logprobs.detach(), advantages.reshape(-1),
                                                 thought_mask, m.clip_eps_low, m.clip_eps_high)
@@ -168,8 +169,7 @@ METRICS = ("loss", "reward", "reward_std", "advantage_abs", "s_pred", "s_ema", "
 
 
 @dataclass
-class RLP:
-    name: str = "rlp"
+class RLPConfig:
     group_size: int = 16
     temperature: float = 1.0
     thought_budget: int = 64
@@ -190,32 +190,44 @@ class RLP:
     def __post_init__(self):
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"method.ema_decay={self.ema_decay} is not valid; it must be in (0, 1)")
-        if self.group_size < 2:
-            raise ValueError(f"method.group_size={self.group_size} is not valid; the group baseline needs at least 2 thoughts")
-        if self.advantage not in ADVANTAGES:
-            raise ValueError(f"method.advantage={self.advantage!r} is not valid; valid: {', '.join(ADVANTAGES)}")
+        at_least(self, ["group_size"], 2, "; the group baseline needs at least 2 thoughts")
+        one_of(self, "advantage", ADVANTAGES)
         check_corruption(self.thought_corrupt)
-        if self.ema_device not in ("model", "cpu"):
-            raise ValueError(f"method.ema_device={self.ema_device!r} is not valid; valid: model, cpu")
-        if self.selector not in SELECTORS:
-            raise ValueError(f"method.selector={self.selector!r} is not valid; valid: {', '.join(SELECTORS)}")
-        if not 0 <= self.min_thought_tokens <= self.thought_budget:
-            raise ValueError(f"method.min_thought_tokens={self.min_thought_tokens} is not valid; it must be in [0, thought_budget]")
-        for key in ("thought_budget", "target_tokens"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be at least 1")
+        one_of(self, "ema_device", ("model", "cpu"))
+        one_of(self, "selector", SELECTORS)
+        thought_lengths(self)
+        at_least(self, ["target_tokens"], 1)
+
+
+@register_method("rlp")
+class RLP(MetaThinkingMethod):
+    """Information-gain rewards against an EMA baseline; its settings are an RLPConfig."""
+
+    config_class = RLPConfig
 
     def wrap(self, lm, tokenizer) -> RLPModel:
-        return RLPModel(lm, tokenizer, self)
+        return RLPModel(lm, tokenizer, self.config, self.add_thought_tokens(lm, tokenizer))
 
     def check_window(self, seq_len: int, context: int | None) -> None:
-        if self.min_context + self.target_tokens > seq_len - 1:
+        c = self.config
+        if c.min_context + c.target_tokens > seq_len - 1:
             raise ValueError(f"a window (document) of data.seq_len={seq_len} is shorter than method.min_context="
-                             f"{self.min_context} plus method.target_tokens={self.target_tokens}")
-        if context is not None and seq_len + self.thought_budget + 1 + self.target_tokens > context:
-            raise ValueError(f"method.thought_budget={self.thought_budget} is larger than the model's context of {context} "
+                             f"{c.min_context} plus method.target_tokens={c.target_tokens}")
+        if context is not None and seq_len + c.thought_budget + 1 + c.target_tokens > context:
+            raise ValueError(f"method.thought_budget={c.thought_budget} is larger than the model's context of {context} "
                              f"leaves after a window of data.seq_len={seq_len}; use method.thought_budget<="
-                             f"{context - seq_len - 1 - self.target_tokens}")
+                             f"{context - seq_len - 1 - c.target_tokens}")
 
-    def step(self, model, batch):
-        return model(input_ids=batch["input_ids"])
+    def companion_models(self, model: RLPModel) -> list:
+        return [model.ema.model]
+
+    def checkpoint_objects(self, model: RLPModel) -> list:
+        return [model.ema]
+
+    def after_optimizer_step(self, model: RLPModel) -> None:
+        model.ema.update(model.lm)
+
+    def step(self, model, batch, backward):
+        loss, metrics = model(input_ids=batch["input_ids"])
+        backward(loss)
+        return metrics

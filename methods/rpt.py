@@ -19,14 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokreason.methods.base import MetaThinkingMethod, skipped_loss, step_seed
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
 from tokreason.methods.policy import clipped_surrogate, grpo_advantages, kl_penalty
-from tokreason.methods.quiet_star import ensure_thought_tokens
+from tokreason.methods.registry import register_method
 from tokreason.methods.sampler import Samples, sample
 from tokreason.methods.selectors import SELECTORS, choose_positions
+from tokreason.methods.settings import at_least, one_of, positive, thought_lengths
+from tokreason.methods.thoughts import chat_prompt_ids, meta_prompt
 from tokreason.methods.token_bytes import token_byte_table
-from tokreason.methods.verifier import (Continuation, Rollouts, conditional_dense_reward, dense_reward,
-                                        first_token_reward, prefix_match_reward)
+from tokreason.methods.verifier import (Continuation, Rollouts, conditional_dense_reward, continuation_at, dense_reward,
+                                        first_token_reward, last_boxed, prefix_match_reward)
 
 REWARDS = {"prefix": prefix_match_reward, "first_token": first_token_reward, "dense": dense_reward,
            "conditional_dense": conditional_dense_reward}
@@ -40,31 +43,22 @@ BOXED_PROMPT = ("Complete the given text under '### Context' by predicting the n
                 "\\text{}).\n\n### Context\n")
 
 
-def last_boxed(text: str) -> str | None:
-    """The content of the last \\boxed{...} after </think> (braces matched), or None."""
-    if "</think>" not in text:
-        return None
-    text = text.rsplit("</think>", 1)[1]
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 1, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
+def boxed_prediction(text: str) -> str | None:
+    """RPT's prediction in a free response: the content of the last \\boxed{} after </think>,
+    spaces kept (the next token may begin with one); None when there is none."""
+    return last_boxed(text, after="</think>", strip=False)
 
 
 class RPTModel(nn.Module):
     """The policy LM (trained) with what RPT needs around it: the tokenizer's byte table, the
     proxy for position selection, the frozen reference when a KL term is asked for."""
 
-    def __init__(self, lm, tokenizer, method: "RPT"):
+    def __init__(self, lm, tokenizer, config: "RPTConfig", tokens=None):
         super().__init__()
-        self.lm, self.method, self.tokenizer = lm, method, tokenizer
-        if method.template == "meta":
-            self.start_id, self.end_id = ensure_thought_tokens(lm, tokenizer)
+        self.lm, self.config, self.tokenizer = lm, config, tokenizer
+        if config.template == "meta":
+            self.tokens = tokens
+            self.start_id, self.end_id = tokens.ids
         else:
             for marker in ("</think>", "\\boxed{"):
                 ids = tokenizer.encode(marker, add_special_tokens=False)
@@ -73,7 +67,7 @@ class RPTModel(nn.Module):
         self.token_bytes = token_byte_table(tokenizer)  # after any meta-tokens were added
         self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])  # for random thoughts
         self.stop_ids = []
-        for stop in method.prediction_stop:
+        for stop in config.prediction_stop:
             ids = tokenizer.encode(stop, add_special_tokens=False)
             if len(ids) != 1:
                 raise ValueError(f"method.prediction_stop entry {stop!r} is {len(ids)} tokens; each stop must be exactly one token")
@@ -81,64 +75,43 @@ class RPTModel(nn.Module):
         if tokenizer.eos_token_id is not None:
             self.stop_ids.append(tokenizer.eos_token_id)
         # Kept out of the module tree: neither trained nor checkpointed.
-        self._reference = [copy.deepcopy(lm).eval().requires_grad_(False)] if method.kl_beta > 0 else []
+        self._reference = [copy.deepcopy(lm).eval().requires_grad_(False)] if config.kl_beta > 0 else []
         self._proxy = []
         self.last_timing: dict[str, float] = {}
         self._replay: dict | None = None  # a rollout batch kept for its remaining epochs
-
-    def counted_models(self) -> list:
-        """Forwards outside the trained LM that are training compute too (same architecture)."""
-        return [*self._reference, *[p for p in self._proxy if p.config.to_dict() == self.lm.config.to_dict()]]
 
     def set_proxy(self, proxy) -> None:
         self._proxy = [proxy.eval().requires_grad_(False)]
 
     # -------------------------------------------------------------- positions and prompts
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
-        m = self.method
+        m = self.config
         return choose_positions(self._proxy[0] if self._proxy else self.lm, ids, selector=m.selector,
                                 per_window=m.positions_per_window, threshold=m.entropy_threshold, fraction=m.top_fraction,
                                 min_context=m.min_context, min_continuation=1, top_k=m.entropy_top_k,
                                 renormalize=m.entropy_renormalize)
 
     def prompt(self, context: list[int]) -> list[int]:
-        if self.method.template == "meta":
-            return context + [self.start_id]
-        text = BOXED_PROMPT + self.tokenizer.decode(context)
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                      tokenize=True)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        if self.config.template == "meta":
+            return meta_prompt(context, self.tokens)
+        return chat_prompt_ids(self.tokenizer, BOXED_PROMPT + self.tokenizer.decode(context))
 
     def continuation(self, ids: torch.Tensor, where: torch.Tensor) -> Continuation:
-        n = self.method.continuation_tokens
-        texts, ends, true_ids = [], [], []
-        for row, t in where.tolist():
-            following = ids[row, t + 1: t + 1 + n].tolist()
-            pieces = [self.token_bytes[i] for i in following]
-            texts.append(b"".join(pieces))
-            ends.append(list(torch.tensor([len(p) for p in pieces]).cumsum(0).tolist()))
-            true_ids.append(following[:1])
-        first = torch.tensor(true_ids, device=ids.device)
-        return Continuation(ids=first, mask=torch.ones_like(first, dtype=torch.bool), text=texts, boundaries=ends)
+        return continuation_at(ids, where, self.token_bytes, self.config.continuation_tokens)
 
     # -------------------------------------------------------------- one GRPO step
     def forward(self, input_ids: torch.Tensor):
         if self._replay is not None:  # a later epoch on the last rollout batch (these windows go unused)
             return self.update(**self._replay)
-        m = self.method
+        m = self.config
         clock = time.perf_counter()
         where = self.positions(input_ids)
         if len(where) == 0:  # nothing to learn here: skip (counted), with a zero loss that touches every parameter
-            zero = sum(p.sum() for p in self.lm.parameters()) * 0.0
-            return zero, {**{k: 0.0 for k in METRICS}, "skipped_batch": 1.0}
+            return skipped_loss(self.lm, METRICS)
         prompts = [self.prompt(input_ids[row, : t + 1].tolist()) for row, t in where.tolist()]
         group = m.group_size
         rows = len(prompts) * group
-        # Fresh noise every step from the global RNG, which checkpoints save, so a resumed run
-        # samples what an uninterrupted one would; the process rank keeps processes apart.
-        seed = int(torch.randint(0, 2**31 - 1, (1,)))
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        seed, rank = step_seed()
         keys = [rank * 2**24 + i for i in range(rows)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         was_training = self.lm.training
@@ -159,7 +132,7 @@ class RPTModel(nn.Module):
                 predictions.append(b"".join(self.token_bytes[i] for i in tokens) if tokens else None)
                 first_tokens.append(tokens[0] if tokens else -1)
             else:
-                text = last_boxed(self.tokenizer.decode(samples.tokens[r][samples.sampled[r]].tolist()))
+                text = boxed_prediction(self.tokenizer.decode(samples.tokens[r][samples.sampled[r]].tolist()))
                 predictions.append(text.encode() if text is not None else None)
                 enc = self.tokenizer.encode(text, add_special_tokens=False) if text else []
                 first_tokens.append(enc[0] if enc else -1)
@@ -197,7 +170,7 @@ class RPTModel(nn.Module):
         the reward is the prediction's made after it and the update scores (and pushes on) the
         corrupted tokens. No global RNG is drawn: the corruption's and the prediction's noise
         come from the step's seed."""
-        m, group = self.method, self.method.group_size
+        m, group = self.config, self.config.group_size
         thoughts = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
                           thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens, close_id=self.end_id,
                           max_prediction_tokens=0, stop_ids=[], pad_id=pad)
@@ -228,7 +201,7 @@ class RPTModel(nn.Module):
         """The clipped surrogate on a rollout batch (teacher-forced log-probs of the sampled
         tokens at the sampling temperature, with gradients); the first epoch is exactly
         on-policy (ratio 1)."""
-        m = self.method
+        m = self.config
         width = prompt_mask.shape[1]
         full_mask = torch.cat([prompt_mask, torch.ones_like(tokens)], dim=1)
         positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
@@ -252,8 +225,7 @@ class RPTModel(nn.Module):
 
 
 @dataclass
-class RPT:
-    name: str = "rpt"
+class RPTConfig:
     template: str = "meta"
     group_size: int = 8
     temperature: float = 0.8
@@ -279,49 +251,59 @@ class RPT:
     thought_corrupt: str = "none"  # the ablation: none | shuffle | random (meta template only; see corrupted_samples)
 
     def __post_init__(self):
-        if self.template not in TEMPLATES:
-            raise ValueError(f"method.template={self.template!r} is not valid; valid: {', '.join(TEMPLATES)}")
+        one_of(self, "template", TEMPLATES)
         check_corruption(self.thought_corrupt)
         if self.thought_corrupt != "none" and self.template != "meta":
             raise ValueError(f"method.thought_corrupt={self.thought_corrupt!r} needs method.template=meta; "
                              f"method.template={self.template} has no separable thought to corrupt")
-        if self.group_size < 2:
-            raise ValueError(f"method.group_size={self.group_size} is not valid; GRPO needs at least 2 rollouts per position")
-        if self.selector not in SELECTORS:
-            raise ValueError(f"method.selector={self.selector!r} is not valid; valid: {', '.join(SELECTORS)}")
-        if self.reward not in REWARDS:
-            raise ValueError(f"method.reward={self.reward!r} is not valid; valid: {', '.join(REWARDS)}")
-        if self.epochs < 1:
-            raise ValueError(f"method.epochs={self.epochs} is not valid; it must be at least 1")
-        if self.temperature <= 0:
-            raise ValueError(f"method.temperature={self.temperature} is not valid; it must be positive")
-        if not 0 <= self.min_thought_tokens <= self.thought_budget:
-            raise ValueError(f"method.min_thought_tokens={self.min_thought_tokens} is not valid; it must be in [0, thought_budget]")
-        for key in ("thought_budget", "max_prediction_tokens", "continuation_tokens"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be at least 1")
+        at_least(self, ["group_size"], 2, "; GRPO needs at least 2 rollouts per position")
+        one_of(self, "selector", SELECTORS)
+        one_of(self, "reward", REWARDS)
+        at_least(self, ["epochs", "max_prediction_tokens", "continuation_tokens"], 1)
+        positive(self, ["temperature"])
+        thought_lengths(self)
+
+
+@register_method("rpt")
+class RPT(MetaThinkingMethod):
+    """Next-token reasoning with GRPO; its settings are an RPTConfig."""
+
+    config_class = RPTConfig
 
     def wrap(self, lm, tokenizer) -> RPTModel:
-        model = RPTModel(lm, tokenizer, self)
-        if self.proxy_model == "base":  # the model as training starts, frozen
+        c = self.config
+        tokens = self.add_thought_tokens(lm, tokenizer) if c.template == "meta" else None
+        model = RPTModel(lm, tokenizer, c, tokens)
+        if c.proxy_model == "base":  # the model as training starts, frozen
             model.set_proxy(copy.deepcopy(lm))
-        elif self.proxy_model != "self":  # a folder or hub name: usually a smaller model of the same family
+        elif c.proxy_model != "self":  # a folder or hub name: usually a smaller model of the same family
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            proxy_tokenizer = AutoTokenizer.from_pretrained(self.proxy_model)
+            proxy_tokenizer = AutoTokenizer.from_pretrained(c.proxy_model)
             if proxy_tokenizer.get_vocab() != tokenizer.get_vocab():
-                raise ValueError(f"method.proxy_model={self.proxy_model!r} has another tokenizer than the model; "
+                raise ValueError(f"method.proxy_model={c.proxy_model!r} has another tokenizer than the model; "
                                  "the entropy filter needs the same tokens")
-            model.set_proxy(AutoModelForCausalLM.from_pretrained(self.proxy_model).to(lm.device))
+            model.set_proxy(AutoModelForCausalLM.from_pretrained(c.proxy_model).to(lm.device))
         return model
 
     def check_window(self, seq_len: int, context: int | None) -> None:
-        if self.min_context >= seq_len:
-            raise ValueError(f"method.min_context={self.min_context} leaves no position in a window of data.seq_len={seq_len}")
+        c = self.config
+        if c.min_context >= seq_len:
+            raise ValueError(f"method.min_context={c.min_context} leaves no position in a window of data.seq_len={seq_len}")
         # meta: context, <start>, thought, <end>, prediction (boxed adds its prompt on top of this)
-        if context is not None and seq_len + self.thought_budget + self.max_prediction_tokens + 2 > context:
-            raise ValueError(f"data.seq_len={seq_len} plus method.thought_budget={self.thought_budget} and "
-                             f"max_prediction_tokens={self.max_prediction_tokens} exceeds the model's context of {context}")
+        if context is not None and seq_len + c.thought_budget + c.max_prediction_tokens + 2 > context:
+            raise ValueError(f"data.seq_len={seq_len} plus method.thought_budget={c.thought_budget} and "
+                             f"max_prediction_tokens={c.max_prediction_tokens} exceeds the model's context of {context}")
 
-    def step(self, model, batch):
-        return model(input_ids=batch["input_ids"])
+    def check_eval(self, think_modes: list[str]) -> None:
+        if "on" in think_modes and self.config.template != "meta":
+            raise ValueError("eval.think=on evaluates RPT with the meta template; method.template=boxed is not supported "
+                             "by the evaluation; use eval.think=[off]")
+
+    def companion_models(self, model: RPTModel) -> list:
+        return [*model._reference, *model._proxy]
+
+    def step(self, model, batch, backward):
+        loss, metrics = model(input_ids=batch["input_ids"])
+        backward(loss)
+        return metrics

@@ -117,7 +117,7 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
     cache = preallocated_cache(lm, width + limit)
     out_tokens, out_sampled, prediction = [], [], [[] for _ in range(rows)]
     position = mask.cumsum(-1) - 1
-    logits = lm(input_ids=ids, attention_mask=mask, position_ids=position.clamp(min=0), past_key_values=cache,
+    logits = lm(input_ids=ids, attention_mask=mask, position_ids=position.clamp(min=0), cache=cache,
                 use_cache=True).logits[:, -1].float()
     if repeats > 1:  # the rollouts of a prompt share its prefill
         cache.batch_repeat_interleave(repeats)
@@ -163,7 +163,7 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
             break
         mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype, device=device)], dim=1)
         logits = lm(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
-                    past_key_values=cache, use_cache=True).logits[:, -1].float()
+                    cache=cache, use_cache=True).logits[:, -1].float()
         next_position = next_position + 1
     return Samples(torch.stack(out_tokens, 1), torch.stack(out_sampled, 1), thought_len, closed, prediction, first_logprob,
                    ids, prompt_mask)

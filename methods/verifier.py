@@ -9,6 +9,8 @@ bytes and token boundaries. Baselines (group mean, an EMA model, none) act on th
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import re
+
 import torch
 
 
@@ -26,9 +28,10 @@ class Continuation:
 class Rollouts:
     """G thoughts at each of N positions, and what the model made of them."""
 
-    thought_ids: torch.Tensor                       # [N, G, m] sampled thought tokens
+    thought_ids: torch.Tensor | None = None         # [N, G, m] sampled thought tokens
     continuation_logprobs: torch.Tensor | None = None  # [N, G, T] log p(true token | context, thought)
     predictions: list[list[bytes | None]] | None = None  # [N][G] a generated prediction's bytes (None: unparsable)
+    reference_logprobs: torch.Tensor | None = None  # [N, T] log p(true token | context) without a thought (RLP: the EMA)
     prediction_first_token: torch.Tensor | None = None   # [N, G] the prediction's first token id (-1: none)
     prediction_first_logprob: torch.Tensor | None = None  # [N, G] the model's log p of that token
 
@@ -41,6 +44,14 @@ def continuation_log_likelihood(rollouts: Rollouts, continuation: Continuation) 
     tokens (Quiet-STaR sums over the n_ahead_talk tokens; RLP uses one token)."""
     logprobs = rollouts.continuation_logprobs
     return (logprobs * continuation.mask[:, None, :].to(logprobs.dtype)).sum(-1)
+
+
+def information_gain(rollouts: Rollouts, continuation: Continuation) -> torch.Tensor:
+    """RLP's reward: how much more likely the thought makes the true continuation than the
+    reference model without a thought, log p(x | ctx, thought) - log p_ref(x | ctx), summed
+    over the continuation's tokens."""
+    reference = rollouts.reference_logprobs * continuation.mask.to(rollouts.reference_logprobs.dtype)
+    return continuation_log_likelihood(rollouts, continuation) - reference.sum(-1)[:, None]
 
 
 def prefix_match_reward(rollouts: Rollouts, continuation: Continuation) -> torch.Tensor:
@@ -74,3 +85,56 @@ def conditional_dense_reward(rollouts: Rollouts, continuation: Continuation) -> 
     dense = dense_reward(rollouts, continuation)
     some_right = first_token_reward(rollouts, continuation).amax(dim=1, keepdim=True)
     return dense * some_right
+
+
+def continuation_at(ids: torch.Tensor, where: torch.Tensor, token_bytes: list[bytes], length: int) -> Continuation:
+    """The corpus's continuation after each (row, t) of windows ids [B, L]: the next true token,
+    and the bytes of the next `length` tokens with the offsets where those tokens end."""
+    texts, ends, first = [], [], []
+    for row, t in where.tolist():
+        pieces = [token_bytes[i] for i in ids[row, t + 1: t + 1 + length].tolist()]
+        texts.append(b"".join(pieces))
+        ends.append(torch.tensor([len(p) for p in pieces], dtype=torch.long).cumsum(0).tolist())
+        first.append(int(ids[row, t + 1]))
+    first_ids = torch.tensor(first, dtype=torch.long, device=ids.device).view(-1, 1)
+    return Continuation(ids=first_ids, mask=torch.ones_like(first_ids, dtype=torch.bool), text=texts, boundaries=ends)
+
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+def _boxed_content(text: str, start: int, strip: bool = True) -> str | None:
+    """The argument of a \\boxed that ends at `start`: a balanced {...} group, or the single
+    token of the "\\boxed 5" form; None when it is cut off or empty."""
+    rest = text[start:]
+    body = rest.lstrip()
+    if body.startswith("{"):
+        depth = 0
+        for i, char in enumerate(body):
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    content = body[1:i].strip() if strip else body[1:i]
+                    return content or None
+        return None  # unclosed: the generation stopped inside the box
+    token = re.match(r"[^\s$]+", body)
+    return token.group(0) if token and rest[:1].isspace() else None
+
+
+def last_boxed(text: str, after: str | None = None, strip: bool = True) -> str | None:
+    """The content of the last complete \\boxed{...} (or \\fbox{...}) in `text`, nested braces
+    included; an unclosed or empty last box falls back to the one before; None when none.
+    With `after` (RPT: "</think>"), only what follows the last `after` is read, and a text
+    without it has no answer. strip=False keeps the content's spaces (a next token such as
+    " para" begins with one)."""
+    if after is not None:
+        if after not in text:
+            return None
+        text = text.rsplit(after, 1)[1]
+    for match in reversed(list(_BOXED.finditer(text))):
+        content = _boxed_content(text, match.end(), strip)
+        if content is not None:
+            return content
+    return None

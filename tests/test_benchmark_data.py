@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from tokreason.experiments.benchmark_data import (REAL_BENCHMARKS, choice_letter, last_boxed, last_number,
+from tokreason.experiments.evaluation.real_tasks import (REAL_BENCHMARKS, choice_letter, last_boxed, last_number,
                                                    load_real_benchmark, normalize_math_answer)
 from tokreason.experiments.errors import UserError
 

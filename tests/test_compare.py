@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import FAST
-from tokreason.experiments.launch import compare_jobs
+from tokreason.experiments.launch.compare import compare_jobs
 
 RUN = [a for a in FAST if not a.startswith(("trainer.max_steps", "eval=", "trainer.eval_every", "trainer.checkpoint_every"))]
 

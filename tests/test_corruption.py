@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_llama
 import tokreason.methods.rlp as rlp_module
 import tokreason.methods.rpt as rpt_module
-from tokreason.experiments.tokenizer import train_tokenizer
+from tokreason.experiments.data.tokenizer import train_tokenizer
 from tokreason.methods.corruption import corrupt_thoughts, corruption_generator
 from tokreason.methods.quiet_star import QuietStar, QuietStarConfig
 from tokreason.methods.rlp import RLP
@@ -78,7 +78,7 @@ def test_same_generator_seed_same_corruption():
     assert torch.equal(corrupt_thoughts(tokens, lengths, "none", None, vocab_size=60), tokens)
 
 
-@pytest.mark.parametrize("make", [lambda **kw: QuietStarConfig(**kw), lambda **kw: RPT(**kw), lambda **kw: RLP(**kw)])
+@pytest.mark.parametrize("make", [lambda **kw: QuietStarConfig(**kw), lambda **kw: RPT(**kw).config, lambda **kw: RLP(**kw).config])
 def test_a_bad_value_is_a_one_line_error(make):
     with pytest.raises(ValueError, match="^method.thought_corrupt='x' is not valid; valid: none, shuffle, random$"):
         make(thought_corrupt="x")
@@ -89,7 +89,7 @@ def test_a_bad_value_is_a_one_line_error(make):
 def test_rpt_corruption_needs_the_meta_template():
     with pytest.raises(ValueError, match="method.thought_corrupt='shuffle' needs method.template=meta; method.template=boxed"):
         RPT(template="boxed", thought_corrupt="shuffle")
-    assert RPT(template="boxed").thought_corrupt == "none"
+    assert RPT(template="boxed").config.thought_corrupt == "none"
 
 
 # ---------------------------------------------------------------------------- Quiet-STaR
@@ -236,7 +236,7 @@ def scoring_inputs(model) -> list[torch.Tensor]:
     seen = []
 
     def hook(module, args, kwargs):
-        if kwargs.get("past_key_values") is None and kwargs.get("attention_mask") is not None:
+        if kwargs.get("cache", kwargs.get("past_key_values")) is None and kwargs.get("attention_mask") is not None:
             seen.append(kwargs["input_ids"])
 
     model.lm.register_forward_pre_hook(hook, with_kwargs=True)

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from tokreason.experiments.data import BatchStream, InMemoryWindows, StreamedWindows, build_corpus, read_text_documents
+from tokreason.experiments.data.corpus import BatchStream, InMemoryWindows, StreamedWindows, build_corpus, read_text_documents
 from tokreason.experiments.errors import UserError
-from tokreason.experiments.tokenizer import train_tokenizer
+from tokreason.experiments.data.tokenizer import train_tokenizer
 from omegaconf import OmegaConf
 
 DOCS = [f"Document {i}: Ann has {i} apples and buys {i + 3} more, so she has {2 * i + 3}." for i in range(120)]

@@ -12,13 +12,17 @@ from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import FAST
-from tokreason.experiments import evaluation, synthetic
-from tokreason.experiments.benchmarks import Benchmark, Example, synthetic_benchmark
-from tokreason.experiments.evaluation import (aggregate, answer_matches, delta_and_se, score_benchmark, table_rows,
+from tokreason.experiments.data.corpus import synthetic
+from tokreason.experiments.evaluation import evaluate as evaluation
+from tokreason.experiments.evaluation.synthetic_tasks import synthetic_benchmark
+from tokreason.experiments.evaluation.tasks import Benchmark, Example
+from tokreason.experiments.evaluation.evaluate import (aggregate, answer_matches, delta_and_se, score_benchmark, table_rows,
                                               wandb_deltas)
-from tokreason.experiments.scoring import PlainScorer, QuietStarScorer, ThoughtScorer
-from tokreason.experiments.tokenizer import train_tokenizer
-from tokreason.methods.quiet_star import THOUGHT_END, THOUGHT_START, QuietStarConfig, QuietStarModel
+from tokreason.methods.inference import PlainScorer, ThoughtScorer
+from tokreason.methods.quiet_star import QuietStarScorer
+from tokreason.experiments.data.tokenizer import train_tokenizer
+from tokreason.methods.quiet_star import QuietStarConfig, QuietStarModel
+from tokreason.methods.thoughts import THOUGHT_END, THOUGHT_START
 
 EVAL_SMALL = ["eval.synthetic.num=6", "eval.heldout.windows=4", "eval.heldout.positions=16", "eval.batch_size=4"]
 
@@ -249,7 +253,7 @@ def test_base_scores_are_cached_by_model_and_eval_config(tiny, tmp_path, monkeyp
     cfg = OmegaConf.create({"model": {"kind": "hf", "name_or_path": str(folder), "dtype": "float32",
                                       "attn_implementation": "sdpa"},
                             "method": {"name": "cpt"}, "data": {"min_digits": 1, "max_digits": 3, "min_steps": 1, "max_steps": 3},
-                            "eval": OmegaConf.load(evaluation.__file__.replace("experiments/evaluation.py", "conf/eval/default.yaml"))})
+                            "eval": OmegaConf.load(evaluation.__file__.replace("experiments/evaluation/evaluate.py", "conf/eval/default.yaml"))})
     cfg.eval.benchmarks = ["synth_in"]
     cfg.eval.synthetic.num = 4
     calls = []
@@ -312,7 +316,7 @@ def test_gsm8k_through_the_evaluation_on_the_real_file_when_present(tiny):
     real = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "gsm8k" / "test.jsonl"
     if not real.exists():
         pytest.skip("the shared GSM8K files are not here")
-    from tokreason.experiments.benchmark_data import load_real_benchmark
+    from tokreason.experiments.evaluation.real_tasks import load_real_benchmark
 
     lm, tokenizer = tiny
     bench = load_real_benchmark("gsm8k", {"path": str(real), "split": "test"}, limit=3)

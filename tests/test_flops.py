@@ -3,7 +3,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tokreason.experiments.flops import FlopCounter
+from tokreason.experiments.training.flops import FlopCounter
 
 
 def tiny_llama() -> LlamaForCausalLM:
@@ -49,6 +49,6 @@ def test_kv_cached_step_counts_keys_of_the_cache():
     with torch.no_grad():
         out = model(input_ids=x, use_cache=True)
         before = counter.total
-        model(input_ids=x[:, :1], past_key_values=out.past_key_values, use_cache=True)
+        model(input_ids=x[:, :1], cache=out.cache, use_cache=True)
     assert counter.total - before == counter.forward_flops(1, 1, cached=10)
     assert counter.forward_flops(1, 1, cached=10) == 2 * counter.linear_weights + 4 * counter.attn_width * 11

@@ -14,10 +14,10 @@ import yaml  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from tokreason.experiments import lm_eval_bridge  # noqa: E402
-from tokreason.experiments.lm_eval_bridge import TokreasonLM, evaluate_scorer, run_lm_eval  # noqa: E402
-from tokreason.experiments.scoring import PlainScorer, ThoughtScorer  # noqa: E402
-from tokreason.experiments.tokenizer import train_tokenizer  # noqa: E402
+from tokreason.experiments.evaluation import lm_eval_bridge  # noqa: E402
+from tokreason.experiments.evaluation.lm_eval_bridge import TokreasonLM, evaluate_scorer, run_lm_eval  # noqa: E402
+from tokreason.methods.inference import PlainScorer, ThoughtScorer  # noqa: E402
+from tokreason.experiments.data.tokenizer import train_tokenizer  # noqa: E402
 
 DOCS = ["the cat sat on the mat and the dog ran to the park.", "two plus three is five. four plus four is eight.",
         "is the sky blue? yes. is the sea dry? no.", "a red ball, a green box and a blue cup."] * 10
@@ -261,9 +261,9 @@ def test_unknown_task_names_are_refused_before_running(tmp_path, lm, tokenizer):
 def test_without_lm_eval_the_import_says_how_to_install(monkeypatch):
     for name in [m for m in sys.modules if m == "lm_eval" or m.startswith("lm_eval.")]:
         monkeypatch.setitem(sys.modules, name, None)  # what a missing install looks like to `import`
-    monkeypatch.delitem(sys.modules, "tokreason.experiments.lm_eval_bridge")
+    monkeypatch.delitem(sys.modules, "tokreason.experiments.evaluation.lm_eval_bridge")
     with pytest.raises(ImportError, match=r'lm-eval is not installed; pip install "tokreason\[lm-eval\]"') as error:
-        importlib.import_module("tokreason.experiments.lm_eval_bridge")
+        importlib.import_module("tokreason.experiments.evaluation.lm_eval_bridge")
     from tokreason.experiments.errors import UserError
 
     assert isinstance(error.value, UserError)
@@ -275,13 +275,13 @@ def test_an_lm_eval_too_old_for_transformers_5_is_refused_on_import(monkeypatch)
 
     real_version = importlib.metadata.version
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.4.5" if name == "lm_eval" else real_version(name))
-    monkeypatch.delitem(sys.modules, "tokreason.experiments.lm_eval_bridge")
+    monkeypatch.delitem(sys.modules, "tokreason.experiments.evaluation.lm_eval_bridge")
     with pytest.raises(ImportError, match=r'lm-eval 0.4.5 is too old .*pip install "lm_eval>=0.4.10"'):
-        importlib.import_module("tokreason.experiments.lm_eval_bridge")
+        importlib.import_module("tokreason.experiments.evaluation.lm_eval_bridge")
 
 
 def test_quiet_star_thinking_runs_multiple_choice_and_rolling(tmp_path, lm, tokenizer):
-    from tokreason.experiments.scoring import QuietStarScorer
+    from tokreason.methods.quiet_star import QuietStarScorer
     from tokreason.methods.quiet_star import QuietStarConfig, QuietStarModel
 
     model = QuietStarModel(lm, tokenizer, QuietStarConfig(n_ahead=4)).eval()
@@ -298,14 +298,14 @@ def test_quiet_star_thinking_runs_multiple_choice_and_rolling(tmp_path, lm, toke
 
 
 def test_lm_eval_cli_with_the_model_registered(tmp_path, run_dir):
-    """`python -m tokreason.experiments.lm_eval_bridge` is lm-eval's own CLI, with --model tokreason
+    """`python -m tokreason.experiments.evaluation.lm_eval_bridge` is lm-eval's own CLI, with --model tokreason
     (and its defaults: --batch_size 1, --device cuda:0 on a machine without CUDA)."""
     import os
     import subprocess
 
     write_task(tmp_path, "tiny_mc", mc_rows(), **MC_CONFIG)
     proc = subprocess.run(
-        [sys.executable, "-m", "tokreason.experiments.lm_eval_bridge", "--model", "tokreason", "--model_args",
+        [sys.executable, "-m", "tokreason.experiments.evaluation.lm_eval_bridge", "--model", "tokreason", "--model_args",
          f"run={run_dir},think=off,batch_size=4", "--tasks", "tiny_mc", "--include_path", str(tmp_path),
          "--output_path", str(tmp_path / "out")],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -321,7 +321,7 @@ def test_tokreason_lm_eval_command(tmp_path, run_dir, lm, tokenizer):
     import os
     import subprocess
 
-    from tokreason.experiments.scoring import PlainScorer
+    from tokreason.methods.inference import PlainScorer
 
     write_task(tmp_path, "tiny_mc", mc_rows(), **MC_CONFIG)
     proc = subprocess.run(

@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
     Qwen2Config, Qwen2ForCausalLM
 
 from conftest import FAST
-from tokreason.experiments.tokenizer import train_tokenizer
+from tokreason.experiments.data.tokenizer import train_tokenizer
 from tokreason.methods.policy import group_advantages, reinforce_loss
 from tokreason.methods.quiet_star import QuietStar, QuietStarConfig, ThoughtPass, load_quiet_star
 from tokreason.methods.verifier import Continuation, Rollouts, continuation_log_likelihood

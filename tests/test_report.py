@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tokreason.experiments.errors import UserError
-from tokreason.experiments.report import IMAGE_SIZE, build_report, find_runs, variant_name
+from tokreason.experiments.reporting.report import IMAGE_SIZE, build_report, find_runs, variant_name
 
 # (benchmark, metric, think) -> per run: (delta, paired se); base is 0.3 / 50.0 for every run
 ROWS = [("synth_in", "exact_match", "off"), ("heldout", "perplexity", "off"), ("synth_in", "exact_match", "on")]

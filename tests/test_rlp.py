@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import FAST, same_weights, stop_and_resume, tiny_llama
-from tokreason.experiments.tokenizer import train_tokenizer
+from tokreason.experiments.data.tokenizer import train_tokenizer
 from tokreason.methods.rlp import EMA, RLP, rlp_advantages
 
 

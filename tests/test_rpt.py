@@ -7,9 +7,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import FAST
-from tokreason.experiments.tokenizer import train_tokenizer
+from tokreason.experiments.data.tokenizer import train_tokenizer
 from tokreason.methods.policy import clipped_surrogate, grpo_advantages
-from tokreason.methods.rpt import RPT, last_boxed
+from tokreason.methods.rpt import RPT
+from tokreason.methods.rpt import boxed_prediction as last_boxed
 from tokreason.methods.sampler import sample
 from tokreason.methods.selectors import select_positions, top_k_entropy
 from tokreason.methods.token_bytes import token_byte_table
@@ -200,7 +201,7 @@ def test_train_method_rpt_writes_a_complete_run_dir_and_counts_skips(cli, tmp_pa
 
 
 def test_next_token_accuracy_buckets_nest_and_standard_mode_is_the_argmax(tokenizer):
-    from tokreason.experiments.next_token_eval import next_token_accuracy
+    from tokreason.experiments.evaluation.next_token import next_token_accuracy
 
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

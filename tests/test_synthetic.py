@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tokreason.experiments.synthetic import (
+from tokreason.experiments.data.synthetic import (
     FAMILIES,
     GENERATOR_VERSION,
     Problem,
@@ -197,7 +197,7 @@ def test_different_split_or_seed_differs() -> None:
 
 def test_identical_in_a_process_with_another_hash_seed() -> None:
     code = (
-        "import hashlib; from tokreason.experiments.synthetic import generate_corpus, generate_problems, ProblemSpec;"
+        "import hashlib; from tokreason.experiments.data.synthetic import generate_corpus, generate_problems, ProblemSpec;"
         "c = generate_corpus(11, 300, 'pretrain');"
         "p = generate_problems(11, 100, 'test', ProblemSpec(templates='unseen'));"
         "print(hashlib.sha256(repr((c, p)).encode()).hexdigest())"

@@ -11,13 +11,13 @@ import sys
 import pytest
 from transformers import AutoTokenizer
 
-from tokreason.experiments.synthetic import ProblemSpec, generate_corpus, generate_problems
-from tokreason.experiments.tokenizer import (
+from tokreason.experiments.data.synthetic import ProblemSpec, generate_corpus, generate_problems
+from tokreason.methods.thoughts import THOUGHT_END as THOUGHT_END_TOKEN
+from tokreason.methods.thoughts import THOUGHT_START as THOUGHT_START_TOKEN
+from tokreason.experiments.data.tokenizer import (
     EOS_TOKEN,
     PAD_TOKEN,
     SPECIAL_TOKENS,
-    THOUGHT_END_TOKEN,
-    THOUGHT_START_TOKEN,
     train_tokenizer,
 )
 
@@ -124,8 +124,8 @@ def test_training_is_deterministic(corpus) -> None:
 
 def test_training_is_deterministic_across_processes(corpus) -> None:
     code = (
-        "from tokreason.experiments.synthetic import generate_corpus;"
-        "from tokreason.experiments.tokenizer import train_tokenizer;"
+        "from tokreason.experiments.data.synthetic import generate_corpus;"
+        "from tokreason.experiments.data.tokenizer import train_tokenizer;"
         "import sys; sys.stdout.write(train_tokenizer(generate_corpus(0, 2000, 'train')[:500], 400)"
         ".backend_tokenizer.to_str())"
     )

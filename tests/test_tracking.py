@@ -10,7 +10,7 @@ import pytest
 import wandb
 from omegaconf import OmegaConf
 
-from tokreason.experiments.tracking import REDACTED, Tracker, redact, wandb_mode
+from tokreason.experiments.reporting.tracking import REDACTED, Tracker, redact, wandb_mode
 
 from wandb_offline import read_offline_run
 

@@ -11,10 +11,11 @@ import copy
 import json
 import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from tokreason.experiments.files import atomic_write_text, flatten
 
 METRICS_FILE = "metrics.jsonl"
 TIMING_FILE = "timing.jsonl"
@@ -150,21 +151,6 @@ def _dumps(record: Mapping) -> str:
     return json.dumps(record, default=_json_default)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    # A temp file in the same folder, then os.replace: readers see the old or the new
-    # file, never half of one. (Not mkstemp: its 0600 mode would stick to the result.)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep the lines with "step" <= last_step, byte for byte; drop the rest.
 
@@ -180,18 +166,7 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
             continue
         if step <= last_step:
             kept.append(line if line.endswith("\n") else line + "\n")
-    _atomic_write_text(path, "".join(kept))
-
-
-def _flatten(summary: Mapping, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in summary.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}/"))
-        else:
-            flat[name] = value
-    return flat
+    atomic_write_text(path, "".join(kept))
 
 
 class Tracker:
@@ -280,7 +255,7 @@ class Tracker:
             message = " ".join(str(e).split()) or type(e).__name__
             raise RuntimeError(f"wandb.init failed (mode={mode}): {message}") from e
 
-        _atomic_write_text(id_path, run.id + "\n")
+        atomic_write_text(id_path, run.id + "\n")
         return run
 
     @property
@@ -309,9 +284,9 @@ class Tracker:
         if not self._active or self._finished:
             return
         text = json.dumps(summary, indent=2, sort_keys=True, default=_json_default) + "\n"
-        _atomic_write_text(self.run_dir / SUMMARY_FILE, text)
+        atomic_write_text(self.run_dir / SUMMARY_FILE, text)
         if self._run is not None:
-            self._run.summary.update(_flatten({k: v for k, v in summary.items() if k != "eval"}))
+            self._run.summary.update(flatten({k: v for k, v in summary.items() if k != "eval"}, "/"))
             if summary.get("eval"):
                 self.log_eval(summary["eval"])
 
@@ -321,7 +296,7 @@ class Tracker:
             return
         import wandb
 
-        from tokreason.experiments.evaluation import TABLE_COLUMNS, wandb_deltas
+        from tokreason.experiments.evaluation.evaluate import TABLE_COLUMNS, wandb_deltas
 
         self._run.summary.update(wandb_deltas(table))
         rows = [[r.get(c) for c in TABLE_COLUMNS] for r in table["rows"]]

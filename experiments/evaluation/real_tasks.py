@@ -26,8 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokreason.experiments.benchmarks import Benchmark, Example
-from tokreason.experiments.errors import UserError
+from tokreason.experiments.errors import UserError, first_line
+from tokreason.experiments.evaluation.tasks import Benchmark, Example
+from tokreason.methods.verifier import last_boxed
 
 REAL_BENCHMARKS: tuple[str, ...] = ("gsm8k", "csqa", "mmlu_pro", "math500", "gpqa")
 
@@ -69,38 +70,6 @@ def last_number(text: str) -> str | None:
     if not matches:
         return None
     return _canonical(matches[-1].group(1) or "", matches[-1].group(2))
-
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-
-
-def _boxed_content(text: str, start: int) -> str | None:
-    """The argument of a \\boxed that ends at `start`: a balanced {...} group, or the single
-    token of the "\\boxed 5" form; None when it is cut off or empty."""
-    rest = text[start:]
-    body = rest.lstrip()
-    if body.startswith("{"):
-        depth = 0
-        for i, char in enumerate(body):
-            if char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth == 0:
-                    return body[1:i].strip() or None
-        return None  # unclosed: the generation stopped inside the box
-    token = re.match(r"[^\s$]+", body)
-    return token.group(0) if token and rest[:1].isspace() else None
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last complete \\boxed{...} (or \\fbox{...}) in `text`, nested braces
-    included; an unclosed or empty last box falls back to the one before. None when none."""
-    for match in reversed(list(_BOXED.finditer(text))):
-        content = _boxed_content(text, match.end())
-        if content is not None:
-            return content
-    return None
 
 
 def choice_letter(text: str, letters: Sequence[str]) -> str | None:
@@ -323,11 +292,6 @@ def unknown_benchmark_message(name: str, valid: Sequence[str] = REAL_BENCHMARKS)
 
 # ---------------------------------------------------------------- reading records
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _read_jsonl(name: str, path: Path, limit: int | None) -> list[tuple[str, object]]:
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -368,7 +332,7 @@ def _read_tabular(name: str, path: Path, limit: int | None) -> list[tuple[str, o
     try:
         table = datasets.load_dataset(kind, data_files=str(path), split="train", features=features)
     except Exception as e:  # datasets and pyarrow raise many types for a malformed file
-        raise UserError(f"{name} file {path}: cannot read it as {kind} ({_first_line(e)})") from None
+        raise UserError(f"{name} file {path}: cannot read it as {kind} ({first_line(e)})") from None
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
     return [(f"record {i}", record) for i, record in enumerate(table)]
@@ -401,7 +365,7 @@ def read_hub_records(name: str, hub: str, config: str | None, split: str,
     try:
         table = datasets.load_dataset(hub, config, split=split)
     except Exception as e:  # datasets raises many types (DatasetNotFoundError, ValueError, ConnectionError, ...)
-        raise UserError(f"cannot load {name} dataset {hub!r} (config {config!r}, split {split!r}): {_first_line(e)}") from None
+        raise UserError(f"cannot load {name} dataset {hub!r} (config {config!r}, split {split!r}): {first_line(e)}") from None
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
     return [(f"record {i}", record) for i, record in enumerate(table)]

@@ -2,13 +2,13 @@
 
 An optional extra (`pip install "tokreason[lm-eval]"`). `TokreasonLM` is lm-eval's `LM` over a
 tokreason scorer (scoring.py), whose primitives are lm-eval's own: think off is the plain
-language model, think on the method's own inference (Quiet-STaR / RPT / RLP). lm-eval batches
+language model, think on the method's own inference (`Method.think_scorer`). lm-eval batches
 nothing itself here: every request of a kind goes to the scorer at once and the scorer batches.
 
 - Python: `run_lm_eval(run_dir, think, tasks, include_path, limit, batch_size, output)`, or
   `evaluate_scorer(scorer, tasks, ...)` for a scorer built by hand.
 - lm-eval's own CLI, with the model registered:
-  `python -m tokreason.experiments.lm_eval_bridge --model tokreason
+  `python -m tokreason.experiments.evaluation.lm_eval_bridge --model tokreason
   --model_args run=<run dir>,think=on,batch_size=8 --tasks <tasks> [--include_path <dir>]`.
   (The plain `lm_eval` command cannot find "tokreason": it knows its built-in models and what
   the running process registered, and reads no entry points.)
@@ -65,7 +65,8 @@ MAX_TOKENS_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens")  # lm-eval's 
 
 
 class TokreasonLM(LM):
-    """lm-eval's LM over a tokreason scorer (PlainScorer, QuietStarScorer, ThoughtScorer).
+    """lm-eval's LM over a tokreason scorer (tokreason.methods.inference: PlainScorer, or a method's
+    think_scorer).
 
     - `loglikelihood`: the scorer's (ThoughtScorer: one greedy thought per distinct context, the
       continuation scored after it). An empty context is replaced by the BOS (else EOS) token,
@@ -74,9 +75,9 @@ class TokreasonLM(LM):
       (`lm_eval.utils.get_rolling_token_windows(..., context_len=1)`, as lm-eval's HF model): the
       text's tokens after a BOS/EOS prefix token, every token predicted exactly once; a window
       after the first starts with the one token before its predictions, and the last window is
-      filled back to the full context. Each window is scored with `scorer.score_spans` (for
-      Quiet-STaR with its thoughts). Refused for RPT/RLP thinking: a thought before every token
-      is not their inference.
+      filled back to the full context. Each window is scored with `scorer.score_spans` (think
+      on: with the method's thoughts). Refused where the scorer gives a `rolling_refusal` (the
+      meta template thinks once before an answer, not before every token).
     - `generate_until`: greedy, until the request's `until` strings (or EOS), at most its
       `max_gen_toks` (else `max_gen_toks` of this LM). Sampling (`do_sample=True`, or
       `temperature` > 0) raises ValueError, and so does any other kwarg that would change
@@ -100,7 +101,7 @@ class TokreasonLM(LM):
         """The trained model of a finished run dir (`<run>/model`, its config.yaml). `device` is
         only checked (ValueError when it differs): the model goes on CUDA when there is one,
         else the CPU."""
-        from tokreason.experiments.evaluation import scorer_for_run  # lazily: evaluation.py is heavy
+        from tokreason.experiments.evaluation.evaluate import scorer_for_run  # lazily: it is heavy
 
         if think not in ("off", "on"):
             raise ValueError(f"think={think!r} is not valid; valid: off, on")
@@ -164,11 +165,8 @@ class TokreasonLM(LM):
         return out
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        from tokreason.experiments.scoring import ThoughtScorer
-
-        if isinstance(self.scorer, ThoughtScorer):
-            raise ValueError("loglikelihood_rolling (perplexity tasks) with think=on is not defined for RPT/RLP: "
-                             "their inference thinks once before an answer, not before every token; use think=off")
+        if self.scorer.rolling_refusal:  # an inference with no score of every token of a text
+            raise ValueError(self.scorer.rolling_refusal)
         tokenizer, prefix = self.scorer.tokenizer, self._prefix_id()
         sequences, starts, owners = [], [], []
         for i, request in enumerate(requests):
@@ -324,6 +322,6 @@ def main() -> None:
 if __name__ == "__main__":
     # Run as a script this file is `__main__`; register the importable module's class instead,
     # so "tokreason" resolves to one class however the module is reached.
-    from tokreason.experiments.lm_eval_bridge import main as _main
+    from tokreason.experiments.evaluation.lm_eval_bridge import main as _main
 
     _main()

@@ -3,9 +3,10 @@ and the difference, as one table.
 
 A row is (benchmark, metric, think): base, trained, delta = trained - base, n, and the standard
 error of the delta (paired over the same examples). Think off is the plain language model;
-think on is the method's own inference (scoring.py); a CPT or base-only evaluation has off only,
-and the base's think-on score uses the same inference on the base model (for Quiet-STaR a fresh
-mixing head, which starts as the identity). The base model's per-example scores are cached under
+think on is the method's own inference (`Method.think_scorer`); a method that does not think, or
+a base-only evaluation, has off only, and the base's think-on score uses the same inference on
+the base model, set up the way training starts (the same added thought tokens, fresh parts of the
+method's own). The base model's per-example scores are cached under
 <cache_dir>/eval/ by a hash of the model's files and everything that decides the scores, so a
 sweep evaluates the base once."""
 from __future__ import annotations
@@ -21,12 +22,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tokreason.experiments import synthetic
-from tokreason.experiments.benchmark_data import REAL_BENCHMARKS, load_real_benchmark
-from tokreason.experiments.benchmarks import SYNTHETIC_SPLITS, Benchmark, synthetic_benchmark
+from tokreason.experiments.data import synthetic
 from tokreason.experiments.errors import UserError
-from tokreason.experiments.next_token_eval import BUCKETS, bucket_positions, reasoning_correct
-from tokreason.experiments.scoring import PlainScorer, QuietStarScorer, ThoughtScorer
+from tokreason.experiments.evaluation.next_token import BUCKETS, bucket_positions
+from tokreason.experiments.evaluation.real_tasks import REAL_BENCHMARKS, load_real_benchmark
+from tokreason.experiments.evaluation.synthetic_tasks import SYNTHETIC_SPLITS, synthetic_benchmark
+from tokreason.experiments.evaluation.tasks import Benchmark
+from tokreason.experiments.files import atomic_write_text
+from tokreason.methods import build_method
+from tokreason.methods.inference import PlainScorer
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,6 @@ EVAL_VERSION = 1  # bump when a score for the same inputs would change (it is pa
 HELDOUT = "heldout"
 KNOWN_BENCHMARKS = (*SYNTHETIC_SPLITS, *REAL_BENCHMARKS, HELDOUT)
 THINK_MODES = ("off", "on")
-THINKING_METHODS = ("quiet_star", "rpt", "rlp")
 
 
 # ----------------------------------------------------------------------------- config
@@ -57,9 +60,10 @@ def check_eval_config(cfg: DictConfig) -> None:
         raise UserError(f"eval.limit={e.limit} is not valid; it must be at least 1, or null for every example")
     if int(e.batch_size) < 1:
         raise UserError(f"eval.batch_size={e.batch_size} is not valid; it must be at least 1")
-    if cfg.method.name == "rpt" and "on" in e.think and cfg.method.get("template", "meta") != "meta":
-        raise UserError("eval.think=on evaluates RPT with the meta template; method.template=boxed is not supported "
-                        "by the evaluation; use eval.think=[off]")
+    try:
+        method_of(cfg).check_eval(think_modes(cfg))
+    except ValueError as e:
+        raise UserError(str(e)) from None
     for name in e.benchmarks:
         if name in REAL_BENCHMARKS:
             source = e.sources.get(name)
@@ -75,61 +79,49 @@ def _mode(value) -> str:
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else str(value)
 
 
+def method_of(cfg: DictConfig):
+    """The run's method object, from its config's `method` section."""
+    return build_method(OmegaConf.to_container(cfg.method, resolve=True))
+
+
 def think_modes(cfg: DictConfig) -> list[str]:
     """The think modes this run is evaluated in: on only for a method that thinks."""
-    return [m for m in map(_mode, cfg.eval.think) if m == "off" or cfg.method.name in THINKING_METHODS]
+    thinks = method_of(cfg).thinks
+    return [m for m in map(_mode, cfg.eval.think) if m == "off" or thinks]
 
 
 # ----------------------------------------------------------------------------- scorers
 
-def method_settings(cfg: DictConfig) -> dict:
-    """The method's own settings (cfg.method without its name)."""
-    return {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
-
-
-def make_scorer(lm, tokenizer, cfg: DictConfig, think: str, quiet_star_model=None):
-    """The scorer for `think` on this LM, with the run's method's inference settings."""
+def make_scorer(lm, tokenizer, cfg: DictConfig, think: str, trained_module=None):
+    """The scorer for `think` on this LM: the plain LM (off), or the run's method's own
+    inference (on). `trained_module`: what the method trained beside the LM (None: the base)."""
     batch = int(cfg.eval.batch_size)
     if think == "off":
         return PlainScorer(lm, tokenizer, batch)
-    name = cfg.method.name
-    if name == "quiet_star":
-        if quiet_star_model is None:  # the base model: a fresh head (it starts as the identity)
-            from tokreason.methods.quiet_star import QuietStarConfig, QuietStarModel
-
-            quiet_star_model = QuietStarModel(lm, tokenizer, QuietStarConfig(**method_settings(cfg))).eval()
-        return QuietStarScorer(quiet_star_model, tokenizer, batch)
-    if name in ("rpt", "rlp"):
-        budget = cfg.eval.get("thought_budget") or cfg.method.thought_budget
-        return ThoughtScorer(lm, tokenizer, int(budget), int(cfg.method.get("min_thought_tokens", 0)), batch)
-    raise ValueError(f"method {name!r} has no thinking mode; evaluate it with think off")
+    budget = cfg.eval.get("thought_budget")
+    return method_of(cfg).think_scorer(lm, tokenizer, batch_size=batch, thought_budget=int(budget) if budget else None,
+                                       model=trained_module)
 
 
 def think_signature(cfg: DictConfig, think: str) -> dict:
     """What decides a think mode's scores besides the model (part of the base cache key)."""
     if think == "off":
         return {"think": "off"}
-    if cfg.method.name == "quiet_star":
-        return {"think": "on", "quiet_star": method_settings(cfg)}
-    return {"think": "on", "meta_template": True, "thought_budget": int(cfg.eval.get("thought_budget") or cfg.method.thought_budget),
-            "min_thought_tokens": int(cfg.method.get("min_thought_tokens", 0))}
+    budget = cfg.eval.get("thought_budget")
+    return {"think": "on", **method_of(cfg).think_settings(int(budget) if budget else None)}
 
 
 def load_exported(folder: Path, cfg: DictConfig, think: str):
     """A run's exported model as a scorer."""
-    from tokreason.experiments.models import load_model_and_tokenizer
+    from tokreason.experiments.models.loading import load_model_and_tokenizer
 
     model_cfg = OmegaConf.create({"kind": "hf", "name_or_path": str(folder), "dtype": cfg.model.get("dtype", "float32"),
                                   "attn_implementation": cfg.model.get("attn_implementation", "sdpa"),
                                   "trust_remote_code": cfg.model.get("trust_remote_code", False)})
     lm, tokenizer = load_model_and_tokenizer(model_cfg, str(folder))
     _to_device(lm)
-    quiet_star_model = None
-    if think == "on" and (folder / "quiet_star.json").exists():
-        from tokreason.methods.quiet_star import load_quiet_star
-
-        quiet_star_model = load_quiet_star(folder, lm, tokenizer)
-    return make_scorer(lm.eval(), tokenizer, cfg, think, quiet_star_model)
+    trained = method_of(cfg).load_export(folder, lm, tokenizer) if think == "on" else None
+    return make_scorer(lm.eval(), tokenizer, cfg, think, trained)
 
 
 def _to_device(lm) -> None:
@@ -143,7 +135,7 @@ def scorer_for_run(run_dir: str | Path, think: str, batch_size: int = 16):
     cfg = load_run_config(run_dir)
     if think not in THINK_MODES:
         raise ValueError(f"think={think!r} is not valid; valid: off, on")
-    if think == "on" and cfg.method.name not in THINKING_METHODS:
+    if think == "on" and not method_of(cfg).thinks:
         raise ValueError(f"run {run_dir} trained method {cfg.method.name!r}, which has no thinking mode; use think=off")
     cfg.eval = OmegaConf.create({"batch_size": batch_size, "thought_budget": None})
     return load_exported(run_dir / "model", cfg, think)
@@ -240,18 +232,15 @@ def score_benchmark(bench: Benchmark, scorer, max_new_tokens: int | None = None)
     return values
 
 
-def heldout_values(scorer, windows: torch.Tensor, where: torch.Tensor, entropy: torch.Tensor, cfg: DictConfig,
-                   tokenizer) -> dict[str, list[float]]:
-    """Intrinsic metrics on held-out corpus windows: perplexity (per-window NLL; plain and
-    Quiet-STaR only) and next-token accuracy by entropy bucket at fixed positions."""
+def heldout_values(scorer, windows: torch.Tensor, where: torch.Tensor, entropy: torch.Tensor,
+                   max_prediction_tokens: int = 1) -> dict[str, list[float]]:
+    """Intrinsic metrics on held-out corpus windows: perplexity (per-window NLL, where the
+    inference has one) and next-token accuracy by entropy bucket at fixed positions."""
     values: dict[str, list[float]] = {}
-    if isinstance(scorer, ThoughtScorer):  # RPT's reasoning mode at each position
-        correct = reasoning_correct(scorer.lm, tokenizer, windows, where, thought_budget=scorer.thought_budget,
-                                    max_prediction_tokens=int(cfg.eval.heldout.max_prediction_tokens),
-                                    min_thought_tokens=scorer.min_thought_tokens)
-    else:
-        values["perplexity"] = scorer.window_nll(windows).tolist()
-        correct = scorer.next_token_correct(windows, where).float()
+    nll = scorer.window_nll(windows)
+    if nll is not None:  # None: not this inference's score (it thinks once before an answer, not before every token)
+        values["perplexity"] = nll.tolist()
+    correct = scorer.next_token_correct(windows, where, max_prediction_tokens=max_prediction_tokens).float()
     for bucket, threshold in BUCKETS.items():
         chosen = entropy > threshold
         values[f"next_token_accuracy_{bucket}"] = correct[chosen].tolist()
@@ -361,9 +350,7 @@ def read_cached(cache: Path, key: str) -> dict | None:
 def write_cached(cache: Path, key: str, values: dict, about: dict) -> None:
     folder = cache / "eval"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps({"about": about, "values": values}, default=str))
-    os.replace(tmp, folder / f"{key}.json")
+    atomic_write_text(folder / f"{key}.json", json.dumps({"about": about, "values": values}, default=str))
 
 
 # ----------------------------------------------------------------------------- the whole evaluation
@@ -372,7 +359,7 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
              trained_scorers=None) -> dict:
     """The results table of one run. `trained_scorers(think)` gives the trained model's scorer
     (None: evaluate the base model alone); `base_path` is the base model's folder or hub name."""
-    from tokreason.experiments.models import load_model_and_tokenizer
+    from tokreason.experiments.models.loading import load_model_and_tokenizer
 
     started = time.perf_counter()
     e = cfg.eval
@@ -383,8 +370,8 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
     loaded: list = []
 
     def base_lm():
-        """Loaded once, on first need. Think off is scored before on (see below), because
-        wrapping the base for Quiet-STaR's inference may add meta-token rows to it."""
+        """Loaded once, on first need. Think off is scored before on (see below), because a
+        method's thinking inference may add the thought tokens' rows to it."""
         if not loaded:
             lm, tokenizer = load_model_and_tokenizer(cfg.model, base_path)
             _to_device(lm)
@@ -400,12 +387,12 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
         where, entropy = bucket_positions(lm, windows, int(e.heldout.positions))
         heldout = (windows, where, entropy)
 
-    def run_all(scorer, tokenizer, think) -> dict:
+    def run_all(scorer, think) -> dict:
         out = {}
         for name, bench in benches.items():
             out[(name, think)] = score_benchmark(bench, scorer, e.get("max_new_tokens"))
         if heldout is not None:
-            out[(HELDOUT, think)] = heldout_values(scorer, *heldout, cfg, tokenizer)
+            out[(HELDOUT, think)] = heldout_values(scorer, *heldout, int(e.heldout.max_prediction_tokens))
         return out
 
     base: dict = {}
@@ -416,7 +403,7 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
         if any(v is None for v in cached.values()):
             lm, tokenizer = base_lm()
             scorer = make_scorer(lm, tokenizer, cfg, think)
-            fresh = run_all(scorer, tokenizer, think)
+            fresh = run_all(scorer, think)
             for name, k in keys.items():
                 if cached[name] is None:
                     cached[name] = fresh[(name, think)]
@@ -430,7 +417,7 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
         trained = {}
         for think in modes:
             scorer = trained_scorers(think)
-            trained.update(run_all(scorer, scorer.tokenizer, think))
+            trained.update(run_all(scorer, think))
     rows = table_rows(base, trained)
     return {"rows": rows, "think": modes, "benchmarks": {n: b.description for n, b in benches.items()} |
             ({HELDOUT: "held-out corpus windows: perplexity, next-token accuracy by entropy bucket"} if heldout else {}),

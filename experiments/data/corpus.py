@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from tokreason.experiments import synthetic
-from tokreason.experiments.errors import UserError
+from tokreason.experiments.data import synthetic
+from tokreason.experiments.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +199,7 @@ def hf_documents(data_cfg: DictConfig) -> Callable[[], Iterator[str]]:
         ds = datasets.load_dataset(str(data_cfg.name), data_cfg.get("config_name"), split=str(data_cfg.split),
                                    streaming=bool(data_cfg.streaming))
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ValueError, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load data.name={data_cfg.name!r} (split {data_cfg.split!r}): {first}") from None
+        raise UserError(f"cannot load data.name={data_cfg.name!r} (split {data_cfg.split!r}): {first_line(e)}") from None
     field = str(data_cfg.text_field)
     columns = ds.column_names or []
     if columns and field not in columns:

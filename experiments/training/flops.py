@@ -44,7 +44,7 @@ class FlopCounter:
         if x is None:
             x = kwargs["inputs_embeds"]
         batch, new_tokens = x.shape[0], x.shape[1]
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.24 calls it `cache`
         cached = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
         text_len = kwargs.get("thought_text_len")
         if text_len is not None:  # a thought step: the text's causal average, then the own-thought diagonal

@@ -1,7 +1,5 @@
-"""Models and tokenizers: any Hugging Face causal LM, or the embedded tiny base model.
-
-The tiny model is a small Llama pretrained once on the synthetic corpus and cached as an
-ordinary HF folder under <cache_dir>/base/<hash>, where the hash covers everything that made
+"""The embedded base model: a small Llama pretrained once on the synthetic corpus and cached as
+an ordinary HF folder under <cache_dir>/base/<hash>, where the hash covers everything that made
 it (generator version, corpus, tokenizer and architecture settings, pretraining recipe). Later
 runs, and other processes, reuse it; a file lock makes concurrent first runs build it once."""
 import fcntl
@@ -18,85 +16,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from tokreason.experiments import synthetic
+from tokreason.experiments.data import synthetic
+from tokreason.experiments.data.tokenizer import train_tokenizer
 from tokreason.experiments.errors import UserError
-from tokreason.experiments.tokenizer import THOUGHT_END_TOKEN, THOUGHT_START_TOKEN, train_tokenizer
+from tokreason.methods.thoughts import THOUGHT_END, THOUGHT_START
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cache_dir(cfg: DictConfig) -> Path:
-    return Path(os.path.expanduser(str(cfg.cache_dir)))
-
-
-def resolve_model_path(model_cfg: DictConfig, cache: Path) -> str:
-    """The folder or hub name to load; builds the tiny base model if it is not cached yet."""
-    if model_cfg.kind == "tiny":
-        return str(ensure_tiny_base(model_cfg, cache))
-    if model_cfg.kind != "hf":
-        raise UserError(f"unknown model.kind {model_cfg.kind!r}; valid: tiny, hf")
-    name = str(model_cfg.name_or_path)
-    looks_local = name.startswith(("/", ".", "~")) or os.sep in name and Path(name).parts[0] in (".", "..")
-    if looks_local and not Path(os.path.expanduser(name)).is_dir():
-        raise UserError(f"model.name_or_path={name!r} is not an existing folder; give a Hugging Face model folder or a hub name")
-    return os.path.expanduser(name) if looks_local else name
-
-
-def load_model_config(model_cfg: DictConfig, path: str):
-    try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
-                                          revision=model_cfg.get("revision"))
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load model config from model.name_or_path={path!r}: {first}") from None
-
-
-def _load_kwargs(model_cfg: DictConfig) -> dict:
-    return dict(trust_remote_code=bool(model_cfg.get("trust_remote_code", False)), revision=model_cfg.get("revision"))
-
-
-def _cannot_load(path: str, e: Exception) -> UserError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return UserError(f"cannot load model.name_or_path={path!r}: {first}")
-
-
-def load_tokenizer(model_cfg: DictConfig, path: str):
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **_load_kwargs(model_cfg))
-    except (OSError, ValueError) as e:
-        raise _cannot_load(path, e) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_model_and_tokenizer(model_cfg: DictConfig, path: str):
-    dtype = model_cfg.get("dtype", "float32")
-    if dtype != "auto" and dtype not in DTYPES:
-        raise UserError(f"model.dtype={dtype!r} is not valid; valid: auto, {', '.join(DTYPES)}")
-    kwargs = _load_kwargs(model_cfg)
-    tokenizer = load_tokenizer(model_cfg, path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype="auto" if dtype == "auto" else DTYPES[dtype],
-            attn_implementation=model_cfg.get("attn_implementation", "sdpa"), **kwargs)
-    except (OSError, ValueError) as e:
-        raise _cannot_load(path, e) from None
-    return model, tokenizer
-
-
-def context_length(config) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if getattr(config, key, None):
-            return int(getattr(config, key))
-    return None
-
-
-# ----------------------------------------------------------------------------- tiny base model
 
 def tiny_base_key(model_cfg: DictConfig) -> str:
     recipe = {
@@ -132,7 +59,7 @@ def build_tiny_base(model_cfg: DictConfig, out: Path, key: str) -> None:
     log.info("building the tiny base model once (cached in %s)", out.parent)
     docs = synthetic.generate_corpus(int(boot.corpus_seed), int(boot.num_docs), "pretrain")
     tokenizer = train_tokenizer(docs[: int(model_cfg.tokenizer.train_docs)], int(model_cfg.tokenizer.vocab_size))
-    start_id, end_id = tokenizer.convert_tokens_to_ids([THOUGHT_START_TOKEN, THOUGHT_END_TOKEN])
+    start_id, end_id = tokenizer.convert_tokens_to_ids([THOUGHT_START, THOUGHT_END])
     windows = pack_windows(tokenizer, docs, int(boot.seq_len), empty_thought_rate=float(boot.empty_thought_rate),
                            thought_ids=(start_id, end_id), seed=int(boot.seed))
 

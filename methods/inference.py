@@ -1,16 +1,17 @@
-"""How a model answers, with thinking off or on: the two primitives every benchmark is scored
-through, as lm-evaluation-harness defines them.
+"""How a model answers, with thinking off or on: the primitives every benchmark is scored
+through, as lm-evaluation-harness defines them, plus the held-out corpus metrics.
 
 - `loglikelihood([(context, continuation)])` -> [(sum of log p of the continuation's tokens,
   whether each of them is the greedy token)], teacher-forced;
-- `generate(prompts, max_new_tokens, stop)` -> greedy text, cut before the first stop string.
+- `generate(prompts, max_new_tokens, stop)` -> greedy text, cut before the first stop string;
+- `window_nll(windows)` -> mean NLL per window (None where the inference has no such score);
+- `next_token_correct(windows, where)` -> whether the next token is predicted at (row, t).
 
 Scorers:
 - `PlainScorer`: the language model alone (think off; a CPT or base model has only this).
-- `QuietStarScorer`: Quiet-STaR's own inference: a greedy thought at every position in parallel
-  and the mixing head's prediction after it (`QuietStarModel.next_token_logprobs` / `generate`).
-- `ThoughtScorer`: RPT's and RLP's inference: one greedy thought `<start> .. <end>` after the
-  context, then the answer (scored or generated after the thought), meta template.
+- `ThoughtScorer`: the meta template's inference (RPT, RLP and any method that thinks once
+  before it answers): one greedy thought `<start> .. <end>` after the context, then the answer.
+- A method with other inference subclasses PlainScorer (Quiet-STaR: `QuietStarScorer`).
 
 Batched and KV-cached: log-likelihoods are one forward per batch of right-padded sequences;
 generation goes through the shared sampler (left-padded prompts, a preallocated KV cache)."""
@@ -19,19 +20,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tokreason.methods.quiet_star import THOUGHT_END, THOUGHT_START
+from tokreason.methods.lm import context_length, lm_device
 from tokreason.methods.sampler import sample
+from tokreason.methods.thoughts import meta_prompt, thought_tokens
+from tokreason.methods.token_bytes import token_byte_table
+from tokreason.methods.verifier import Rollouts, continuation_at, prefix_match_reward
 
 
 class PlainScorer:
     think = "off"
+    rolling_refusal: str | None = None  # why this inference has no score of every token of a text (None: it has)
 
     def __init__(self, lm, tokenizer, batch_size: int = 16):
         self.lm, self.tokenizer, self.batch_size = lm, tokenizer, batch_size
-        self.device = lm.get_input_embeddings().weight.device
-        config = lm.config
-        self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.device = lm_device(lm)
+        self.context = context_length(lm.config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self.thought_ids = thought_tokens(tokenizer)
         self._stop_tokens: dict[tuple[str, ...], list[int]] = {}
 
     # ------------------------------------------------------------------ tokens
@@ -127,7 +132,7 @@ class PlainScorer:
 
     # ------------------------------------------------------------------ intrinsic
     @torch.no_grad()
-    def window_nll(self, windows: torch.Tensor) -> torch.Tensor:
+    def window_nll(self, windows: torch.Tensor) -> torch.Tensor | None:
         """Mean NLL of each held-out window's next tokens [N]."""
         nll = []
         for b in range(0, len(windows), self.batch_size):
@@ -137,8 +142,9 @@ class PlainScorer:
         return torch.cat(nll).cpu()
 
     @torch.no_grad()
-    def next_token_correct(self, windows: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-        """Whether the predicted next token is the true one at (row, t) positions [P]."""
+    def next_token_correct(self, windows: torch.Tensor, where: torch.Tensor, max_prediction_tokens: int = 1) -> torch.Tensor:
+        """Whether the predicted next token is the true one at (row, t) positions [P] (one token:
+        max_prediction_tokens is for inference that predicts a span after a thought)."""
         windows = windows.to(self.device)
         correct = []
         for b in range(0, len(windows), self.batch_size):
@@ -149,69 +155,37 @@ class PlainScorer:
         return torch.cat(correct).cpu() if correct else torch.zeros(0, dtype=torch.bool)
 
 
-class QuietStarScorer(PlainScorer):
-    """Quiet-STaR's inference: every prediction is the mixing head's, after a greedy thought."""
-
-    think = "on"
-
-    def __init__(self, model, tokenizer, batch_size: int = 16):
-        super().__init__(model.lm, tokenizer, batch_size)
-        self.model = model
-        if self.context is not None:  # each position's thought and talk tokens take positions too
-            self.context -= model.config.sampled_tokens + 2
-
-    @torch.no_grad()
-    def next_token_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.next_token_logprobs(ids)
-
-    @torch.no_grad()
-    def generate(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[str]:
-        # QuietStarModel.generate takes prompts of one length (no padding inside its thoughts'
-        # cache), so prompts of equal length are batched together.
-        max_new_tokens = self._new_tokens(max_new_tokens)
-        encoded = [self._fit(self.tokenizer(p, add_special_tokens=True)["input_ids"], max_new_tokens) for p in prompts]
-        by_length: dict[int, list[int]] = {}
-        for i, ids in enumerate(encoded):
-            by_length.setdefault(len(ids), []).append(i)
-        out = [""] * len(prompts)
-        for length, members in by_length.items():
-            for b in range(0, len(members), self.batch_size):
-                chunk = members[b: b + self.batch_size]
-                ids = torch.tensor([encoded[i] for i in chunk], device=self.device)
-                stop_ids = self.stop_token_ids(stop)
-                new = self.model.generate(ids, max_new_tokens, stop_ids=stop_ids)[:, length:]
-                for i, row in zip(chunk, new.tolist()):
-                    ends = [k for k, token in enumerate(row) if token in stop_ids]
-                    text = self.tokenizer.decode(row[: ends[0] + 1] if ends else row, skip_special_tokens=True)
-                    out[i] = self.cut(text, stop)
-        return out
-
-
 class ThoughtScorer(PlainScorer):
-    """RPT's and RLP's inference (meta template): context, <start>, a greedy thought of at most
-    `thought_budget` tokens, <end>, then the answer."""
+    """The meta template's inference: context, <start>, a greedy thought of at most
+    `thought_budget` tokens, <end>, then the answer. The held-out next-token metric is the
+    reasoning mode of RPT's evaluation (the prediction after a thought, scored by the prefix
+    reward); a whole window's NLL is not this inference (window_nll is None)."""
 
     think = "on"
+    rolling_refusal = ("loglikelihood_rolling (perplexity tasks) with think=on is not defined for RPT/RLP: their "
+                       "inference thinks once before an answer, not before every token; use think=off")
 
     def __init__(self, lm, tokenizer, thought_budget: int, min_thought_tokens: int = 0, batch_size: int = 16):
         super().__init__(lm, tokenizer, batch_size)
-        vocab = tokenizer.get_vocab()
-        if THOUGHT_START not in vocab or THOUGHT_END not in vocab:
-            raise ValueError(f"the tokenizer has no {THOUGHT_START} / {THOUGHT_END} tokens, so the model cannot think; "
-                             "evaluate it with eval.think=[off]")
-        self.start_id, self.end_id = vocab[THOUGHT_START], vocab[THOUGHT_END]
+        if self.thought_ids is None:
+            raise ValueError("the tokenizer has no thought tokens, so the model cannot think; add them first "
+                             "(methods.thoughts.add_thought_tokens) or evaluate it with eval.think=[off]")
         self.thought_budget, self.min_thought_tokens = thought_budget, min_thought_tokens
+
+    def _sample(self, prompts: list[list[int]], max_prediction_tokens: int, stop_ids: list[int]):
+        return sample(self.lm, prompts, keys=list(range(len(prompts))), seed=0, temperature=0.0,
+                      thought_budget=self.thought_budget, min_thought_tokens=self.min_thought_tokens,
+                      close_id=self.thought_ids.end, max_prediction_tokens=max_prediction_tokens, stop_ids=stop_ids,
+                      pad_id=self.pad_id)
 
     def thoughts(self, contexts: list[list[int]]) -> list[list[int]]:
         """<start> thought <end> for each context (greedy)."""
         out = []
         for b in range(0, len(contexts), self.batch_size):
-            prompts = [c + [self.start_id] for c in contexts[b: b + self.batch_size]]
-            samples = sample(self.lm, prompts, keys=list(range(len(prompts))), seed=0, temperature=0.0,
-                             thought_budget=self.thought_budget, min_thought_tokens=self.min_thought_tokens,
-                             close_id=self.end_id, max_prediction_tokens=0, stop_ids=[], pad_id=self.pad_id)
+            prompts = [meta_prompt(c, self.thought_ids) for c in contexts[b: b + self.batch_size]]
+            samples = self._sample(prompts, 0, [])
             for row, n in zip(samples.tokens.tolist(), samples.thought_len.tolist()):
-                out.append([self.start_id] + row[:n] + [self.end_id])
+                out.append([self.thought_ids.start] + row[:n] + [self.thought_ids.end])
         return out
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
@@ -230,16 +204,36 @@ class ThoughtScorer(PlainScorer):
         max_new_tokens = self._new_tokens(max_new_tokens, reserved=self.thought_budget + 2)
         room = self.thought_budget + 2 + max_new_tokens
         for b in range(0, len(prompts), self.batch_size):
-            ids = [self._fit(self.tokenizer(p, add_special_tokens=True)["input_ids"], room) + [self.start_id]
+            ids = [meta_prompt(self._fit(self.tokenizer(p, add_special_tokens=True)["input_ids"], room), self.thought_ids)
                    for p in prompts[b: b + self.batch_size]]
-            samples = sample(self.lm, ids, keys=list(range(len(ids))), seed=0, temperature=0.0,
-                             thought_budget=self.thought_budget, min_thought_tokens=self.min_thought_tokens,
-                             close_id=self.end_id, max_prediction_tokens=max_new_tokens,
-                             stop_ids=self.stop_token_ids(stop), pad_id=self.pad_id)
+            samples = self._sample(ids, max_new_tokens, self.stop_token_ids(stop))
             out.extend(self.cut(self.tokenizer.decode(p, skip_special_tokens=True), stop) for p in samples.prediction)
         return out
 
-    def window_nll(self, windows: torch.Tensor) -> torch.Tensor:
-        """Refused: the plain model's NLL would pass for a thinking score (heldout_values never asks)."""
-        raise ValueError("held-out perplexity with thinking needs a thought before every token, which is not "
-                         "RPT's or RLP's inference; score it with think off")
+    def window_nll(self, windows: torch.Tensor) -> None:
+        """None: a thought before every token is not this inference (it thinks once, then answers)."""
+        return None
+
+    @torch.no_grad()
+    def next_token_correct(self, windows: torch.Tensor, where: torch.Tensor, max_prediction_tokens: int = 1) -> torch.Tensor:
+        """RPT's reasoning mode at (row, t): a greedy thought, then the prediction (up to
+        max_prediction_tokens tokens or EOS), scored 0/1 by the prefix-match reward."""
+        return reasoning_correct(self, windows, where, max_prediction_tokens)
+
+
+def reasoning_correct(scorer: ThoughtScorer, windows: torch.Tensor, where: torch.Tensor, max_prediction_tokens: int = 1,
+                      continuation_tokens: int = 32) -> torch.Tensor:
+    """The prefix-match reward (0/1) of a greedy thought and prediction at positions [P, 2]."""
+    windows = windows.to(scorer.device)
+    table = token_byte_table(scorer.tokenizer)
+    stops = [scorer.tokenizer.eos_token_id] if scorer.tokenizer.eos_token_id is not None else []
+    correct = []
+    for b in range(0, len(where), scorer.batch_size):
+        chunk = where[b: b + scorer.batch_size]
+        prompts = [meta_prompt(windows[r, : t + 1].tolist(), scorer.thought_ids) for r, t in chunk.tolist()]
+        samples = scorer._sample(prompts, max_prediction_tokens, stops)
+        predictions = [[b"".join(table[i] for i in p) or None] for p in samples.prediction]
+        continuation = continuation_at(windows, chunk, table, continuation_tokens)
+        rollouts = Rollouts(thought_ids=samples.tokens[:, None], predictions=predictions)
+        correct.append(prefix_match_reward(rollouts, continuation)[:, 0])
+    return torch.cat(correct).cpu() if correct else torch.zeros(0)

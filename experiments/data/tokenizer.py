@@ -14,11 +14,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
+from tokreason.methods.thoughts import THOUGHT_END, THOUGHT_START
+
 EOS_TOKEN = "<|endoftext|>"  # also used as bos
 PAD_TOKEN = "<|pad|>"
-THOUGHT_START_TOKEN = "<|startofthought|>"
-THOUGHT_END_TOKEN = "<|endofthought|>"
-SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, PAD_TOKEN, THOUGHT_START_TOKEN, THOUGHT_END_TOKEN)
+SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, PAD_TOKEN, THOUGHT_START, THOUGHT_END)
 
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 1  # the byte alphabet, the specials, at least one merge
 
@@ -55,7 +55,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
         bos_token=EOS_TOKEN,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
-        extra_special_tokens=[THOUGHT_START_TOKEN, THOUGHT_END_TOKEN],
+        extra_special_tokens=[THOUGHT_START, THOUGHT_END],
         add_bos_token=False,
         add_eos_token=False,
         model_max_length=VERY_LARGE_INTEGER,  # no limit here: the model's context length decides

@@ -1,0 +1,1 @@
+"""Corpora: the synthetic generator, the tokenizer trainer, and any corpus packed into windows."""

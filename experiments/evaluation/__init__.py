@@ -1,0 +1,1 @@
+"""Benchmarks and scores: the evaluation table, the synthetic and real tasks, next-token accuracy, lm-eval."""

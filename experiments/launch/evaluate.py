@@ -1,0 +1,79 @@
+"""`tokreason eval`: a finished run's trained model against its base, or one model alone."""
+import json
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from tokreason.experiments.errors import UserError
+from tokreason.experiments.files import atomic_write_text
+from tokreason.experiments.launch.compose import compose_config
+
+# With run=, the model, data and method come from the run; only these may be overridden.
+EVAL_OVERRIDABLE = ("eval", "logger", "cache_dir", "output_root")
+
+
+def run_eval(overrides: list[str]) -> tuple[dict, Path]:
+    """Evaluate a run dir's trained model against its base (`run=<dir>`), or, without run=, the
+    composed config's model alone. Returns the results table and where it was written."""
+    from tokreason.experiments.evaluation.evaluate import check_eval_config, evaluate, load_exported, load_run_config
+    from tokreason.experiments.models.loading import cache_dir, resolve_model_path
+    from tokreason.experiments.reporting.tracking import Tracker, redact
+    from tokreason.experiments.training.checks import check_config, quiet_libraries
+    from tokreason.experiments.training.run_dir import RunDirLock
+
+    runs = [o.split("=", 1)[1] for o in overrides if o.startswith("run=")]
+    rest = [o for o in overrides if not o.startswith("run=")]
+    composed = compose_config(rest)
+    quiet_libraries()
+    if runs:
+        run_dir = Path(os.path.expanduser(runs[-1]))
+        for o in rest:
+            key = o.lstrip("+~").split("=", 1)[0]
+            if not key.startswith(EVAL_OVERRIDABLE):
+                raise UserError(f"{o!r} cannot be changed when evaluating run={run_dir}: the model, data and method "
+                                f"come from the run; only {', '.join(k + '.*' for k in EVAL_OVERRIDABLE[:2])}, cache_dir "
+                                "and output_root may be given")
+        cfg = load_run_config(run_dir)
+        cfg.eval = composed.eval
+        cfg.cache_dir = composed.cache_dir
+        if any(o.lstrip("+~").startswith("logger") for o in rest):
+            cfg.logger = composed.logger
+        check_eval_config(cfg)
+        out_dir = run_dir / "eval"
+    else:
+        cfg = composed
+        check_config(cfg)
+        run_dir = None
+        out_dir = Path(str(cfg.output_root)) / "eval" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{cfg.model.kind}"
+    if not cfg.eval.benchmarks:
+        raise UserError("eval.benchmarks is empty (eval=none); choose benchmarks, e.g. eval=default")
+
+    base_path = resolve_model_path(cfg.model, cache_dir(cfg))
+    val_windows = _held_out_windows(cfg, base_path) if "heldout" in cfg.eval.benchmarks else None
+    lock = RunDirLock(run_dir) if run_dir is not None else None
+    if lock is not None:
+        lock.acquire()  # not while a training run is writing this dir
+    try:
+        trained = (lambda think: load_exported(run_dir / "model", cfg, think)) if run_dir is not None else None
+        table = evaluate(cfg, base_path=base_path, cache=cache_dir(cfg), val_windows=val_windows, trained_scorers=trained)
+        logger = OmegaConf.to_container(cfg.logger, resolve=True)
+        logger.update(job_type="eval", name=f"{logger.get('name') or 'run'}-eval")
+        with Tracker(out_dir, logger, redact(OmegaConf.to_container(cfg, resolve=True))) as tracker:
+            tracker.log_summary({"eval": table, "run_dir": str(run_dir) if run_dir else None, "model": base_path})
+        if run_dir is not None and (run_dir / "summary.json").exists():  # the run's own summary gets the table too
+            summary = json.loads((run_dir / "summary.json").read_text())
+            summary["eval"] = table
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    finally:
+        if lock is not None:
+            lock.release()
+    return table, out_dir
+
+
+def _held_out_windows(cfg: DictConfig, base_path: str):
+    from tokreason.experiments.data.corpus import build_corpus
+    from tokreason.experiments.models.loading import load_tokenizer
+
+    return build_corpus(cfg.data, load_tokenizer(cfg.model, base_path), int(cfg.seed)).val

@@ -1,0 +1,121 @@
+"""`tokreason train`: one run or a sweep, through Hydra's own entry point.
+
+Hydra's entry point does what the compose API cannot: run dirs, multirun sweeps and launcher
+plugins. Under torchrun / `accelerate launch` the main process composes the config once and sends
+it, with the run dir, to every other process, so no process re-resolves `${now:...}` into a run
+dir of its own."""
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from tokreason.experiments.errors import UserError
+from tokreason.experiments.launch.compose import CONF_DIR, check_job, compose_config, sweep_jobs, with_search_path
+
+log = logging.getLogger(__name__)
+
+_state: dict = {}
+
+
+class _JobStopped(BaseException):
+    """Carries a UserError or an interruption out through Hydra, which would otherwise turn
+    any Exception from a job into a traceback and exit code 1."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+def _hydra_job(cfg: DictConfig) -> None:
+    from tokreason.experiments.training.runner import train
+    from tokreason.experiments.training.stopping import Interrupted
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    cfg.run_dir = str(run_dir)  # in a sweep the job's own subdir
+    fresh = not (run_dir / "config.yaml").exists()
+    try:
+        _state.setdefault("summaries", []).append(train(cfg, run_dir))
+    except UserError as e:
+        if fresh:  # nothing half-written: drop the dir Hydra made for this job
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise _JobStopped(e) from None
+    except Interrupted as e:
+        raise _JobStopped(e) from None
+
+
+def run_train(overrides: list[str], multirun: bool) -> list[dict]:
+    """Train one run, or a sweep with -m; returns the runs' summaries."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if multirun:
+            raise UserError("-m/--multirun cannot run inside torchrun or accelerate launch; launch each job on its own")
+        summary = _train_distributed(overrides)
+        return [summary] if int(os.environ.get("RANK", "0")) == 0 else []
+    if multirun:
+        jobs = sweep_jobs(overrides)
+        for job in jobs:
+            check_job(job)
+        sweep_dir = str(compose_config(jobs[0], with_hydra=True).hydra.sweep.dir)
+        hydra_args = ["--multirun", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    else:
+        from tokreason.experiments.training.run_dir import assert_unlocked
+
+        cfg = check_job(overrides)
+        assert_unlocked(Path(cfg.run_dir))  # before Hydra writes its files into a live run's dir
+        hydra_args = [*overrides, f"run_dir={cfg.run_dir}"]  # resolve ${now:...} once
+    _state.clear()
+    argv = sys.argv
+    sys.argv = [argv[0], *with_search_path(hydra_args)]
+    try:
+        _hydra_job()
+    except _JobStopped as stopped:
+        raise stopped.error from None
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+    return _state.get("summaries", [])
+
+
+def _train_distributed(overrides: list[str]) -> dict:
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    from tokreason.experiments.training.runner import train
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True it ignores torchrun's world on CPU
+    payload: list = [None]
+    if state.is_main_process:
+        try:
+            cfg = check_job(overrides)
+            payload = [{"config": OmegaConf.to_container(cfg, resolve=True), "run_dir": cfg.run_dir}]
+        except UserError as e:
+            payload = [{"error": str(e)}]
+    broadcast_object_list(payload, from_process=0)
+    if "error" in payload[0]:
+        raise UserError(payload[0]["error"])
+    run_dir = Path(payload[0]["run_dir"])
+    fresh = not run_dir.exists()
+    if state.is_main_process:
+        _log_to_file(run_dir)
+    try:
+        return train(OmegaConf.create(payload[0]["config"]), run_dir)
+    except UserError:
+        if fresh and state.is_main_process:  # nothing half-written
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _log_to_file(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(), logging.FileHandler(run_dir / "train.log")):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)

@@ -1,0 +1,83 @@
+"""Cheap checks of a run's config, before anything is loaded or written."""
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+from tokreason.experiments.errors import UserError
+from tokreason.experiments.evaluation.evaluate import check_eval_config
+from tokreason.experiments.reporting.tracking import wandb_mode
+from tokreason.methods import Method, build_method, method_class
+from tokreason.methods.corruption import CORRUPTIONS
+
+SCHEDULERS = {"cosine": "cosine_with_min_lr", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+class _TiedWeightsNote(logging.Filter):
+    """Accelerate warns on every checkpoint that it saved a tied lm_head once; reloading re-ties it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+def quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
+
+
+def method_section(cfg: DictConfig) -> dict:
+    """The run's `method` section, with the top-level ablation knob thought.corrupt added as the
+    `thought_corrupt` setting every thinking method takes."""
+    section = OmegaConf.to_container(cfg.method, resolve=True)
+    corrupt = (cfg.get("thought") or {}).get("corrupt", "none")
+    if corrupt != "none":
+        section["thought_corrupt"] = corrupt
+    return section
+
+
+def run_method(cfg: DictConfig) -> Method:
+    """The method a run trains (UserError on an unknown method or a bad setting)."""
+    corrupt = (cfg.get("thought") or {}).get("corrupt", "none")
+    if corrupt not in CORRUPTIONS:
+        raise UserError(f"thought.corrupt={corrupt!r} is not valid; valid: {', '.join(CORRUPTIONS)}")
+    section = method_section(cfg)
+    try:
+        if corrupt != "none" and not method_class(section).thinks:
+            raise UserError(f"thought.corrupt={corrupt} needs a method that thinks; method={cfg.method.name} has no thoughts")
+        return build_method(section)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Cheap checks of values, before anything is loaded or written."""
+    t = cfg.trainer
+    run_method(cfg)
+    for key in ("max_steps", "batch_size", "grad_accum", "log_every"):
+        if int(t[key]) < 1:
+            raise UserError(f"trainer.{key}={t[key]} is not valid; it must be at least 1")
+    for key in ("eval_every", "checkpoint_every", "warmup_steps"):
+        if int(t[key]) < 0:
+            raise UserError(f"trainer.{key}={t[key]} is not valid; it must be 0 or more")
+    for key in ("max_tokens", "max_flops"):
+        if t.get(key) is not None and float(t[key]) <= 0:
+            raise UserError(f"trainer.{key}={t[key]} is not valid; it must be positive, or null for no such budget")
+    if int(t.keep_checkpoints) < 1:
+        raise UserError(f"trainer.keep_checkpoints={t.keep_checkpoints} is not valid; it must be at least 1")
+    if float(t.lr) <= 0:
+        raise UserError(f"trainer.lr={t.lr} is not valid; it must be positive")
+    choices = {"resume": ("auto", "never"), "precision": ("auto", "fp32", "bf16"), "scheduler": tuple(SCHEDULERS)}
+    for key, valid in choices.items():
+        if t[key] not in valid:
+            raise UserError(f"trainer.{key}={t[key]!r} is not valid; valid: {', '.join(valid)}")
+    check_eval_config(cfg)
+    if cfg.logger.kind not in ("wandb", "none"):
+        raise UserError(f"unknown logger.kind {cfg.logger.kind!r}; valid: wandb, none")
+    if cfg.logger.kind == "wandb":
+        try:
+            wandb_mode(str(cfg.logger.mode))
+        except ValueError as e:
+            raise UserError(f"logger.mode: {e}") from None

@@ -1,0 +1,164 @@
+"""The method contract: everything the training loop, checkpoints, FLOP counting, export and
+evaluation ask of a method, in one place, with defaults that do nothing.
+
+A method is a class with a settings dataclass (`config_class`, the `method.*` keys of its YAML)
+and `step`. The machinery calls, in this order:
+
+    method = MyMethod(**settings)               # settings from method.* (ValueError: a bad value)
+    method.check_window(seq_len, context)       # before loading anything (ValueError: too long)
+    model = method.wrap(lm, tokenizer)          # the trained module (default: the LM itself)
+    method.companion_models(model)              # frozen copies beside it (FLOPs; must follow the device)
+    method.checkpoint_objects(model)            # extra state saved in every checkpoint
+    per optimizer step, per micro-batch:
+        metrics = method.step(model, batch, backward)   # calls backward(loss) once or more
+    method.after_optimizer_step(model)          # e.g. an EMA update
+    method.export(model, folder)                # beside the exported HF folder of the LM
+    # evaluation, for a method that thinks (thinks = True):
+    method.check_eval(think_modes)              # before training: can it be evaluated so?
+    method.load_export(folder, lm, tokenizer)   # what export wrote, rebuilt beside a loaded LM
+    method.think_scorer(lm, tokenizer, ...)     # its own inference, on the base or the trained model
+    method.think_settings(thought_budget)       # what decides those scores besides the weights
+
+No file outside `methods/` names a method: whether it thinks, how it is scored with thinking on
+and how its export is reloaded are answered here. Register a built-in with `@register_method`;
+a method in another package is named by `_target_` in its YAML (see registry.py)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+Backward = Callable[[torch.Tensor], None]
+
+
+@dataclass
+class NoSettings:
+    """A method without settings of its own."""
+
+
+class Method(ABC):
+    """Subclass this, set `name` and `config_class`, implement `step`."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = NoSettings
+    thinks: ClassVar[bool] = False  # evaluated with thinking on as well (think_scorer)
+
+    def __init__(self, **options):
+        known = {f.name for f in fields(self.config_class)}
+        for key in options:
+            if key not in known:
+                valid = ", ".join(sorted(known)) or "none"
+                raise ValueError(f"method.{key} is not a {self.name} setting; valid: {valid}")
+        self.config = self.config_class(**options)
+
+    def settings(self) -> dict:
+        return asdict(self.config)
+
+    # ------------------------------------------------------------------ before loading
+    def check_window(self, seq_len: int, context: int | None) -> None:
+        """Raise ValueError when windows of seq_len tokens (plus what the method appends to them)
+        do not fit the model's context (None: unknown). Called before the model is loaded."""
+
+    # ------------------------------------------------------------------ set up
+    def wrap(self, lm: nn.Module, tokenizer) -> nn.Module:
+        """The module the optimizer trains: the LM itself, or the LM plus the method's own parts
+        (it must hold the LM as `.lm`). Called once, before the optimizer and the checkpoint
+        are loaded; raise ValueError for a model the method cannot take."""
+        return lm
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The causal LM inside the trained module (what is exported and evaluated)."""
+        return getattr(model, "lm", model)
+
+    def companion_models(self, model: nn.Module) -> list[nn.Module]:
+        """Models the method keeps beside the trained one (a proxy, a reference, an EMA): out of
+        the optimizer and the gradient, on the trained model's device. Their forwards are
+        training compute; those of the LM's shape are counted in the FLOPs."""
+        return []
+
+    def checkpoint_objects(self, model: nn.Module) -> list:
+        """Objects with state_dict()/load_state_dict() saved in every checkpoint and restored on
+        resume (the trained module, optimizer, scheduler and RNGs are saved anyway)."""
+        return []
+
+    # ------------------------------------------------------------------ training
+    @abstractmethod
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor], backward: Backward) -> dict:
+        """One micro-batch (batch["input_ids"]: windows [B, L]): call `backward(loss)` once, or
+        once per chunk of work (the gradients add up), and return scalar metrics to log. Every
+        step should log the same keys (processes average them together)."""
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Called after every optimizer step (e.g. an EMA update)."""
+
+    # ------------------------------------------------------------------ export and evaluation
+    def export(self, model: nn.Module, folder: Path) -> None:
+        """Write what the method learns beside the LM into the exported HF folder."""
+
+    def load_export(self, folder: Path, lm: nn.Module, tokenizer) -> nn.Module | None:
+        """Rebuild, from an exported folder whose LM is already loaded, what `export` wrote
+        (None: nothing beyond the LM). Passed to think_scorer as `model`."""
+        return None
+
+    def think_scorer(self, lm: nn.Module, tokenizer, *, batch_size: int, thought_budget: int | None = None,
+                     model: nn.Module | None = None):
+        """A scorer (loglikelihood / generate / window_nll / next_token_correct, see
+        methods/inference.py) that answers with the method's own inference. `model` is the
+        trained module (or load_export's result); None means the base model, which must be
+        scored the way training starts (the same added tokens, the same fresh parts)."""
+        raise ValueError(f"method {self.name!r} does not think; evaluate it with think off")
+
+    def think_settings(self, thought_budget: int | None = None) -> dict:
+        """What decides think-on scores besides the weights (part of the base scores' cache key)."""
+        return {}
+
+    def check_eval(self, think_modes: list[str]) -> None:
+        """Raise ValueError when the method cannot be evaluated in these think modes (checked
+        before training starts)."""
+
+
+class MetaThinkingMethod(Method):
+    """A method that thinks once with the meta template, `<start> thought <end>`, before it
+    predicts (RPT, RLP, and a method of your own): evaluated with thinking on by a greedy thought
+    of at most `thought_budget` tokens (its config's, unless eval.thought_budget says otherwise).
+    Its config needs `thought_budget` (and may have `min_thought_tokens`, `meta_init`)."""
+
+    thinks = True
+
+    def add_thought_tokens(self, lm, tokenizer):
+        """The thought tokens, added as training adds them (the base is scored the same way)."""
+        from tokreason.methods.thoughts import DEFAULT_META_INIT, add_thought_tokens
+
+        return add_thought_tokens(lm, tokenizer, getattr(self.config, "meta_init", DEFAULT_META_INIT))
+
+    def think_scorer(self, lm, tokenizer, *, batch_size: int, thought_budget: int | None = None, model=None):
+        from tokreason.methods.inference import ThoughtScorer
+
+        self.add_thought_tokens(lm, tokenizer)  # a base model without them starts where training starts
+        settings = self.think_settings(thought_budget)
+        return ThoughtScorer(lm, tokenizer, settings["thought_budget"], settings["min_thought_tokens"], batch_size)
+
+    def think_settings(self, thought_budget: int | None = None) -> dict:
+        return {"meta_template": True, "thought_budget": int(thought_budget or self.config.thought_budget),
+                "min_thought_tokens": int(getattr(self.config, "min_thought_tokens", 0)),
+                "meta_init": getattr(self.config, "meta_init", None)}
+
+
+def step_seed() -> tuple[int, int]:
+    """(seed, rank) for a step's rollouts: a fresh seed from the global RNG (which checkpoints
+    save, so a resumed run draws what an uninterrupted one would), and the process rank, which
+    keeps processes' draws apart."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return seed, rank
+
+
+def skipped_loss(lm: nn.Module, metric_names) -> tuple[torch.Tensor, dict]:
+    """A micro-batch with nothing to learn from: a zero loss that touches every parameter (so
+    every process back-propagates through the same graph), every metric 0, counted as skipped."""
+    zero = sum(p.sum() for p in lm.parameters() if p.requires_grad) * 0.0
+    return zero, {**{k: 0.0 for k in metric_names}, "skipped_batch": 1.0}

@@ -1,0 +1,96 @@
+"""The thought machinery every thinking method shares: the meta-token strings, adding them to a
+tokenizer and a model (with a deterministic initialisation, so a base model scored with thinking
+on starts exactly where training starts), keeping them out of text predictions, and the prompts.
+
+A thought is `<|startofthought|> t_1 .. t_m <|endofthought|>` (the meta template). The tokens are
+never text: every text metric removes them from the next-token distribution
+(`mask_thought_logits`), so adding them never takes probability from text tokens."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+THOUGHT_START, THOUGHT_END = "<|startofthought|>", "<|endofthought|>"
+DEFAULT_META_INIT = "---"  # the official Quiet-STaR code starts the meta embeddings from this string's token
+
+
+@dataclass(frozen=True)
+class ThoughtTokens:
+    start: int
+    end: int
+
+    @property
+    def ids(self) -> tuple[int, int]:
+        return self.start, self.end
+
+
+def thought_tokens(tokenizer) -> ThoughtTokens | None:
+    """The meta-tokens' ids, or None when the tokenizer does not have both."""
+    vocab = tokenizer.get_vocab()
+    if THOUGHT_START in vocab and THOUGHT_END in vocab:
+        return ThoughtTokens(vocab[THOUGHT_START], vocab[THOUGHT_END])
+    return None
+
+
+def add_thought_tokens(lm, tokenizer, init: str = DEFAULT_META_INIT) -> ThoughtTokens:
+    """The meta-tokens' ids; when the tokenizer lacks them they are added, with rows that start
+    the same way every time (no random draw):
+    - input embeddings: the embedding of `init`'s first token (the official Quiet-STaR choice);
+    - output rows of an untied LM head: the mean of the existing rows (no preference for them).
+    The embedding matrix grows only when the new ids do not fit in it (models such as Qwen keep
+    spare rows beyond the tokenizer; those rows are used, not dropped)."""
+    found = thought_tokens(tokenizer)
+    if found is not None:
+        return found
+    init_ids = tokenizer.encode(init, add_special_tokens=False)
+    if not init_ids:
+        raise ValueError(f"meta_init={init!r} encodes to no token; give a non-empty string")
+    embed = lm.get_input_embeddings()
+    old_rows = embed.weight.shape[0]
+    tokenizer.add_special_tokens({"extra_special_tokens": [THOUGHT_START, THOUGHT_END]},
+                                 replace_extra_special_tokens=False)
+    tokens = thought_tokens(tokenizer)
+    if max(tokens.ids) >= old_rows:
+        lm.resize_token_embeddings(max(tokens.ids) + 1, mean_resizing=False)
+    head = lm.get_output_embeddings()
+    with torch.no_grad():
+        embed = lm.get_input_embeddings()
+        source = embed.weight[init_ids[0]].clone()
+        tied = head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
+        head_mean = head.weight[:old_rows].mean(0) if head is not None and not tied else None
+        bias = getattr(head, "bias", None) if head is not None else None
+        bias_mean = bias[:old_rows].mean() if bias is not None else None
+        for i in tokens.ids:
+            embed.weight[i] = source
+            if head_mean is not None:
+                head.weight[i] = head_mean
+            if bias is not None:
+                bias[i] = bias_mean
+    return tokens
+
+
+def mask_thought_logits(logits: torch.Tensor, tokens: ThoughtTokens | None) -> torch.Tensor:
+    """Logits with the meta-tokens removed from the distribution (they are never text)."""
+    if tokens is None:
+        return logits
+    logits = logits.clone() if logits.requires_grad else logits
+    logits[..., list(tokens.ids)] = float("-inf")
+    return logits
+
+
+def meta_prompt(context: list[int], tokens: ThoughtTokens) -> list[int]:
+    """The meta template's prompt: the context, then <start> (the thought follows)."""
+    return [*context, tokens.start]
+
+
+def chat_prompt_ids(tokenizer, user_text: str) -> list[int]:
+    """`user_text` as a user turn through the tokenizer's chat template (generation prompt
+    added), as a plain list of ids; tokenizers without a template encode the text as it is.
+    (transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True); rendering
+    the text first and encoding it is the same on every version.)"""
+    if not getattr(tokenizer, "chat_template", None):
+        return tokenizer.encode(user_text, add_special_tokens=False)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True,
+                                         tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)

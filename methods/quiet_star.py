@@ -138,7 +138,7 @@ class QuietStarModel(nn.Module):
         n, length = ids.shape
         backbone, lm_head, embed = self.lm.base_model, self.lm.get_output_embeddings(), self.lm.get_input_embeddings()
         positions = torch.arange(length, device=ids.device).expand(n, length)
-        cache = DynamicCache(config=self.lm.config)
+        cache = DynamicCache()  # every key kept: a sliding-window cache would drop text keys (the mask applies the window)
         base_hidden = backbone(input_ids=ids, position_ids=positions, cache=cache, use_cache=True).last_hidden_state
         meta = (self.meta * c.meta_grad_scale).to(base_hidden.dtype)
         mode = {"thought_text_len": length, "thought_dense": dense}
@@ -276,7 +276,7 @@ class QuietStarModel(nn.Module):
         c, lm_head, embed = self.config, self.lm.get_output_embeddings(), self.lm.get_input_embeddings()
         backbone = self.lm.base_model
         n, length = ids.shape
-        cache = DynamicCache(config=self.lm.config)
+        cache = DynamicCache()  # every key kept, so a thought can be cropped away (the mask applies any window)
         hidden = backbone(input_ids=ids, position_ids=torch.arange(length, device=ids.device).expand(n, -1),
                           cache=cache, use_cache=True).last_hidden_state[:, -1:]
         meta = (self.meta * c.meta_grad_scale).to(hidden.dtype)

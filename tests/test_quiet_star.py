@@ -31,6 +31,8 @@ def tiny_lm(arch: str, vocab: int):
         return Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=2, **common))
     if arch == "mistral":
         return MistralForCausalLM(MistralConfig(num_key_value_heads=2, sliding_window=None, **common))
+    if arch == "mistral_window":  # a window smaller than the text (9) and than L*(n_ahead+talk) cached keys
+        return MistralForCausalLM(MistralConfig(num_key_value_heads=2, sliding_window=4, **common))
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64))
 
 
@@ -75,7 +77,7 @@ def grads(model) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "mistral_window", "gpt2"])
 @pytest.mark.parametrize("form", ["official", "paper"])
 def test_fast_and_dense_paths_match_the_reference_in_outputs_loss_and_gradients(tokenizer, arch, form):
     model = make(arch, tokenizer, form=form)

@@ -16,6 +16,22 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _crash(error: Exception, command: str) -> None:
+    """An unexpected failure: one line here, the traceback in a file under the cache dir."""
+    import os
+    import time
+    import traceback
+    from pathlib import Path
+
+    from tokreason.experiments.errors import first_line
+
+    folder = Path(os.path.expanduser(os.environ.get("TOKREASON_CACHE", "~/.cache/tokreason"))) / "crashes"
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{command}_{os.getpid()}.log"
+    log.write_text("".join(traceback.format_exception(error)))
+    _fail(f"tokreason {command} failed: {type(error).__name__}: {first_line(error)}; the traceback is in {log}")
+
+
 @app.command(context_settings=HYDRA_ARGS)
 def train(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
           multirun: Annotated[bool, typer.Option("-m", "--multirun", help="Sweep: one run per combination of comma-separated values (Hydra multirun).")] = False):
@@ -30,6 +46,8 @@ def train(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_H
         _fail(str(e))
     except Interrupted as e:
         _fail(str(e), e.exit_code)
+    except Exception as e:
+        _crash(e, "train")
     from tokreason.experiments.evaluation.evaluate import format_table
 
     for s in summaries:
@@ -54,6 +72,8 @@ def eval_(overrides: Annotated[list[str] | None, typer.Argument(help="run=<run d
         table, out_dir = run_eval(list(overrides or []))
     except UserError as e:
         _fail(str(e))
+    except Exception as e:
+        _crash(e, "eval")
     typer.echo(format_table(table["rows"]))
     typer.echo(f"evaluated in {table['seconds']:.0f} s -> {out_dir}")
 
@@ -95,6 +115,8 @@ def compare(overrides: Annotated[list[str] | None, typer.Argument(help="experime
         _fail(str(e))
     except Interrupted as e:
         _fail(str(e), e.exit_code)
+    except Exception as e:
+        _crash(e, "compare")
     typer.echo(f"{len(summaries)} runs -> {root}; report: {root / 'report.md'}")
 
 
@@ -115,6 +137,8 @@ def report(paths: Annotated[list[str], typer.Argument(help="Run dirs, or sweep d
         build_report(runs, target)
     except UserError as e:
         _fail(str(e))
+    except Exception as e:
+        _crash(e, "report")
     skipped = f" ({len(runs.skipped)} unfinished skipped)" if runs.skipped else ""
     typer.echo(f"report of {len(runs)} runs{skipped} -> {target / 'report.md'}")
 
@@ -140,6 +164,8 @@ def lm_eval_(run: Annotated[str, typer.Option(help="A finished run dir (its mode
                               Path(output) if output else None)
     except (UserError, ValueError) as e:
         _fail(str(e))
+    except Exception as e:
+        _crash(e, "lm-eval")
     typer.echo(json.dumps(results["results"], indent=2, default=str))
 
 

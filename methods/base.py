@@ -40,6 +40,27 @@ class NoSettings:
     """A method without settings of its own."""
 
 
+class MethodModule(nn.Module):
+    """The trained module of a method that keeps models beside its LM (`self.lm`, trained).
+    `companions()` lists the frozen ones (a proxy, a reference, an EMA) as (model, follow_dtype):
+    they stay out of parameters(), the optimizer and the gradient, yet follow this module
+    wherever it moves (.to, .cuda, accelerate's prepare): to its device, and to its dtype when
+    follow_dtype (an EMA keeps float32 so that tiny updates are not rounded away)."""
+
+    def companions(self) -> list[tuple[nn.Module, bool]]:
+        return []
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        target = fn(torch.zeros((), dtype=torch.float32))  # where (and as what) a float tensor goes
+        for model, follow_dtype in self.companions():
+            if follow_dtype:
+                model._apply(fn)
+            else:
+                model.to(target.device)
+        return self
+
+
 class Method(ABC):
     """Subclass this, set `name` and `config_class`, implement `step`."""
 
@@ -76,9 +97,10 @@ class Method(ABC):
 
     def companion_models(self, model: nn.Module) -> list[nn.Module]:
         """Models the method keeps beside the trained one (a proxy, a reference, an EMA): out of
-        the optimizer and the gradient, on the trained model's device. Their forwards are
-        training compute; those of the LM's shape are counted in the FLOPs."""
-        return []
+        the optimizer and the gradient, on the trained model's device (a MethodModule moves
+        them with itself). Their forwards are training compute; those of the LM's shape are
+        counted in the FLOPs."""
+        return [m for m, _ in model.companions()] if isinstance(model, MethodModule) else []
 
     def checkpoint_objects(self, model: nn.Module) -> list:
         """Objects with state_dict()/load_state_dict() saved in every checkpoint and restored on

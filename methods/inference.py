@@ -24,7 +24,7 @@ from tokreason.methods.lm import context_length, lm_device
 from tokreason.methods.sampler import sample
 from tokreason.methods.thoughts import meta_prompt, thought_tokens
 from tokreason.methods.token_bytes import token_byte_table
-from tokreason.methods.verifier import Rollouts, continuation_at, prefix_match_reward
+from tokreason.methods.verifier import Rollouts, continuation_at, prediction_bytes, prefix_match_reward
 
 
 class PlainScorer:
@@ -232,8 +232,9 @@ def reasoning_correct(scorer: ThoughtScorer, windows: torch.Tensor, where: torch
         chunk = where[b: b + scorer.batch_size]
         prompts = [meta_prompt(windows[r, : t + 1].tolist(), scorer.thought_ids) for r, t in chunk.tolist()]
         samples = scorer._sample(prompts, max_prediction_tokens, stops)
-        predictions = [[b"".join(table[i] for i in p) or None] for p in samples.prediction]
-        continuation = continuation_at(windows, chunk, table, continuation_tokens)
+        eos = scorer.tokenizer.eos_token_id
+        predictions = [[prediction_bytes(p, table, eos)] for p in samples.prediction]
+        continuation = continuation_at(windows, chunk, table, continuation_tokens, eos)
         rollouts = Rollouts(thought_ids=samples.tokens[:, None], predictions=predictions)
         correct.append(prefix_match_reward(rollouts, continuation)[:, 0])
     return torch.cat(correct).cpu() if correct else torch.zeros(0)

@@ -1,6 +1,8 @@
 """Advantages and policy-gradient losses shared by the methods."""
 import torch
 
+from tokreason.methods.lm import token_logprobs
+
 
 def group_advantages(rewards: torch.Tensor, clamp_min: float | None = None) -> torch.Tensor:
     """REINFORCE with the mean of the G thoughts at the same position as baseline:
@@ -28,17 +30,31 @@ def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Ten
     return advantages, flat
 
 
+AGGREGATIONS = ("token", "sequence")
+
+
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      mask: torch.Tensor, eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped objective per token, -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A),
-    averaged over the masked tokens (token-level aggregation); rho = pi / pi_old. Returns the
-    loss and the fraction of tokens where the clip was active. Shapes: [R, T], advantages [R]."""
+                      mask: torch.Tensor, eps_low: float, eps_high: float, aggregation: str = "token",
+                      rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped objective per token, -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A), with
+    rho = pi / pi_old. Shapes: [R, T], advantages [R]. Aggregation:
+    - token: the mean over all masked tokens of the batch (longer rollouts weigh more);
+    - sequence: each rollout's own token mean, then the mean over rollouts (RLP's Eq. 8:
+      1/|c| per thought, then 1/(B G)); rollouts without a masked token count as zero, and
+      `rows` (default R) is the divisor, so chunks of one batch add up to the whole.
+    Returns the loss and the fraction of masked tokens where the clip was active."""
     ratio = torch.exp(logprobs - old_logprobs)
     a = advantages[:, None]
     unclipped, clipped = ratio * a, ratio.clamp(1 - eps_low, 1 + eps_high) * a
     weights = mask.to(logprobs.dtype)
     count = weights.sum().clamp(min=1)
-    loss = -(torch.minimum(unclipped, clipped) * weights).sum() / count
+    per_token = torch.minimum(unclipped, clipped) * weights
+    if aggregation == "token":
+        loss = -per_token.sum() / count
+    elif aggregation == "sequence":
+        loss = -(per_token.sum(-1) / weights.sum(-1).clamp(min=1)).sum() / (rows or len(per_token))
+    else:
+        raise ValueError(f"aggregation={aggregation!r} is not valid; valid: {', '.join(AGGREGATIONS)}")
     clip_fraction = ((clipped < unclipped) * weights).sum() / count
     return loss, clip_fraction.detach()
 
@@ -48,3 +64,15 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.T
     d = ref_logprobs - logprobs
     weights = mask.to(logprobs.dtype)
     return ((torch.exp(d) - d - 1) * weights).sum() / weights.sum().clamp(min=1)
+
+
+def behaviour_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, close_id: int | None = None,
+                       min_thought_tokens: int = 0) -> torch.Tensor:
+    """log pi(token) [R, T] of rollout tokens under the distribution the sampler drew them from:
+    softmax(logits / temperature), with the close token masked at the first min_thought_tokens
+    positions of the thought (where the sampler masked it). logits [R, T, V] predict tokens [R, T]."""
+    if close_id is not None and min_thought_tokens:
+        masked = torch.zeros(logits.shape[-2:], dtype=torch.bool, device=logits.device)
+        masked[:min_thought_tokens, close_id] = True
+        logits = logits.masked_fill(masked, float("-inf"))
+    return token_logprobs(logits, tokens, temperature)

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokreason.methods.base import MetaThinkingMethod, skipped_loss, step_seed
+from tokreason.methods.base import MetaThinkingMethod, MethodModule, skipped_loss, step_seed
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
-from tokreason.methods.policy import clipped_surrogate
+from tokreason.methods.policy import behaviour_logprobs, clipped_surrogate
 from tokreason.methods.registry import register_method
 from tokreason.methods.sampler import sample
 from tokreason.methods.selectors import SELECTORS, choose_positions
@@ -45,11 +45,15 @@ def rlp_advantages(rewards: torch.Tensor, kind: str = "group") -> torch.Tensor:
 
 class EMA:
     """An exponential moving average of a model's weights, kept outside the trained module (so
-    the optimizer, DDP and `prepare` never see it) and checkpointed through state_dict."""
+    the optimizer, DDP and `prepare` never see it) and checkpointed through state_dict. In
+    float32 by default whatever the model's dtype: with bf16 weights, (1 - 0.999) * (live - ema)
+    is mostly rounded away and the EMA stops moving (a frozen baseline)."""
 
-    def __init__(self, lm: nn.Module, decay: float, device: str | None = None):
+    def __init__(self, lm: nn.Module, decay: float, device: str | None = None, dtype: torch.dtype | None = torch.float32):
         self.decay = decay
         self.model = copy.deepcopy(lm).eval().requires_grad_(False)
+        if dtype is not None:
+            self.model.to(dtype)
         if device:
             self.model.to(device)
 
@@ -65,16 +69,21 @@ class EMA:
         self.model.load_state_dict(state)
 
 
-class RLPModel(nn.Module):
-    """The policy LM (trained) and its EMA copy (the reward's baseline, not trained)."""
+class RLPModel(MethodModule):
+    """The policy LM (trained) and its EMA copy (the reward's baseline, not trained, in float32
+    unless method.ema_dtype=model; on the policy's device unless method.ema_device=cpu)."""
 
     def __init__(self, lm, tokenizer, config: "RLPConfig", tokens):
         super().__init__()
         self.lm, self.config, self.tokenizer, self.tokens = lm, config, tokenizer, tokens
         self.start_id, self.end_id = tokens.ids
         self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])  # for random thoughts
-        self.ema = EMA(lm, config.ema_decay, "cpu" if config.ema_device == "cpu" else None)  # from the first weights
+        self.ema = EMA(lm, config.ema_decay, "cpu" if config.ema_device == "cpu" else None,
+                       torch.float32 if config.ema_dtype == "float32" else None)  # from the first weights
         self.last_timing: dict[str, float] = {}  # seconds per phase of the last step (benchmarks read it)
+
+    def companions(self) -> list:
+        return [] if self.config.ema_device == "cpu" else [(self.ema.model, self.config.ema_dtype == "model")]
 
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
         m = self.config
@@ -85,9 +94,6 @@ class RLPModel(nn.Module):
     def forward(self, input_ids: torch.Tensor):
         m, g = self.config, self.config.group_size
         clock = time.perf_counter()
-        device = self.lm.get_input_embeddings().weight.device
-        if m.ema_device == "model" and next(self.ema.model.parameters()).device != device:
-            self.ema.model.to(device)  # the EMA was copied before the model was placed
         where = self.positions(input_ids)
         if len(where) == 0:  # no position with enough context and continuation: skip, counted
             return skipped_loss(self.lm, METRICS)
@@ -126,8 +132,9 @@ class RLPModel(nn.Module):
             full[r, end:end + k] = repeated_targets[r]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.lm(input_ids=full, attention_mask=mask, position_ids=positions).logits.float()
-        thought_lp = F.log_softmax(logits[:, width - 1: width - 1 + steps] / m.temperature, -1)
-        thought_lp = thought_lp.gather(-1, thought[..., None])[..., 0]
+        # the behaviour policy: the distribution the sampler drew from (close masked below min_thought_tokens)
+        thought_lp = behaviour_logprobs(logits[:, width - 1: width - 1 + steps], thought, m.temperature, self.end_id,
+                                        m.min_thought_tokens)
         score_at = width - 1 + lengths[:, None] + torch.arange(k, device=full.device)[None]  # predicts each target
         target_lp = F.log_softmax(logits.detach(), -1).gather(1, score_at[..., None].expand(-1, -1, logits.shape[-1]))
         s_pred = target_lp.gather(-1, repeated_targets[..., None])[..., 0].sum(-1).view(n, g)
@@ -157,7 +164,8 @@ class RLPModel(nn.Module):
                                                           mask=torch.ones(n, 1, dtype=torch.bool, device=s_ema.device)))
         advantages = rlp_advantages(rewards, m.advantage)
         loss, clip_fraction = clipped_surrogate(thought_logprobs, thought_logprobs.detach(), advantages.reshape(-1),
-                                                thought_mask, m.clip_eps_low, m.clip_eps_high)
+                                                thought_mask, m.clip_eps_low, m.clip_eps_high,
+                                                aggregation="sequence" if m.loss_aggregation == "thought" else "token")
         return loss, {"loss": loss.detach(), "reward": rewards.mean(), "reward_std": rewards.std(-1, unbiased=False).mean(),
                       "advantage_abs": advantages.abs().mean(), "s_pred": s_pred.mean(), "s_ema": s_ema.mean(),
                       "clip_fraction": clip_fraction}
@@ -182,9 +190,11 @@ class RLPConfig:
     min_context: int = 8
     ema_decay: float = 0.999
     ema_device: str = "model"
+    ema_dtype: str = "float32"
     advantage: str = "group"
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
+    loss_aggregation: str = "thought"  # thought: 1/|c| per thought, then the mean over thoughts (Eq. 8) | token
     thought_corrupt: str = "none"  # the ablation: none | shuffle | random (see forward)
 
     def __post_init__(self):
@@ -194,6 +204,8 @@ class RLPConfig:
         one_of(self, "advantage", ADVANTAGES)
         check_corruption(self.thought_corrupt)
         one_of(self, "ema_device", ("model", "cpu"))
+        one_of(self, "ema_dtype", ("float32", "model"))
+        one_of(self, "loss_aggregation", ("thought", "token"))
         one_of(self, "selector", SELECTORS)
         thought_lengths(self)
         at_least(self, ["target_tokens"], 1)
@@ -217,9 +229,6 @@ class RLP(MetaThinkingMethod):
             raise ValueError(f"method.thought_budget={c.thought_budget} is larger than the model's context of {context} "
                              f"leaves after a window of data.seq_len={seq_len}; use method.thought_budget<="
                              f"{context - seq_len - 1 - c.target_tokens}")
-
-    def companion_models(self, model: RLPModel) -> list:
-        return [model.ema.model]
 
     def checkpoint_objects(self, model: RLPModel) -> list:
         return [model.ema]

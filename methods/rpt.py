@@ -7,29 +7,32 @@ token boundaries (Eq. 3). G rollouts per position, GRPO: group z-score advantage
 surrogate, no KL by default, exactly on-policy (one update per rollout batch).
 
 Templates (method.template):
-- meta (base models): context, <start>, thought, <end>, then the predicted tokens up to a stop
-  token; the thought is closed at the budget if the model does not close it.
-- boxed (instruction/reasoning models): the paper's prompt (Appendix D, v0), free reasoning,
-  the prediction is the content of the last \\boxed{} after </think>."""
+- meta (base models): context, <start>, thought, <end>, then the predicted tokens (up to
+  max_prediction_tokens; a stop token ends the prediction and belongs to it, EOS first means
+  "the document ends"); the thought is closed at the budget if the model does not close it.
+- boxed (the paper: instruction/reasoning models): the paper's prompt (Appendix D, v0) through
+  the chat template, a free response of up to response_budget tokens (thinking, </think>, the
+  answer) ending at EOS; the prediction is the content of the last \\boxed{} after </think>.
+
+The loss is computed under the distribution the sampler drew from (the close token masked while
+a thought is shorter than min_thought_tokens; a close forced at the budget is not the policy's)."""
 import copy
 import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from tokreason.methods.base import MetaThinkingMethod, skipped_loss, step_seed
+from tokreason.methods.base import MetaThinkingMethod, MethodModule, skipped_loss, step_seed
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
-from tokreason.methods.policy import clipped_surrogate, grpo_advantages, kl_penalty
+from tokreason.methods.policy import behaviour_logprobs, clipped_surrogate, grpo_advantages, kl_penalty
 from tokreason.methods.registry import register_method
 from tokreason.methods.sampler import Samples, sample
 from tokreason.methods.selectors import SELECTORS, choose_positions
 from tokreason.methods.settings import at_least, one_of, positive, thought_lengths
 from tokreason.methods.thoughts import chat_prompt_ids, meta_prompt
 from tokreason.methods.token_bytes import token_byte_table
-from tokreason.methods.verifier import (Continuation, Rollouts, conditional_dense_reward, continuation_at, dense_reward,
-                                        first_token_reward, last_boxed, prefix_match_reward)
+from tokreason.methods.verifier import (Rollouts, conditional_dense_reward, continuation_at, dense_reward, first_token_reward,
+                                        last_boxed, prediction_bytes, prefix_match_reward)
 
 REWARDS = {"prefix": prefix_match_reward, "first_token": first_token_reward, "dense": dense_reward,
            "conditional_dense": conditional_dense_reward}
@@ -37,6 +40,7 @@ TEMPLATES = ("meta", "boxed")
 # Every step logs the same keys (a skipped batch too), so processes can average them together.
 METRICS = ("loss", "policy_loss", "clip_fraction", "kl", "reward", "reward_std", "all_equal_groups", "format_failures",
            "thought_length", "thought_closed", "positions")
+BOXED_PROMPT_ROOM = 128  # tokens the boxed template adds around the context (its text and the chat turn)
 BOXED_PROMPT = ("Complete the given text under '### Context' by predicting the next token, and wrap it in '\\boxed{}'. "
                 "Please reason step by step to find the most probable next token as the final answer, and enclose it "
                 "in \\boxed{} (note: the token may begin with a space, e.g., \\boxed{ para} or \\boxed{ =}; do not use "
@@ -49,7 +53,7 @@ def boxed_prediction(text: str) -> str | None:
     return last_boxed(text, after="</think>", strip=False)
 
 
-class RPTModel(nn.Module):
+class RPTModel(MethodModule):
     """The policy LM (trained) with what RPT needs around it: the tokenizer's byte table, the
     proxy for position selection, the frozen reference when a KL term is asked for."""
 
@@ -74,7 +78,11 @@ class RPTModel(nn.Module):
             self.stop_ids.append(ids[0])
         if tokenizer.eos_token_id is not None:
             self.stop_ids.append(tokenizer.eos_token_id)
-        # Kept out of the module tree: neither trained nor checkpointed.
+        self.response_stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []  # boxed
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # optimizer steps so far (dynamic_sampling_from_step); a buffer, so checkpoints carry it
+        self.register_buffer("optimizer_steps", torch.zeros((), dtype=torch.long))
+        # Kept out of the module tree (neither trained nor checkpointed); they follow it (companions).
         self._reference = [copy.deepcopy(lm).eval().requires_grad_(False)] if config.kl_beta > 0 else []
         self._proxy = []
         self.last_timing: dict[str, float] = {}
@@ -82,6 +90,9 @@ class RPTModel(nn.Module):
 
     def set_proxy(self, proxy) -> None:
         self._proxy = [proxy.eval().requires_grad_(False)]
+
+    def companions(self) -> list:
+        return [(m, True) for m in (*self._reference, *self._proxy)]
 
     # -------------------------------------------------------------- positions and prompts
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
@@ -96,9 +107,6 @@ class RPTModel(nn.Module):
             return meta_prompt(context, self.tokens)
         return chat_prompt_ids(self.tokenizer, BOXED_PROMPT + self.tokenizer.decode(context))
 
-    def continuation(self, ids: torch.Tensor, where: torch.Tensor) -> Continuation:
-        return continuation_at(ids, where, self.token_bytes, self.config.continuation_tokens)
-
     # -------------------------------------------------------------- one GRPO step
     def forward(self, input_ids: torch.Tensor):
         if self._replay is not None:  # a later epoch on the last rollout batch (these windows go unused)
@@ -109,59 +117,73 @@ class RPTModel(nn.Module):
         if len(where) == 0:  # nothing to learn here: skip (counted), with a zero loss that touches every parameter
             return skipped_loss(self.lm, METRICS)
         prompts = [self.prompt(input_ids[row, : t + 1].tolist()) for row, t in where.tolist()]
-        group = m.group_size
-        rows = len(prompts) * group
+        samples = self.rollout(prompts)
+        sampled_at = time.perf_counter()
+        rewards, predictions = self.rewards(samples, input_ids, where)
+        advantages, flat = grpo_advantages(rewards)
+        token_mask = samples.sampled.clone()
+        if m.dynamic_sampling and int(self.optimizer_steps) >= m.dynamic_sampling_from_step:
+            token_mask &= ~flat.repeat_interleave(m.group_size)[:, None]  # DAPO: groups without spread leave the loss
+        meta = m.template == "meta"
+        stats = {"reward": rewards.mean(), "reward_std": rewards.std(-1, unbiased=False).mean(),
+                 "all_equal_groups": flat.float().mean(),
+                 "format_failures": sum(p is None for p in predictions) / len(predictions),
+                 "thought_length": samples.thought_len.float().mean() if meta else samples.sampled.sum(-1).float().mean(),
+                 "thought_closed": samples.closed.float().mean() if meta else 1.0,
+                 "positions": float(len(prompts)), "skipped_batch": 0.0}
+        result = self.update(full=torch.cat([samples.prompt_ids, samples.tokens], dim=1), prompt_mask=samples.prompt_mask,
+                             tokens=samples.tokens, token_mask=token_mask, advantages=advantages.view(-1),
+                             old_logprobs=None, stats=stats, epochs_left=m.epochs - 1)
+        # seconds per phase of the last step (benchmarks read it); scoring: rewards and the teacher-forced pass
+        self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
+        return result
+
+    def rollout(self, prompts: list[list[int]]) -> Samples:
+        """G rollouts of every prompt. meta: a thought (closed at thought_budget), then up to
+        max_prediction_tokens predicted tokens; boxed: a free response (thinking, </think>, the
+        answer) of up to response_budget tokens, ending at EOS."""
+        m, group = self.config, self.config.group_size
         seed, rank = step_seed()
-        keys = [rank * 2**24 + i for i in range(rows)]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        keys = [rank * 2**24 + i for i in range(len(prompts) * group)]
         was_training = self.lm.training
         self.lm.eval()
-        if m.thought_corrupt == "none":
-            samples = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
-                             thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens, close_id=self.end_id if m.template == "meta" else None,
-                             max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
-        else:
-            samples = self.corrupted_samples(prompts, keys, seed, rank, pad)
-        self.lm.train(was_training)
-        sampled_at = time.perf_counter()
+        try:
+            if m.thought_corrupt != "none":
+                return self.corrupted_samples(prompts, keys, seed, rank, self.pad_id)
+            if m.template == "meta":
+                return sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
+                              thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens,
+                              close_id=self.end_id, max_prediction_tokens=m.max_prediction_tokens,
+                              stop_ids=self.stop_ids, pad_id=self.pad_id)
+            return sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
+                          thought_budget=m.response_budget, close_id=None, max_prediction_tokens=m.response_budget,
+                          stop_ids=self.response_stop_ids, pad_id=self.pad_id)
+        finally:
+            self.lm.train(was_training)
 
+    def rewards(self, samples: Samples, input_ids: torch.Tensor, where: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """[N, G] rewards of the rollouts against the corpus, and each rollout's prediction (bytes,
+        None when it has none)."""
+        m, group, eos = self.config, self.config.group_size, self.tokenizer.eos_token_id
         predictions, first_tokens = [], []
-        for r in range(rows):
+        for r in range(len(samples.tokens)):
             if m.template == "meta":
                 tokens = samples.prediction[r]
-                predictions.append(b"".join(self.token_bytes[i] for i in tokens) if tokens else None)
+                predictions.append(prediction_bytes(tokens, self.token_bytes, eos))
                 first_tokens.append(tokens[0] if tokens else -1)
             else:
                 text = boxed_prediction(self.tokenizer.decode(samples.tokens[r][samples.sampled[r]].tolist()))
                 predictions.append(text.encode() if text is not None else None)
                 enc = self.tokenizer.encode(text, add_special_tokens=False) if text else []
                 first_tokens.append(enc[0] if enc else -1)
-        n = len(prompts)
+        n = len(where)
         rollouts = Rollouts(
             thought_ids=samples.tokens.view(n, group, -1),
             predictions=[predictions[i * group:(i + 1) * group] for i in range(n)],
             prediction_first_token=torch.tensor(first_tokens, device=input_ids.device).view(n, group),
             prediction_first_logprob=torch.nan_to_num(samples.first_logprob, nan=-float("inf")).view(n, group))
-        continuation = self.continuation(input_ids, where)
-        rewards = REWARDS[m.reward](rollouts, continuation).to(input_ids.device)
-        advantages, flat = grpo_advantages(rewards)
-
-        full = torch.cat([samples.prompt_ids, samples.tokens], dim=1)
-        token_mask = samples.sampled.clone()
-        if m.dynamic_sampling:  # DAPO: groups without spread leave the batch (and the loss's denominator)
-            token_mask &= ~flat.repeat_interleave(group)[:, None]
-        unparsable = sum(p is None for p in predictions) / len(predictions)
-        stats = {"reward": rewards.mean(), "reward_std": rewards.std(-1, unbiased=False).mean(),
-                 "all_equal_groups": flat.float().mean(), "format_failures": unparsable,
-                 "thought_length": samples.thought_len.float().mean() if m.template == "meta"
-                 else samples.sampled.sum(-1).float().mean(),
-                 "thought_closed": samples.closed.float().mean() if m.template == "meta" else 1.0,
-                 "positions": float(n), "skipped_batch": 0.0}
-        result = self.update(full=full, prompt_mask=samples.prompt_mask, tokens=samples.tokens, token_mask=token_mask,
-                             advantages=advantages.view(-1), old_logprobs=None, stats=stats, epochs_left=m.epochs - 1)
-        # seconds per phase of the last step (benchmarks read it); scoring: rewards and the teacher-forced pass
-        self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
-        return result
+        continuation = continuation_at(input_ids, where, self.token_bytes, m.continuation_tokens, eos)
+        return REWARDS[m.reward](rollouts, continuation).to(input_ids.device), predictions
 
     def corrupted_samples(self, prompts: list[list[int]], keys: list[int], seed: int, rank: int, pad: int) -> Samples:
         """The corruption ablation (meta template only): the thoughts alone are sampled, then
@@ -206,7 +228,8 @@ class RPTModel(nn.Module):
         full_mask = torch.cat([prompt_mask, torch.ones_like(tokens)], dim=1)
         positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.lm(input_ids=full, attention_mask=full_mask, position_ids=positions).logits[:, width - 1: -1]
-        logprobs = F.log_softmax(logits.float() / m.temperature, -1).gather(-1, tokens[..., None])[..., 0]
+        close_id = self.end_id if m.template == "meta" else None  # the behaviour policy: what the sampler drew from
+        logprobs = behaviour_logprobs(logits, tokens, m.temperature, close_id, m.min_thought_tokens)
         if old_logprobs is None:
             old_logprobs = logprobs.detach()
         loss, clip_fraction = clipped_surrogate(logprobs, old_logprobs, advantages, token_mask, m.clip_eps_low, m.clip_eps_high)
@@ -214,7 +237,7 @@ class RPTModel(nn.Module):
         if m.kl_beta > 0:
             with torch.no_grad():
                 ref = self._reference[0](input_ids=full, attention_mask=full_mask, position_ids=positions).logits[:, width - 1: -1]
-                ref_lp = F.log_softmax(ref.float() / m.temperature, -1).gather(-1, tokens[..., None])[..., 0]
+                ref_lp = behaviour_logprobs(ref, tokens, m.temperature, close_id, m.min_thought_tokens)
             kl = kl_penalty(logprobs, ref_lp, token_mask)
             loss = loss + m.kl_beta * kl
             metrics["kl"] = kl.detach()
@@ -247,6 +270,8 @@ class RPTConfig:
     clip_eps_high: float = 0.2
     kl_beta: float = 0.0
     dynamic_sampling: bool = False
+    dynamic_sampling_from_step: int = 0
+    response_budget: int = 8192
     epochs: int = 1
     thought_corrupt: str = "none"  # the ablation: none | shuffle | random (meta template only; see corrupted_samples)
 
@@ -259,7 +284,8 @@ class RPTConfig:
         at_least(self, ["group_size"], 2, "; GRPO needs at least 2 rollouts per position")
         one_of(self, "selector", SELECTORS)
         one_of(self, "reward", REWARDS)
-        at_least(self, ["epochs", "max_prediction_tokens", "continuation_tokens"], 1)
+        at_least(self, ["epochs", "max_prediction_tokens", "continuation_tokens", "response_budget"], 1)
+        at_least(self, ["dynamic_sampling_from_step"], 0)
         positive(self, ["temperature"])
         thought_lengths(self)
 
@@ -290,20 +316,25 @@ class RPT(MetaThinkingMethod):
         c = self.config
         if c.min_context >= seq_len:
             raise ValueError(f"method.min_context={c.min_context} leaves no position in a window of data.seq_len={seq_len}")
-        # meta: context, <start>, thought, <end>, prediction (boxed adds its prompt on top of this)
-        if context is not None and seq_len + c.thought_budget + c.max_prediction_tokens + 2 > context:
+        if context is None:
+            return
+        if c.template == "meta" and seq_len + c.thought_budget + c.max_prediction_tokens + 2 > context:
             raise ValueError(f"data.seq_len={seq_len} plus method.thought_budget={c.thought_budget} and "
                              f"max_prediction_tokens={c.max_prediction_tokens} exceeds the model's context of {context}")
+        if c.template == "boxed" and seq_len + BOXED_PROMPT_ROOM + c.response_budget > context:
+            raise ValueError(f"data.seq_len={seq_len} plus the boxed prompt (~{BOXED_PROMPT_ROOM} tokens) and "
+                             f"method.response_budget={c.response_budget} exceeds the model's context of {context}; use "
+                             f"method.response_budget<={context - seq_len - BOXED_PROMPT_ROOM}")
 
     def check_eval(self, think_modes: list[str]) -> None:
         if "on" in think_modes and self.config.template != "meta":
             raise ValueError("eval.think=on evaluates RPT with the meta template; method.template=boxed is not supported "
                              "by the evaluation; use eval.think=[off]")
 
-    def companion_models(self, model: RPTModel) -> list:
-        return [*model._reference, *model._proxy]
-
     def step(self, model, batch, backward):
         loss, metrics = model(input_ids=batch["input_ids"])
         backward(loss)
         return metrics
+
+    def after_optimizer_step(self, model: RPTModel) -> None:
+        model.optimizer_steps += 1

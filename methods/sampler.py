@@ -82,10 +82,33 @@ class Samples:
     sampled: torch.Tensor       # [R, T] True where the policy chose the token (not forced, not padding)
     thought_len: torch.Tensor   # [R] tokens before the close token (0 without one)
     closed: torch.Tensor        # [R] the model closed its thought itself (not at the budget)
-    prediction: list[list[int]]  # [R] the prediction's tokens (after the close token, before the stop)
+    prediction: list[list[int]]  # [R] the prediction's tokens (after the close token), the stop token that ended it included
     first_logprob: torch.Tensor  # [R] log p of the prediction's first token at temperature 1 (nan: none)
     prompt_ids: torch.Tensor     # [R, P] the prompts, left-padded
     prompt_mask: torch.Tensor    # [R, P] 1 on prompt tokens
+    logprobs: torch.Tensor | None = None  # [R, T] log p of each token under the distribution it was drawn from (0: not drawn)
+
+
+def _prompt_batch(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded, so every row's next token goes in the same column, and their mask."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p, device=device)
+        mask[r, width - len(p):] = 1
+    return ids, mask
+
+
+def _draw(logits: torch.Tensor, temperature: float, seed: int, keys: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next token of every row, and its log-probability under the distribution it was drawn
+    from (softmax of logits / temperature; greedy: temperature 1)."""
+    if temperature == 0:
+        token, scale = logits.argmax(-1), 1.0
+    else:
+        token, scale = (logits / temperature + gumbel_noise(seed, keys, step, logits.shape[-1])).argmax(-1), temperature
+    logprob = torch.log_softmax(logits / scale, -1).gather(-1, token[:, None])[:, 0]
+    return token, logprob
 
 
 @torch.no_grad()
@@ -94,14 +117,10 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
            repeats: int = 1, min_thought_tokens: int = 0) -> Samples:
     """`repeats` rollouts of each prompt (rows prompt-major: prompt i's are rows i*repeats ..),
     one key per row; temperature 0 is greedy. Each prompt is read once and its KV cache shared
-    by its rollouts."""
+    by its rollouts. A stop token ends a prediction and is part of it; the host is asked only
+    whether every row is done, once per token."""
     device = lm.get_input_embeddings().weight.device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
-    for r, p in enumerate(prompts):  # left-pad: every row's next token goes in the same column
-        ids[r, width - len(p):] = torch.tensor(p, device=device)
-        mask[r, width - len(p):] = 1
+    ids, mask = _prompt_batch(prompts, pad_id, device)
     rows = len(prompts) * repeats
     if len(keys) != rows:
         raise ValueError(f"{len(keys)} keys for {rows} rollouts; give one key per rollout")
@@ -114,8 +133,8 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
     predicted = torch.zeros(rows, dtype=torch.long, device=device)
     first_logprob = torch.full((rows,), float("nan"), device=device)
     limit = (thought_budget + 1 + max_prediction_tokens) if close_id is not None else thought_budget
-    cache = preallocated_cache(lm, width + limit)
-    out_tokens, out_sampled, prediction = [], [], [[] for _ in range(rows)]
+    cache = preallocated_cache(lm, ids.shape[1] + limit)
+    out_tokens, out_sampled, out_logprobs, out_predicting = [], [], [], []
     position = mask.cumsum(-1) - 1
     logits = lm(input_ids=ids, attention_mask=mask, position_ids=position.clamp(min=0), cache=cache,
                 use_cache=True).logits[:, -1].float()
@@ -127,10 +146,7 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
     for step in range(limit):
         if close_id is not None and min_thought_tokens:  # no closing before the thought has this many tokens
             logits[:, close_id] = torch.where(thought_len < min_thought_tokens, float("-inf"), logits[:, close_id])
-        if temperature == 0:  # greedy
-            token = logits.argmax(-1)
-        else:
-            token = (logits / temperature + gumbel_noise(seed, key_t, step, logits.shape[-1])).argmax(-1)
+        token, logprob = _draw(logits, temperature, seed, key_t, step)
         chosen = ~done
         if close_id is not None:  # a thought at its budget is closed for it
             force = thinking & (thought_len >= thought_budget)
@@ -144,17 +160,14 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
             newly_closed = ends_with_thought = torch.zeros_like(done)
         predicting = ~thinking & ~done
         stopping = predicting & torch.isin(token, stops)
-        if close_id is None:
-            stopping |= ~done & torch.isin(token, stops)
-        keep = predicting & ~stopping
-        first = keep & (predicted == 0)
+        first = predicting & (predicted == 0)
         first_logprob = torch.where(first, torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0], first_logprob)
-        for r in keep.nonzero()[:, 0].tolist():
-            prediction[r].append(int(token[r]))
-        predicted += keep.long()
+        predicted += predicting.long()
         token = torch.where(done, torch.full_like(token, pad_id), token)
         out_tokens.append(token)
-        out_sampled.append(chosen & ~(done))
+        out_sampled.append(chosen)
+        out_logprobs.append(torch.where(chosen, logprob, torch.zeros_like(logprob)))
+        out_predicting.append(predicting)
         done |= stopping | (predicting & (predicted >= max_prediction_tokens)) | ends_with_thought
         if close_id is None:
             done |= ~done & (torch.tensor(step + 1, device=device) >= thought_budget)
@@ -165,5 +178,7 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
         logits = lm(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
                     cache=cache, use_cache=True).logits[:, -1].float()
         next_position = next_position + 1
-    return Samples(torch.stack(out_tokens, 1), torch.stack(out_sampled, 1), thought_len, closed, prediction, first_logprob,
-                   ids, prompt_mask)
+    tokens, predicting = torch.stack(out_tokens, 1), torch.stack(out_predicting, 1)
+    prediction = [row[keep].tolist() for row, keep in zip(tokens.cpu(), predicting.cpu())]
+    return Samples(tokens, torch.stack(out_sampled, 1), thought_len, closed, prediction, first_logprob, ids, prompt_mask,
+                   torch.stack(out_logprobs, 1))

@@ -57,13 +57,26 @@ def information_gain(rollouts: Rollouts, continuation: Continuation) -> torch.Te
 def prefix_match_reward(rollouts: Rollouts, continuation: Continuation) -> torch.Tensor:
     """RPT's reward (Eq. 3): 1 when the prediction's bytes are a prefix of the true
     continuation's bytes and end exactly on one of the corpus's own token boundaries, else 0.
-    An unparsable (None) or empty prediction scores 0."""
+    The continuation stops at the end of its document; where the document ends right away (the
+    true next token is EOS: text b"", boundaries [0]) only the empty prediction, "the document
+    ends", is right. An unparsable prediction (None) scores 0."""
     rewards = torch.zeros(len(rollouts.predictions), len(rollouts.predictions[0]))
     for i, predictions in enumerate(rollouts.predictions):
         truth, ends = continuation.text[i], set(continuation.boundaries[i])
         for g, prediction in enumerate(predictions):
-            rewards[i, g] = float(bool(prediction) and truth.startswith(prediction) and len(prediction) in ends)
+            rewards[i, g] = float(prediction is not None and truth.startswith(prediction) and len(prediction) in ends)
     return rewards
+
+
+def prediction_bytes(tokens: list[int], token_bytes: list[bytes], eos_id: int | None) -> bytes | None:
+    """What a generated prediction says comes next, as bytes: b"" when it ends the document at
+    once (EOS first), else its tokens' bytes up to an EOS; None when that is nothing (only
+    tokens without bytes). One reading for training rewards and for evaluation."""
+    if tokens and tokens[0] == eos_id:
+        return b""
+    if eos_id in tokens:
+        tokens = tokens[: tokens.index(eos_id)]
+    return b"".join(token_bytes[i] for i in tokens) or None
 
 
 def first_token_reward(rollouts: Rollouts, continuation: Continuation) -> torch.Tensor:
@@ -87,14 +100,20 @@ def conditional_dense_reward(rollouts: Rollouts, continuation: Continuation) -> 
     return dense * some_right
 
 
-def continuation_at(ids: torch.Tensor, where: torch.Tensor, token_bytes: list[bytes], length: int) -> Continuation:
+def continuation_at(ids: torch.Tensor, where: torch.Tensor, token_bytes: list[bytes], length: int,
+                    eos_id: int | None = None) -> Continuation:
     """The corpus's continuation after each (row, t) of windows ids [B, L]: the next true token,
-    and the bytes of the next `length` tokens with the offsets where those tokens end."""
+    and the bytes of the next `length` tokens (up to the end of the document, an EOS) with the
+    offsets where those tokens end; a document that ends right away has text b"" and
+    boundaries [0]."""
     texts, ends, first = [], [], []
     for row, t in where.tolist():
-        pieces = [token_bytes[i] for i in ids[row, t + 1: t + 1 + length].tolist()]
+        following = ids[row, t + 1: t + 1 + length].tolist()
+        if eos_id in following:
+            following = following[: following.index(eos_id)]
+        pieces = [token_bytes[i] for i in following]
         texts.append(b"".join(pieces))
-        ends.append(torch.tensor([len(p) for p in pieces], dtype=torch.long).cumsum(0).tolist())
+        ends.append(torch.tensor([len(p) for p in pieces], dtype=torch.long).cumsum(0).tolist() if pieces else [0])
         first.append(int(ids[row, t + 1]))
     first_ids = torch.tensor(first, dtype=torch.long, device=ids.device).view(-1, 1)
     return Continuation(ids=first_ids, mask=torch.ones_like(first_ids, dtype=torch.bool), text=texts, boundaries=ends)

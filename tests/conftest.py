@@ -84,3 +84,53 @@ def same_weights(a: Path, b: Path) -> bool:
 
     x, y = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))
     return x.keys() == y.keys() and all(torch.equal(v, y[k]) for k, v in x.items())
+
+
+def hf_folder(path: Path, arch: str = "llama", tied: bool = True, sliding_window: int | None = None,
+              spare_rows: int = 0, context: int = 256) -> Path:
+    """An ordinary Hugging Face model folder, as a hub model would be: a byte-level BPE tokenizer
+    with no thought tokens (EOS only) and a tiny random model of `arch` (llama, mistral, qwen2,
+    gpt2), tied or untied embeddings, an optional sliding window, and optionally embedding rows
+    beyond the tokenizer (as Qwen's checkpoints have)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                              MistralForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
+
+    from tokreason.experiments.data.synthetic import generate_corpus
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(generate_corpus(7, 400, "train"), trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                        clean_up_tokenization_spaces=False)
+    vocab = len(tokenizer) + spare_rows
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=context, tie_word_embeddings=tied,
+                  eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "mistral":
+        model = MistralForCausalLM(MistralConfig(sliding_window=sliding_window, **common))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=context,
+                                           tie_word_embeddings=tied, eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def text_corpus(path: Path, docs: int = 300) -> Path:
+    """A local .jsonl corpus (the synthetic generator's documents), as data=text reads it."""
+    import json
+
+    from tokreason.experiments.data.synthetic import generate_corpus
+
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in generate_corpus(11, docs, "train")))
+    return path

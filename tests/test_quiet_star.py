@@ -264,3 +264,56 @@ def test_train_method_quiet_star_writes_a_complete_run_dir(cli, tmp_path):
     proc = cli("train", *FAST, "method=quiet_star_tiny", "method.n_ahead_talk=64", "run_dir=bad", check=False)
     assert proc.returncode == 2 and "method.n_ahead_talk=64 is beyond the window" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "bad").exists()
+
+
+class ConstantWeight(torch.nn.Module):
+    """A mixing head that always answers w (so the composition can be computed by hand)."""
+
+    def __init__(self, w: float):
+        super().__init__()
+        self.w = w
+
+    def forward(self, base, thought):
+        return torch.full((*base.shape[:-1], 1), self.w)
+
+
+@pytest.mark.parametrize("policy_weight", [0.0, 7.0])
+def test_the_official_loss_composition_on_a_hand_computed_case(tokenizer, policy_weight):
+    """L = 0.5 NLL(base) + 0.5 NLL(mixed) + policy_weight * REINFORCE, where talk step j at
+    position t mixes its hidden state with the base state at t + j and predicts x_{t+j+1}; the
+    reward is the mixed log-likelihood of the talk tokens, the baseline the mean over passes,
+    negatives clamped, and REINFORCE averages each thought's token log-probs."""
+    model = make("llama", tokenizer, n_ahead=4, n_ahead_talk=2, n_passes=2, policy_weight=policy_weight)
+    model.mixing_head = ConstantWeight(0.25)
+    torch.manual_seed(3)
+    ids = torch.randint(4, len(tokenizer), (1, 4))
+    length, talk, hidden = 4, 2, model.lm.config.hidden_size
+    tp = ThoughtPass(base_hidden=torch.randn(2, length, hidden), talk_hidden=torch.randn(2, length, talk, hidden),
+                     thought_ids=torch.zeros(2, length, 1, dtype=torch.long),
+                     policy_logprobs=torch.tensor([[[-1.0], [-2.0], [-0.5], [-3.0]], [[-4.0], [-1.0], [-2.5], [-0.1]]]))
+    head = model.lm.get_output_embeddings()
+
+    def logp(h, token):  # log p(token) from one hidden state
+        return F.log_softmax(head(h).float(), -1)[int(token)].item()
+
+    base_terms = [-logp(tp.base_hidden[p, t], ids[0, t + 1]) for p in range(2) for t in range(length - 1)]
+    mixed = {}  # (pass, t, j) -> log p_mixed(x_{t+j+1})
+    for p in range(2):
+        for t in range(length):
+            for j in range(talk):
+                if t + j + 1 < length:
+                    h = 0.75 * tp.base_hidden[p, t + j] + 0.25 * tp.talk_hidden[p, t, j]
+                    mixed[p, t, j] = logp(h, ids[0, t + j + 1])
+    nll = 0.5 * sum(base_terms) / len(base_terms) + 0.5 * -sum(mixed.values()) / len(mixed)
+    policy, pairs = 0.0, 0
+    for t in range(length):
+        if t + talk < length:  # only positions whose every talk token exists are rewarded
+            rewards = [sum(mixed[p, t, j] for j in range(talk)) for p in range(2)]
+            mean = sum(rewards) / 2
+            for p in range(2):
+                policy += -max(rewards[p] - mean, 0.0) * tp.policy_logprobs[p, t, 0].item()
+                pairs += 1
+    expected = nll + policy_weight * policy / pairs
+    loss, metrics = model.objective(ids, tp)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert metrics["nll"].item() == pytest.approx(nll, rel=1e-5)

@@ -5,6 +5,9 @@ import json
 import pytest
 import torch
 
+import torch.nn.functional as F
+
+import tokreason.methods.rlp as rlp_module
 from conftest import FAST, same_weights, stop_and_resume, tiny_llama
 from tokreason.experiments.data.tokenizer import train_tokenizer
 from tokreason.methods.rlp import EMA, RLP, rlp_advantages
@@ -113,3 +116,58 @@ def test_train_method_rlp_writes_curves_and_resumes_exactly_with_its_ema(cli, tm
     for key in ("train/reward", "train/advantage_abs", "train/thought_length", "train/s_pred", "train/s_ema"):
         assert key in lines[-1], key
     assert (reference / "checkpoints" / "step_00000010" / "custom_checkpoint_1.pkl").is_file()  # the EMA
+
+
+def test_s_pred_is_read_after_the_thought_and_s_ema_on_the_plain_context(tokenizer):
+    """S_pred: log p_theta(x_{t+1} | context, <start> thought <end>), read at the position right
+    after each row's own <end>; S_EMA: the EMA's log p(x_{t+1} | context), no thought, no
+    template. Checked against separate plain forwards for each rollout."""
+    model = RLP(group_size=2, thought_budget=3, min_thought_tokens=1, min_context=2).wrap(tiny_llama(len(tokenizer)), tokenizer)
+    with torch.no_grad():
+        for p in model.ema.model.parameters():  # an EMA that differs from the policy
+            p.add_(0.01 * torch.randn_like(p))
+    seen = {}
+    objective = model.objective
+
+    def spy(thought_lp, thought_mask, s_pred, s_ema):
+        seen.update(s_pred=s_pred.detach(), s_ema=s_ema.detach(), mask=thought_mask)
+        return objective(thought_lp, thought_mask, s_pred, s_ema)
+
+    model.objective = spy
+    calls = []
+    real_sample = rlp_module.sample
+    rlp_module.sample = lambda *a, **k: calls.append(real_sample(*a, **k)) or calls[-1]
+    try:
+        torch.manual_seed(0)
+        ids = torch.randint(4, len(tokenizer), (1, 12))
+        model(ids)
+    finally:
+        rlp_module.sample = real_sample
+    samples = calls[0]
+    prompt = samples.prompt_ids[0][samples.prompt_mask[0].bool()].tolist()
+    t = len(prompt) - 2  # the prompt is x_0..x_t, <start>
+    target = int(ids[0, t + 1])
+    with torch.no_grad():
+        for g in range(2):
+            n = int(samples.thought_len[g])
+            seq = torch.tensor([prompt + samples.tokens[g, :n].tolist() + [model.end_id]])
+            expected = F.log_softmax(model.lm(input_ids=seq).logits[0, -1].float(), -1)[target]
+            torch.testing.assert_close(seen["s_pred"][0, g], expected, atol=1e-4, rtol=1e-4)
+        ema = F.log_softmax(model.ema.model(input_ids=ids[:, : t + 1]).logits[0, -1].float(), -1)[target]
+    torch.testing.assert_close(seen["s_ema"][0], ema, atol=1e-4, rtol=1e-4)
+
+
+def test_the_loss_averages_each_thoughts_tokens_then_the_thoughts(tokenizer):
+    """Eq. 8: 1/|c| over each thought's tokens, then the mean over thoughts (on-policy: ratio 1,
+    so each token's gradient is -A_g / (G |c_g|)). The token mean
+    (loss_aggregation=token) weighs a long thought more."""
+    lp = torch.tensor([[-1.0, -1.0, -1.0, -1.0], [-2.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, True, True], [True, False, False, False]])
+    s_pred, s_ema = torch.tensor([[-1.0, -3.0]]), torch.tensor([-2.0])
+    for aggregation, grad in (("thought", [[-2 / 8] * 4, [2 / 2, 0, 0, 0]]), ("token", [[-2 / 5] * 4, [2 / 5, 0, 0, 0]])):
+        model = RLP(group_size=2, loss_aggregation=aggregation).wrap(tiny_llama(len(tokenizer)), tokenizer)
+        lp.grad = None
+        loss, metrics = model.objective(lp, mask, s_pred, s_ema)  # r = [1, -1]; A = 2/(2-1) (r - mean r) = [+2, -2]
+        loss.backward()
+        torch.testing.assert_close(lp.grad, torch.tensor(grad))
+        assert metrics["reward"].item() == pytest.approx(0.0) and metrics["advantage_abs"].item() == pytest.approx(2.0)

@@ -250,3 +250,122 @@ def test_a_stopped_rpt_run_resumes_to_the_same_rollouts_weights_and_metrics(cli,
     assert same_weights(run, tmp_path / "reference")
     rewards = [json.loads(x)["train/reward"] for x in (run / "metrics.jsonl").read_text().splitlines() if "train/reward" in x]
     assert any(r > 0 for r in rewards)  # the rollouts did something to compare
+
+
+# ----------------------------------------------------------------------------- one definition of the prediction
+def llama(vocab: int):
+    from conftest import tiny_llama
+
+    return tiny_llama(vocab)
+
+
+def test_the_continuation_stops_at_the_document_end_and_the_end_itself_can_be_predicted(tokenizer):
+    from tokreason.methods.verifier import continuation_at, prediction_bytes
+
+    table, eos = token_byte_table(tokenizer), tokenizer.eos_token_id
+    sat, nxt = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (" sat", " The cat"))
+    ids = torch.tensor([[5, *sat, eos, *nxt]])
+    before_end, at_end = torch.tensor([[0, 0]]), torch.tensor([[0, len(sat)]])  # next: " sat" | next: EOS
+
+    def reward(where, tokens):
+        rollouts = Rollouts(thought_ids=torch.zeros(1, 1, 0, dtype=torch.long),
+                            predictions=[[prediction_bytes(tokens, table, eos)]])
+        return prefix_match_reward(rollouts, continuation_at(ids, where, table, 32, eos))[0, 0].item()
+
+    assert reward(before_end, sat) == 1.0
+    assert reward(before_end, [*sat, *nxt]) == 0.0       # runs on into the next document
+    assert reward(before_end, [*sat, eos]) == 1.0        # " sat", then the end: the same prediction
+    assert reward(at_end, [eos]) == 1.0                  # the document ends: predicting its end is right
+    assert reward(at_end, nxt[:1]) == 0.0                # the next document's first token is not the next token
+    assert reward(before_end, [eos]) == 0.0
+    assert prediction_bytes([tokenizer.convert_tokens_to_ids("<|pad|>")], table, eos) is None  # no bytes: nothing said
+
+
+def test_a_stop_token_ends_the_prediction_and_belongs_to_it(tokenizer):
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    assert len(newline) == 1
+    lm = scripted(llama(len(tokenizer)), [[newline[0], 7, 8]])
+    samples = sample(lm, [[5, 6]], keys=[0], seed=0, temperature=1.0, thought_budget=4, close_id=None,
+                     max_prediction_tokens=3, stop_ids=newline, pad_id=1)
+    assert samples.prediction == [newline]  # a true next token "\n" can be predicted, and rewarded
+
+
+def test_the_loss_uses_the_distribution_the_sampler_drew_from(tokenizer):
+    """min_thought_tokens masks the close token while sampling: the update's log-probs of the
+    sampled tokens are the sampler's (the masked distribution), not the unmasked model's."""
+    from tokreason.methods.policy import behaviour_logprobs
+
+    torch.manual_seed(0)
+    lm, close = llama(len(tokenizer)).eval(), 2
+    with torch.no_grad():  # give the close token real probability, so masking it matters
+        lm.lm_head.weight[close] += 0.5 * lm.lm_head.weight[5:20].mean(0)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    samples = sample(lm, prompts, repeats=2, keys=list(range(4)), seed=3, temperature=0.8, thought_budget=6,
+                     close_id=close, max_prediction_tokens=2, stop_ids=[], pad_id=1, min_thought_tokens=3)
+    full = torch.cat([samples.prompt_ids, samples.tokens], 1)
+    mask = torch.cat([samples.prompt_mask, torch.ones_like(samples.tokens)], 1)
+    width = samples.prompt_ids.shape[1]
+    with torch.no_grad():
+        logits = lm(input_ids=full, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, width - 1: -1]
+    chosen = samples.sampled
+    masked = behaviour_logprobs(logits, samples.tokens, 0.8, close, 3)
+    torch.testing.assert_close(masked[chosen], samples.logprobs[chosen], atol=1e-4, rtol=1e-4)
+    unmasked = behaviour_logprobs(logits, samples.tokens, 0.8)
+    assert (unmasked[:, :3][chosen[:, :3]] - samples.logprobs[:, :3][chosen[:, :3]]).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- the paper's template
+CHAT_TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+class ScriptedPolicy(torch.nn.Module):
+    """A real LM whose sampling is scripted: while generating (a KV cache is passed), rollout r
+    emits scripts[r] token by token; teacher-forced passes (no cache) are the real model's, so
+    the update has real gradients."""
+
+    def __init__(self, lm, scripts: list[list[int]]):
+        super().__init__()
+        self.lm, self.scripts, self.config, self.step = lm, scripts, lm.config, 0
+
+    def get_input_embeddings(self):
+        return self.lm.get_input_embeddings()
+
+    def forward(self, input_ids, cache=None, **kwargs):
+        out = self.lm(input_ids=input_ids, cache=cache, **kwargs)
+        if cache is None:
+            return out
+        self.step = 0 if input_ids.shape[1] > 1 else self.step + 1  # a prefill starts every script again
+        logits = torch.full_like(out.logits, -1e4)
+        for r in range(logits.shape[0]):
+            script = self.scripts[r % len(self.scripts)]
+            logits[r, -1, script[min(self.step, len(script) - 1)]] = 1e4
+        return type(out)(logits=logits)
+
+
+def scripted(lm, scripts):
+    return ScriptedPolicy(lm, scripts)
+
+
+def test_the_boxed_template_samples_a_free_response_and_rewards_the_boxed_next_token():
+    """The paper's setup end to end on a tokenizer with a chat template: the v0 prompt through
+    the template, free responses that think in <think>..</think> and answer in \\boxed{}, the
+    last box after </think> matched against the true next token: right 1, wrong 0."""
+    corpus = [f"The cat sat on the mat {i} times. <think>so</think> \\boxed{{ x}}" for i in range(100)]
+    tok = train_tokenizer(corpus, 360)
+    tok.chat_template = CHAT_TEMPLATE
+    window = torch.tensor([tok("The cat sat on the mat 7 times.", add_special_tokens=False)["input_ids"]])
+    truth = tok.decode(window[0, -1:])                      # the position: the last one, predicting "."-ish
+    right = tok("<think>Let me see.</think> The next token: \\boxed{" + truth + "}", add_special_tokens=False)["input_ids"]
+    wrong = tok("<think>Let me see.</think> The next token: \\boxed{ mat}", add_special_tokens=False)["input_ids"]
+    policy = scripted(llama(len(tok)), [right + [tok.eos_token_id], wrong + [tok.eos_token_id]])
+    method = RPT(template="boxed", group_size=2, response_budget=64, selector="all", positions_per_window=1,
+                 min_context=window.shape[1] - 1, proxy_model="self")
+    model = method.wrap(policy, tok)
+    prompt = model.prompt(window[0, :-1].tolist())
+    assert tok.decode(prompt).startswith("<|user|>Complete the given text") and tok.decode(prompt).endswith("<|assistant|>")
+    loss, metrics = model(window)
+    assert metrics["reward"] == pytest.approx(0.5) and metrics["format_failures"] == 0.0
+    assert metrics["all_equal_groups"] == 0.0 and metrics["thought_length"] > 10  # whole responses, not one token
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.lm.parameters())

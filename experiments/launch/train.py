@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from tokreason.experiments.errors import UserError
+from tokreason.experiments.errors import UserError, first_line
 from tokreason.experiments.launch.compose import CONF_DIR, check_job, compose_config, sweep_jobs, with_search_path
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,36 @@ def _hydra_job(cfg: DictConfig) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg.run_dir = str(run_dir)  # in a sweep the job's own subdir
-    fresh = not (run_dir / "config.yaml").exists()
     try:
         _state.setdefault("summaries", []).append(train(cfg, run_dir))
     except UserError as e:
-        if fresh:  # nothing half-written: drop the dir Hydra made for this job
-            shutil.rmtree(run_dir, ignore_errors=True)
+        _drop_if_untouched(run_dir)
         raise _JobStopped(e) from None
     except Interrupted as e:
         raise _JobStopped(e) from None
+    except Exception as e:  # a failure of ours or a library's: one line here, the traceback in train.log
+        raise _JobStopped(crashed(e, run_dir)) from None
+
+
+def _drop_if_untouched(run_dir: Path) -> None:
+    """A run that failed before it wrote anything of its own (config.yaml comes after every
+    check) leaves no dir behind; one that got further keeps everything (checkpoints, model)."""
+    if not (run_dir / "config.yaml").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def crashed(error: Exception, run_dir: Path) -> UserError:
+    """An unexpected failure as a one-line UserError; the traceback goes to the run's train.log
+    only (not the terminal). Checkpoints and an exported model stay where they are."""
+    import traceback
+
+    text = "".join(traceback.format_exception(error))
+    if run_dir.exists():
+        with open(run_dir / "train.log", "a") as f:
+            f.write(f"[tokreason] the run failed:\n{text}")
+    kept = " (its checkpoints are kept: re-run the same command to continue)" if (run_dir / "checkpoints").exists() else ""
+    return UserError(f"the run in {run_dir} failed: {type(error).__name__}: {first_line(error)}; the traceback is in "
+                     f"{run_dir / 'train.log'}{kept}")
 
 
 def run_train(overrides: list[str], multirun: bool) -> list[dict]:
@@ -100,15 +121,16 @@ def _train_distributed(overrides: list[str]) -> dict:
     if "error" in payload[0]:
         raise UserError(payload[0]["error"])
     run_dir = Path(payload[0]["run_dir"])
-    fresh = not run_dir.exists()
     if state.is_main_process:
         _log_to_file(run_dir)
     try:
         return train(OmegaConf.create(payload[0]["config"]), run_dir)
     except UserError:
-        if fresh and state.is_main_process:  # nothing half-written
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if state.is_main_process:
+            _drop_if_untouched(run_dir)
         raise
+    except Exception as e:  # one line per process here, the traceback in train.log
+        raise crashed(e, run_dir) from None
 
 
 def _log_to_file(run_dir: Path) -> None:

@@ -9,8 +9,10 @@ from tokreason.experiments.errors import UserError
 from tokreason.experiments.files import flatten
 from tokreason.experiments.reporting.tracking import redact
 
-# Keys that may differ when a run dir is resumed: how it is watched, not what it computes.
-RESUME_MAY_DIFFER = ("run_dir", "trainer.resume", "trainer.progress_bar", "logger", "output_root", "compare.root")
+# Keys that may differ when a run dir is resumed: how it is watched and evaluated, not what it
+# trains (a run whose evaluation failed is resumed, with other evaluation settings if need be).
+RESUME_MAY_DIFFER = ("run_dir", "trainer.resume", "trainer.progress_bar", "logger", "output_root", "compare.root",
+                     "eval.", "next_token_eval.")
 
 
 class RunDirLock:

@@ -157,15 +157,24 @@ class MetaThinkingMethod(Method):
 
         return add_thought_tokens(lm, tokenizer, getattr(self.config, "meta_init", DEFAULT_META_INIT))
 
+    def thought_format(self, lm, tokenizer):
+        """Where a thought sits (methods/thoughts.py): the meta template, its tokens added."""
+        from tokreason.methods.thoughts import MetaFormat
+
+        return MetaFormat(self.add_thought_tokens(lm, tokenizer))
+
     def think_scorer(self, lm, tokenizer, *, batch_size: int, thought_budget: int | None = None, model=None):
         from tokreason.methods.inference import ThoughtScorer
 
-        self.add_thought_tokens(lm, tokenizer)  # a base model without them starts where training starts
+        thought_format = self.thought_format(lm, tokenizer)  # a base model starts where training starts
         settings = self.think_settings(thought_budget)
-        return ThoughtScorer(lm, tokenizer, settings["thought_budget"], settings["min_thought_tokens"], batch_size)
+        return ThoughtScorer(lm, tokenizer, settings["thought_budget"], settings["min_thought_tokens"], batch_size,
+                             thought_format)
 
     def think_settings(self, thought_budget: int | None = None) -> dict:
-        return {"meta_template": True, "thought_budget": int(thought_budget or self.config.thought_budget),
+        return {"template": getattr(self.config, "template", "meta"),
+                "system_prompt": getattr(self.config, "system_prompt", None),
+                "thought_budget": int(thought_budget or self.config.thought_budget),
                 "min_thought_tokens": int(getattr(self.config, "min_thought_tokens", 0)),
                 "meta_init": getattr(self.config, "meta_init", None)}
 

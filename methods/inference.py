@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from tokreason.methods.lm import context_length, lm_device
 from tokreason.methods.sampler import sample
-from tokreason.methods.thoughts import meta_prompt, thought_tokens
+from tokreason.methods.thoughts import MetaFormat, ThoughtFormat, thought_tokens
 from tokreason.methods.token_bytes import token_byte_table
 from tokreason.methods.verifier import Rollouts, continuation_at, prediction_bytes, prefix_match_reward
 
@@ -156,55 +156,59 @@ class PlainScorer:
 
 
 class ThoughtScorer(PlainScorer):
-    """The meta template's inference: context, <start>, a greedy thought of at most
-    `thought_budget` tokens, <end>, then the answer. The held-out next-token metric is the
-    reasoning mode of RPT's evaluation (the prediction after a thought, scored by the prefix
-    reward); a whole window's NLL is not this inference (window_nll is None)."""
+    """Thinking once, then answering: the context as its thought format opens a thought (meta:
+    context <start>), a greedy thought of at most `thought_budget` tokens, the close token, then
+    the answer. The held-out next-token metric is the reasoning mode of RPT's evaluation (the
+    prediction after a thought, scored by the prefix reward); a whole window's NLL is not this
+    inference (window_nll is None)."""
 
     think = "on"
     rolling_refusal = ("loglikelihood_rolling (perplexity tasks) with think=on is not defined for RPT/RLP: their "
                        "inference thinks once before an answer, not before every token; use think=off")
 
-    def __init__(self, lm, tokenizer, thought_budget: int, min_thought_tokens: int = 0, batch_size: int = 16):
+    def __init__(self, lm, tokenizer, thought_budget: int, min_thought_tokens: int = 0, batch_size: int = 16,
+                 thought_format: ThoughtFormat | None = None):
         super().__init__(lm, tokenizer, batch_size)
-        if self.thought_ids is None:
+        if thought_format is None and self.thought_ids is None:
             raise ValueError("the tokenizer has no thought tokens, so the model cannot think; add them first "
                              "(methods.thoughts.add_thought_tokens) or evaluate it with eval.think=[off]")
+        self.format = thought_format or MetaFormat(self.thought_ids)
         self.thought_budget, self.min_thought_tokens = thought_budget, min_thought_tokens
+        # positions a thought takes beyond the context: the format's own tokens, the thought, the close
+        self.thought_room = len(self.format.prompt([])) + thought_budget + 1
 
     def _sample(self, prompts: list[list[int]], max_prediction_tokens: int, stop_ids: list[int]):
         return sample(self.lm, prompts, keys=list(range(len(prompts))), seed=0, temperature=0.0,
                       thought_budget=self.thought_budget, min_thought_tokens=self.min_thought_tokens,
-                      close_id=self.thought_ids.end, max_prediction_tokens=max_prediction_tokens, stop_ids=stop_ids,
+                      close_id=self.format.close_id, max_prediction_tokens=max_prediction_tokens, stop_ids=stop_ids,
                       pad_id=self.pad_id)
 
-    def thoughts(self, contexts: list[list[int]]) -> list[list[int]]:
-        """<start> thought <end> for each context (greedy)."""
+    def thought_prefixes(self, contexts: list[list[int]]) -> list[list[int]]:
+        """For each context: what precedes the answer, prompt + greedy thought + close token."""
         out = []
         for b in range(0, len(contexts), self.batch_size):
-            prompts = [meta_prompt(c, self.thought_ids) for c in contexts[b: b + self.batch_size]]
+            prompts = [self.format.prompt(c) for c in contexts[b: b + self.batch_size]]
             samples = self._sample(prompts, 0, [])
-            for row, n in zip(samples.tokens.tolist(), samples.thought_len.tolist()):
-                out.append([self.thought_ids.start] + row[:n] + [self.thought_ids.end])
+            for prompt, row, n in zip(prompts, samples.tokens.tolist(), samples.thought_len.tolist()):
+                out.append(prompt + row[:n] + [self.format.close_id])
         return out
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
-        room = self.thought_budget + 2
         pairs = [self.encode_pair(c, x) for c, x in requests]
-        contexts = [self._fit(ctx, len(cont) + room) for ctx, cont in pairs]
+        contexts = [self._fit(ctx, len(cont) + self.thought_room) for ctx, cont in pairs]
         unique = list(dict.fromkeys(tuple(c) for c in contexts))  # choices of one question share its thought
-        thought = dict(zip(unique, self.thoughts([list(c) for c in unique])))
-        sequences = [ctx + thought[tuple(ctx)] + cont for ctx, (_, cont) in zip(contexts, pairs)]
-        starts = [len(ctx) + len(thought[tuple(ctx)]) for ctx in contexts]
+        prefix = dict(zip(unique, self.thought_prefixes([list(c) for c in unique])))
+        sequences = [prefix[tuple(ctx)] + cont for ctx, (_, cont) in zip(contexts, pairs)]
+        starts = [len(prefix[tuple(ctx)]) for ctx in contexts]
         return self.score_spans(sequences, starts)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[str]:
         out = []
-        max_new_tokens = self._new_tokens(max_new_tokens, reserved=self.thought_budget + 2)
-        room = self.thought_budget + 2 + max_new_tokens
+        max_new_tokens = self._new_tokens(max_new_tokens, reserved=self.thought_room)
+        room = self.thought_room + max_new_tokens
         for b in range(0, len(prompts), self.batch_size):
-            ids = [meta_prompt(self._fit(self.tokenizer(p, add_special_tokens=True)["input_ids"], room), self.thought_ids)
+            ids = [self.format.prompt(self._fit(self.tokenizer(p, add_special_tokens=True)["input_ids"], room))
                    for p in prompts[b: b + self.batch_size]]
             samples = self._sample(ids, max_new_tokens, self.stop_token_ids(stop))
             out.extend(self.cut(self.tokenizer.decode(p, skip_special_tokens=True), stop) for p in samples.prediction)
@@ -230,7 +234,7 @@ def reasoning_correct(scorer: ThoughtScorer, windows: torch.Tensor, where: torch
     correct = []
     for b in range(0, len(where), scorer.batch_size):
         chunk = where[b: b + scorer.batch_size]
-        prompts = [meta_prompt(windows[r, : t + 1].tolist(), scorer.thought_ids) for r, t in chunk.tolist()]
+        prompts = [scorer.format.prompt(windows[r, : t + 1].tolist()) for r, t in chunk.tolist()]
         samples = scorer._sample(prompts, max_prediction_tokens, stops)
         eos = scorer.tokenizer.eos_token_id
         predictions = [[prediction_bytes(p, table, eos)] for p in samples.prediction]

@@ -10,6 +10,11 @@ sees the plain context (no template: our choice, the paper does not say). The ad
 A = G/(G-1) * (r - mean over the G thoughts), without std normalisation, and the loss is a
 clipped surrogate on the thought tokens only: no NLL, no KL.
 
+Templates (method.template): meta (any base model: context <start> thought <end> x_t, the
+tokens added as Quiet-STaR's) and chat (the paper's appendix: its system prompt, the context as
+the user turn, the thought between <think> and </think>, then x_t; a chat model whose tokenizer
+has </think> as one token).
+
 The EMA cancellation: S_EMA is the same for the G thoughts at a position, so it drops out of
 the group-mean advantage exactly; it still shapes the logged reward. `advantage=ema` uses
 A = r instead, the EMA as the only baseline, so the EMA term can matter."""
@@ -28,7 +33,7 @@ from tokreason.methods.registry import register_method
 from tokreason.methods.sampler import sample
 from tokreason.methods.selectors import SELECTORS, choose_positions
 from tokreason.methods.settings import at_least, one_of, thought_lengths
-from tokreason.methods.thoughts import meta_prompt
+from tokreason.methods.thoughts import ChatFormat, ThoughtFormat
 from tokreason.methods.verifier import Continuation, Rollouts, information_gain
 
 ADVANTAGES = ("group", "ema")
@@ -73,10 +78,10 @@ class RLPModel(MethodModule):
     """The policy LM (trained) and its EMA copy (the reward's baseline, not trained, in float32
     unless method.ema_dtype=model; on the policy's device unless method.ema_device=cpu)."""
 
-    def __init__(self, lm, tokenizer, config: "RLPConfig", tokens):
+    def __init__(self, lm, tokenizer, config: "RLPConfig", thought_format: ThoughtFormat):
         super().__init__()
-        self.lm, self.config, self.tokenizer, self.tokens = lm, config, tokenizer, tokens
-        self.start_id, self.end_id = tokens.ids
+        self.lm, self.config, self.tokenizer, self.format = lm, config, tokenizer, thought_format
+        self.start_id, self.end_id = thought_format.markers[0], thought_format.close_id
         self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])  # for random thoughts
         self.ema = EMA(lm, config.ema_decay, "cpu" if config.ema_device == "cpu" else None,
                        torch.float32 if config.ema_dtype == "float32" else None)  # from the first weights
@@ -99,7 +104,7 @@ class RLPModel(MethodModule):
             return skipped_loss(self.lm, METRICS)
         rows, ts = where[:, 0], where[:, 1]
         n = len(where)
-        prompts = [meta_prompt(input_ids[r, : t + 1].tolist(), self.tokens) for r, t in where.tolist()]
+        prompts = [self.format.prompt(input_ids[r, : t + 1].tolist()) for r, t in where.tolist()]
         seed, rank = step_seed()
         was_training = self.lm.training
         self.lm.eval()
@@ -121,7 +126,7 @@ class RLPModel(MethodModule):
             # comes from the step's seed: no extra global RNG draw.
             pad = self.tokenizer.pad_token_id or 0
             thought = corrupt_thoughts(samples.tokens, samples.thought_len, m.thought_corrupt, corruption_generator(seed, rank),
-                                       self.vocab_size, [self.start_id, self.end_id, self.tokenizer.eos_token_id, pad])
+                                       self.vocab_size, [*self.format.markers, self.tokenizer.eos_token_id, pad])
         width, steps = samples.prompt_ids.shape[1], samples.tokens.shape[1]
         full = torch.cat([samples.prompt_ids, thought, samples.tokens.new_zeros(n * g, k)], dim=1)
         mask = torch.cat([samples.prompt_mask, torch.zeros_like(samples.tokens), samples.tokens.new_zeros(n * g, k)], dim=1)
@@ -178,6 +183,8 @@ METRICS = ("loss", "reward", "reward_std", "advantage_abs", "s_pred", "s_ema", "
 
 @dataclass
 class RLPConfig:
+    template: str = "meta"      # meta: context <start> thought <end> | chat: a system turn, <think>..</think>
+    system_prompt: str | None = None  # chat: the system turn (conf/method/rlp.yaml has the paper's)
     group_size: int = 16
     temperature: float = 1.0
     thought_budget: int = 64
@@ -206,6 +213,7 @@ class RLPConfig:
         one_of(self, "ema_device", ("model", "cpu"))
         one_of(self, "ema_dtype", ("float32", "model"))
         one_of(self, "loss_aggregation", ("thought", "token"))
+        one_of(self, "template", ("meta", "chat"))
         one_of(self, "selector", SELECTORS)
         thought_lengths(self)
         at_least(self, ["target_tokens"], 1)
@@ -217,8 +225,13 @@ class RLP(MetaThinkingMethod):
 
     config_class = RLPConfig
 
+    def thought_format(self, lm, tokenizer) -> ThoughtFormat:
+        if self.config.template == "chat":
+            return ChatFormat(tokenizer, self.config.system_prompt)
+        return super().thought_format(lm, tokenizer)
+
     def wrap(self, lm, tokenizer) -> RLPModel:
-        return RLPModel(lm, tokenizer, self.config, self.add_thought_tokens(lm, tokenizer))
+        return RLPModel(lm, tokenizer, self.config, self.thought_format(lm, tokenizer))
 
     def check_window(self, seq_len: int, context: int | None) -> None:
         c = self.config

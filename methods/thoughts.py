@@ -7,6 +7,7 @@ never text: every text metric removes them from the next-token distribution
 (`mask_thought_logits`), so adding them never takes probability from text tokens."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -84,13 +85,57 @@ def meta_prompt(context: list[int], tokens: ThoughtTokens) -> list[int]:
     return [*context, tokens.start]
 
 
-def chat_prompt_ids(tokenizer, user_text: str) -> list[int]:
-    """`user_text` as a user turn through the tokenizer's chat template (generation prompt
-    added), as a plain list of ids; tokenizers without a template encode the text as it is.
-    (transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True); rendering
-    the text first and encoding it is the same on every version.)"""
+def chat_prompt_ids(tokenizer, user_text: str, system: str | None = None) -> list[int]:
+    """`user_text` as a user turn (after a `system` turn when given) through the tokenizer's
+    chat template, generation prompt added, as a plain list of ids; tokenizers without a template
+    encode the text as it is. (transformers 5 returns a BatchEncoding from
+    apply_chat_template(tokenize=True); rendering the text first and encoding it is the same on
+    every version.)"""
     if not getattr(tokenizer, "chat_template", None):
-        return tokenizer.encode(user_text, add_special_tokens=False)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True,
-                                         tokenize=False)
+        return tokenizer.encode(user_text if system is None else f"{system}\n\n{user_text}", add_special_tokens=False)
+    turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_text}]
+    text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+class ThoughtFormat(ABC):
+    """Where a thought sits in text: `prompt(context)` ends where the thought begins, `close_id`
+    ends it, and what the thought is for (the next token, an answer) follows the close.
+    `markers` are the format's own tokens (never drawn into a random, corrupted thought)."""
+
+    close_id: int
+    markers: tuple[int, ...]
+
+    @abstractmethod
+    def prompt(self, context: list[int]) -> list[int]:
+        """The ids that precede a thought about what follows `context` (ids)."""
+
+
+class MetaFormat(ThoughtFormat):
+    """context <|startofthought|> thought <|endofthought|> next token (Quiet-STaR's tokens)."""
+
+    def __init__(self, tokens: ThoughtTokens):
+        self.tokens, self.close_id, self.markers = tokens, tokens.end, tokens.ids
+
+    def prompt(self, context: list[int]) -> list[int]:
+        return meta_prompt(context, self.tokens)
+
+
+class ChatFormat(ThoughtFormat):
+    """A chat model's thinking: a system turn, the context as the user turn, then the assistant
+    thinks between <think> and </think> and continues the text (RLP's appendix prompt). The
+    tokenizer must have a chat template and </think> as one token."""
+
+    def __init__(self, tokenizer, system: str, open_text: str = "<think>\n", close_text: str = "</think>"):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("method.template=chat needs a tokenizer with a chat template; use method.template=meta")
+        close = tokenizer.encode(close_text, add_special_tokens=False)
+        if len(close) != 1:
+            raise ValueError(f"method.template=chat needs {close_text!r} as one token of the tokenizer (it is "
+                             f"{len(close)}); use method.template=meta")
+        self.tokenizer, self.system, self.close_id = tokenizer, system, close[0]
+        self.opening = tokenizer.encode(open_text, add_special_tokens=False)
+        self.markers = (self.close_id, *self.opening)
+
+    def prompt(self, context: list[int]) -> list[int]:
+        return chat_prompt_ids(self.tokenizer, self.tokenizer.decode(context), self.system) + self.opening

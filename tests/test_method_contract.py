@@ -43,8 +43,8 @@ def test_a_class_in_another_package_is_named_by_target(monkeypatch):
     cls = method_class({"name": "sharper", "_target_": "my_methods.sharper.Sharper"})
     method = build_method({"name": "sharper", "_target_": "my_methods.sharper.Sharper", "thought_budget": 3})
     assert isinstance(method, cls) and method.thinks and method.config.thought_budget == 3
-    assert method.think_settings() == {"meta_template": True, "thought_budget": 3, "min_thought_tokens": 1,
-                                       "meta_init": None}
+    assert method.think_settings() == {"template": "meta", "system_prompt": None, "thought_budget": 3,
+                                       "min_thought_tokens": 1, "meta_init": None}
 
 
 def test_only_methods_name_a_method():

@@ -171,3 +171,37 @@ def test_the_loss_averages_each_thoughts_tokens_then_the_thoughts(tokenizer):
         loss.backward()
         torch.testing.assert_close(lp.grad, torch.tensor(grad))
         assert metrics["reward"].item() == pytest.approx(0.0) and metrics["advantage_abs"].item() == pytest.approx(2.0)
+
+
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_the_papers_chat_template_thinks_between_think_tags_after_the_system_prompt():
+    """method.template=chat (the paper's prompt): a system turn, the context as the user turn,
+    the thought between <think> and </think>, S_pred of x_t right after </think>; the thinking
+    evaluation uses the same format, on the base as on the trained model."""
+    tok = train_tokenizer([f"Ann has {i} apples and {i + 3} pears." for i in range(100)], 300)
+    tok.add_special_tokens({"extra_special_tokens": ["<think>", "</think>"]}, replace_extra_special_tokens=False)
+    tok.chat_template = CHAT
+    method = RLP(template="chat", system_prompt="Think, then continue.", group_size=2, thought_budget=3,
+                 min_thought_tokens=1, min_context=2)
+    model = method.wrap(tiny_llama(len(tok)), tok)
+    calls = []
+    real_sample = rlp_module.sample
+    rlp_module.sample = lambda *a, **k: calls.append((a, k)) or real_sample(*a, **k)
+    try:
+        loss, metrics = model(torch.randint(4, 200, (1, 12)))
+    finally:
+        rlp_module.sample = real_sample
+    (lm, prompts), kwargs = calls[0]
+    text = tok.decode(prompts[0])
+    assert text.startswith("<|system|>Think, then continue.\n<|user|>") and text.endswith("<|assistant|><think>\n")
+    assert kwargs["close_id"] == tok.convert_tokens_to_ids("</think>")
+    loss.backward()
+    assert torch.isfinite(loss) and metrics["thought_length"] >= 1
+    scorer = method.think_scorer(tiny_llama(len(tok)), tok, batch_size=2)
+    assert scorer.format.prompt([5, 6])[-2:] == tok.encode("<think>\n", add_special_tokens=False)
+    assert len(scorer.generate(["Ann has 3 apples"], 3)) == 1
+    with pytest.raises(ValueError, match="needs a tokenizer with a chat template; use method.template=meta"):
+        RLP(template="chat").wrap(tiny_llama(300), train_tokenizer(["a b"] * 20, 270))

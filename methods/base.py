@@ -9,6 +9,7 @@ and `step`. The machinery calls, in this order:
     model = method.wrap(lm, tokenizer)          # the trained module (default: the LM itself)
     method.companion_models(model)              # frozen copies beside it (FLOPs; must follow the device)
     method.checkpoint_objects(model)            # extra state saved in every checkpoint
+    method.enable_activation_checkpointing(model)   # when trainer.activation_checkpointing
     per optimizer step, per micro-batch:
         metrics = method.step(model, batch, backward)   # calls backward(loss) once or more
     method.after_optimizer_step(model)          # e.g. an EMA update
@@ -106,6 +107,11 @@ class Method(ABC):
         """Objects with state_dict()/load_state_dict() saved in every checkpoint and restored on
         resume (the trained module, optimizer, scheduler and RNGs are saved anyway)."""
         return []
+
+    def enable_activation_checkpointing(self, model: nn.Module) -> None:
+        """trainer.activation_checkpointing: recompute activations in the backward pass instead
+        of keeping them. Default: the library's own, per decoder layer, on the LM."""
+        self.language_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # ------------------------------------------------------------------ training
     @abstractmethod

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tokreason.methods.lm import context_length, lm_device
+from tokreason.methods.lm import chunked, context_length, hidden_states, lm_device, output_head
 from tokreason.methods.sampler import sample
 from tokreason.methods.thoughts import MetaFormat, ThoughtFormat, thought_tokens
 from tokreason.methods.token_bytes import token_byte_table
@@ -68,6 +68,23 @@ class PlainScorer:
         return F.log_softmax(self.lm(input_ids=ids).logits.float(), dim=-1)
 
     @torch.no_grad()
+    def target_scores(self, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """At (row, col) positions of right-padded ids [B, L]: log p(target | ids[row, :col+1])
+        and whether the target is the greedy token [P]. The head runs at those positions only,
+        in chunks (no [B, L, V] logits)."""
+        hidden = hidden_states(self.lm, input_ids=ids)[rows, cols]
+        head = output_head(self.lm)
+
+        def score(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            logits = head(h).float()
+            logprob = logits.gather(-1, t[:, None])[:, 0] - torch.logsumexp(logits, -1)
+            return torch.stack([logprob, (logits.argmax(-1) == t).float()], -1)
+
+        out = chunked(score, hidden, targets, width=head.vocab_size)
+        return out[:, 0], out[:, 1].bool()
+
+    @torch.no_grad()
     def score_spans(self, sequences: list[list[int]], starts: list[int]) -> list[tuple[float, bool]]:
         """For each sequence, the tokens from `start` on: sum log p and all-greedy."""
         out: list[tuple[float, bool] | None] = [None] * len(sequences)
@@ -76,14 +93,17 @@ class PlainScorer:
             chunk = order[b: b + self.batch_size]
             width = max(len(sequences[i]) for i in chunk)
             ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long, device=self.device)
+            rows, cols, spans = [], [], {}
             for r, i in enumerate(chunk):
                 ids[r, : len(sequences[i])] = torch.tensor(sequences[i], device=self.device)
-            logprobs = self.next_token_logprobs(ids)  # causal: the right padding changes nothing before it
-            for r, i in enumerate(chunk):
-                seq, start = sequences[i], starts[i]
-                target = ids[r, start: len(seq)]
-                lp = logprobs[r, start - 1: len(seq) - 1]
-                out[i] = (float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+                span = range(starts[i] - 1, len(sequences[i]) - 1)  # causal: the right padding changes nothing before it
+                spans[i] = slice(len(cols), len(cols) + len(span))
+                rows += [r] * len(span)
+                cols += list(span)
+            rows_t, cols_t = torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)
+            logprobs, greedy = self.target_scores(ids, rows_t, cols_t, ids[rows_t, cols_t + 1])
+            for i, span in spans.items():
+                out[i] = (float(logprobs[span].sum()), bool(greedy[span].all()))
         return out
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
@@ -137,8 +157,11 @@ class PlainScorer:
         nll = []
         for b in range(0, len(windows), self.batch_size):
             ids = windows[b: b + self.batch_size].to(self.device)
-            lp = self.next_token_logprobs(ids)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
-            nll.append(-lp.mean(-1))
+            n, length = ids.shape
+            rows = torch.arange(n, device=self.device).repeat_interleave(length - 1)
+            cols = torch.arange(length - 1, device=self.device).repeat(n)
+            logprobs, _ = self.target_scores(ids, rows, cols, ids[rows, cols + 1])
+            nll.append(-logprobs.view(n, length - 1).mean(-1))
         return torch.cat(nll).cpu()
 
     @torch.no_grad()
@@ -149,9 +172,9 @@ class PlainScorer:
         correct = []
         for b in range(0, len(windows), self.batch_size):
             ids = windows[b: b + self.batch_size]
-            predicted = self.next_token_logprobs(ids).argmax(-1)
-            rows = where[(where[:, 0] >= b) & (where[:, 0] < b + len(ids))]
-            correct.append(predicted[rows[:, 0] - b, rows[:, 1]] == ids[rows[:, 0] - b, rows[:, 1] + 1])
+            picked = where[(where[:, 0] >= b) & (where[:, 0] < b + len(ids))].to(self.device)
+            rows, cols = picked[:, 0] - b, picked[:, 1]
+            correct.append(self.target_scores(ids, rows, cols, ids[rows, cols + 1])[1])
         return torch.cat(correct).cpu() if correct else torch.zeros(0, dtype=torch.bool)
 
 

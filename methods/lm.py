@@ -19,6 +19,18 @@ def lm_device(lm) -> torch.device:
     return lm.get_input_embeddings().weight.device
 
 
+def hidden_states(lm, **inputs) -> torch.Tensor:
+    """The final hidden states [B, T, H] of a causal LM, without its head (the head is applied
+    where a loss or a score needs it: output_head, head_logprobs)."""
+    return lm.base_model(**inputs).last_hidden_state
+
+
+def mean_nll(lm, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of windows ids [B, L] (float32), logits in chunks (never [B, L, V] at once)."""
+    hidden = hidden_states(lm, input_ids=ids)[:, :-1]
+    return -head_logprobs(output_head(lm), hidden, ids[:, 1:]).mean()
+
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(logits / temperature)[target] for every row, in float32, without keeping a
     float32 copy of the whole [.., V] log-softmax: logsumexp is taken per row and the target's
@@ -30,3 +42,95 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
 def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Mean NLL of token t+1 given tokens <= t, in float32 (bf16 logits lose too much)."""
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten())
+
+
+class OutputHead:
+    """hidden [.., H] -> logits [.., V]: the LM head, with the final logit transforms some
+    architectures apply after it (a logit scale, a soft cap), so a head applied to chunks of
+    hidden states gives what lm(...).logits would."""
+
+    def __init__(self, lm):
+        self.linear = lm.get_output_embeddings()
+        self.vocab_size = self.linear.weight.shape[0]
+        self.scale = getattr(lm.config, "logit_scale", None)
+        self.cap = getattr(lm.config, "final_logit_softcapping", None)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.linear(hidden)
+        if self.scale:
+            out = out * self.scale
+        if self.cap:
+            out = torch.tanh(out / self.cap) * self.cap
+        return out
+
+
+def output_head(lm) -> OutputHead:
+    return OutputHead(lm)
+
+
+HEAD_CHUNK = 2**26  # logits (elements) per chunk of a chunked head: rows x V <= 64M, 256 MB in float32
+
+
+def fits_one_chunk(rows: int, width: int) -> bool:
+    """Whether rows x width elements (logits of `rows` rows over a vocabulary of `width`) fit one chunk."""
+    return rows * width <= HEAD_CHUNK
+
+
+def chunked(fn, *tensors: torch.Tensor, chunk: int | None = None, width: int = 1) -> torch.Tensor:
+    """fn over row chunks of the inputs (flattened to [N, ..]), concatenated. A chunk has
+    HEAD_CHUNK // width rows (width: the size of fn's largest intermediate per row, the
+    vocabulary for a head). When the rows do not fit one chunk and gradients are on, each chunk
+    is activation-checkpointed, so fn's intermediates (full-vocabulary logits) exist for one
+    chunk at a time and are recomputed in the backward pass instead of kept."""
+    from torch.utils.checkpoint import checkpoint
+
+    chunk = chunk or max(1, HEAD_CHUNK // width)
+    shape = tensors[0].shape[:-1] if tensors[0].ndim > 1 else tensors[0].shape
+    flat = [t.reshape(-1, *t.shape[len(shape):]) for t in tensors]
+    n = flat[0].shape[0]
+    if n <= chunk:
+        out = fn(*flat)
+    else:
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in flat)
+        parts = [checkpoint(fn, *(t[i: i + chunk] for t in flat), use_reentrant=False) if grad
+                 else fn(*(t[i: i + chunk] for t in flat)) for i in range(0, n, chunk)]
+        out = torch.cat(parts)
+    return out.reshape(*shape, *out.shape[1:])
+
+
+def head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                  masked_ids=(), chunk: int | None = None) -> torch.Tensor:
+    """log softmax(head(hidden) / temperature)[target] at every row of hidden [.., H], targets
+    [..], the `masked_ids` removed from the distribution: chunked, never a full [.., V] float32
+    log-softmax, and with gradients only `hidden` is kept for backward (the logits are recomputed)."""
+    masked = list(masked_ids)
+
+    def rows(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float()
+        if masked:
+            logits = logits.index_fill(-1, torch.tensor(masked, device=logits.device), float("-inf"))
+        return token_logprobs(logits, t, temperature)
+
+    return chunked(rows, hidden, targets, chunk=chunk, width=getattr(head, "vocab_size", 1))
+
+
+def checkpoint_mlps(lm) -> int:
+    """Activation-checkpoint the MLP of every decoder layer (a submodule named `mlp`): its
+    intermediate activations (the widest of a layer) are recomputed in the backward pass
+    instead of kept. Returns how many were wrapped."""
+    from torch.utils.checkpoint import checkpoint
+
+    wrapped = 0
+    for module in lm.modules():
+        mlp = getattr(module, "mlp", None)
+        if isinstance(mlp, torch.nn.Module) and not getattr(mlp, "_tokreason_checkpointed", False):
+            forward = mlp.forward
+
+            def run(*args, _forward=forward, **kwargs):
+                if torch.is_grad_enabled():
+                    return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+                return _forward(*args, **kwargs)
+
+            mlp.forward, mlp._tokreason_checkpointed = run, True
+            wrapped += 1
+    return wrapped

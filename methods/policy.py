@@ -1,7 +1,7 @@
 """Advantages and policy-gradient losses shared by the methods."""
 import torch
 
-from tokreason.methods.lm import token_logprobs
+from tokreason.methods.lm import head_logprobs, token_logprobs
 
 
 def group_advantages(rewards: torch.Tensor, clamp_min: float | None = None) -> torch.Tensor:
@@ -35,19 +35,20 @@ AGGREGATIONS = ("token", "sequence")
 
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                       mask: torch.Tensor, eps_low: float, eps_high: float, aggregation: str = "token",
-                      rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      rows: int | None = None, tokens: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped objective per token, -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A), with
     rho = pi / pi_old. Shapes: [R, T], advantages [R]. Aggregation:
     - token: the mean over all masked tokens of the batch (longer rollouts weigh more);
     - sequence: each rollout's own token mean, then the mean over rollouts (RLP's Eq. 8:
-      1/|c| per thought, then 1/(B G)); rollouts without a masked token count as zero, and
-      `rows` (default R) is the divisor, so chunks of one batch add up to the whole.
+      1/|c| per thought, then 1/(B G)); rollouts without a masked token count as zero.
+    `rows` and `tokens` (default: this call's) are the batch's whole counts, so that micro-batches
+    of one rollout batch add up to its loss (and its clip fraction).
     Returns the loss and the fraction of masked tokens where the clip was active."""
     ratio = torch.exp(logprobs - old_logprobs)
     a = advantages[:, None]
     unclipped, clipped = ratio * a, ratio.clamp(1 - eps_low, 1 + eps_high) * a
     weights = mask.to(logprobs.dtype)
-    count = weights.sum().clamp(min=1)
+    count = tokens if tokens is not None else weights.sum().clamp(min=1)
     per_token = torch.minimum(unclipped, clipped) * weights
     if aggregation == "token":
         loss = -per_token.sum() / count
@@ -59,11 +60,14 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     return loss, clip_fraction.detach()
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The k3 estimator of KL(pi || pi_ref), averaged over the masked tokens."""
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+               tokens: float | None = None) -> torch.Tensor:
+    """The k3 estimator of KL(pi || pi_ref), averaged over the masked tokens (`tokens`: the whole
+    batch's count, for micro-batches)."""
     d = ref_logprobs - logprobs
     weights = mask.to(logprobs.dtype)
-    return ((torch.exp(d) - d - 1) * weights).sum() / weights.sum().clamp(min=1)
+    count = tokens if tokens is not None else weights.sum().clamp(min=1)
+    return ((torch.exp(d) - d - 1) * weights).sum() / count
 
 
 def behaviour_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, close_id: int | None = None,
@@ -76,3 +80,13 @@ def behaviour_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: 
         masked[:min_thought_tokens, close_id] = True
         logits = logits.masked_fill(masked, float("-inf"))
     return token_logprobs(logits, tokens, temperature)
+
+
+def behaviour_logprobs_from_hidden(head, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                                   close_id: int | None = None, min_thought_tokens: int = 0) -> torch.Tensor:
+    """behaviour_logprobs from hidden states [R, T, H] (the head applied in chunks: no [R, T, V]
+    logits kept for backward)."""
+    k = min(min_thought_tokens, tokens.shape[1]) if close_id is not None else 0
+    parts = [head_logprobs(head, hidden[:, :k], tokens[:, :k], temperature, [close_id])] if k else []
+    parts.append(head_logprobs(head, hidden[:, k:], tokens[:, k:], temperature))
+    return torch.cat(parts, dim=1)

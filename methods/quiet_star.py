@@ -25,16 +25,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from tokreason.methods.base import Method, step_seed
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
 from tokreason.methods.inference import PlainScorer
-from tokreason.methods.lm import context_length, next_token_nll
+from tokreason.methods.lm import checkpoint_mlps, chunked, fits_one_chunk, context_length, head_logprobs, output_head, token_logprobs
 from tokreason.methods.policy import group_advantages, reinforce_loss
 from tokreason.methods.registry import register_method
 from tokreason.methods.settings import at_least, one_of, positive
-from tokreason.methods.thought_attention import THOUGHT_ATTENTION
+from tokreason.methods.thought_attention import THOUGHT_ATTENTION, ThoughtCache
 from tokreason.methods.thoughts import add_thought_tokens
 from tokreason.methods.verifier import Continuation, Rollouts, continuation_log_likelihood
 
@@ -55,6 +56,7 @@ class QuietStarConfig:
     meta_init: str = "---"          # start/end embeddings start from this string's first token
     meta_grad_scale: float = 100.0  # stored as e/scale, used as scale*p: gradient x scale (under Adam ~ lr x scale)
     attention: str = "fast"         # fast: causal text + own-thought diagonal | dense: the official growing mask
+    checkpoint_mlp: bool = False    # recompute every layer's MLP in the backward pass: most of a step's activations
     thought_corrupt: str = "none"   # the ablation: none | shuffle | random (see forward)
 
     def __post_init__(self):
@@ -126,6 +128,14 @@ class QuietStarModel(nn.Module):
         self.meta = nn.Parameter(torch.stack([start, start.clone()]) / config.meta_grad_scale)  # rows: <start>, <end>
         self.mixing_head = MixingHead(embed.embedding_dim).to(device=embed.weight.device, dtype=embed.weight.dtype)
         self.context = context_length(lm.config)
+        self.checkpoint_steps = False  # activation checkpointing of every step (Method.enable_activation_checkpointing)
+        if config.checkpoint_mlp:
+            checkpoint_mlps(lm)
+
+    @property
+    def head(self):
+        """hidden -> logits: the LM's head (a property, so no second reference to its weights)."""
+        return output_head(self.lm)
 
     # ------------------------------------------------------------------ the thought pass
     def think(self, ids: torch.Tensor, talk: int, greedy: bool = False, dense: bool | None = None,
@@ -134,19 +144,11 @@ class QuietStarModel(nn.Module):
         for the text, then one per thought token and per talk token, each over all L positions.
         `thoughts` [N, L, m] replays given thought tokens instead of sampling."""
         c = self.config
-        dense = (c.attention == "dense") if dense is None else dense
         n, length = ids.shape
-        backbone, lm_head, embed = self.lm.base_model, self.lm.get_output_embeddings(), self.lm.get_input_embeddings()
-        positions = torch.arange(length, device=ids.device).expand(n, length)
-        cache = DynamicCache()  # every key kept: a sliding-window cache would drop text keys (the mask applies the window)
-        base_hidden = backbone(input_ids=ids, position_ids=positions, cache=cache, use_cache=True).last_hidden_state
+        embed = self.lm.get_input_embeddings()
+        step = self._stepper(ids, (c.attention == "dense") if dense is None else dense)
+        base_hidden = step(None, 0)
         meta = (self.meta * c.meta_grad_scale).to(base_hidden.dtype)
-        mode = {"thought_text_len": length, "thought_dense": dense}
-
-        def step(inputs: torch.Tensor, offset: int) -> torch.Tensor:
-            return backbone(inputs_embeds=inputs, position_ids=positions + offset, cache=cache,
-                            use_cache=True, **mode).last_hidden_state
-
         x = meta[0].expand(n, length, -1)
         thought_ids, policy_logprobs = [], []
         m = c.sampled_tokens
@@ -154,16 +156,8 @@ class QuietStarModel(nn.Module):
             hidden = step(x, s)
             if s > m:
                 break
-            logits = lm_head(hidden).float()
-            logits[..., list(self.meta_ids)] = float("-inf")  # meta-tokens are never thought
-            if thoughts is not None:
-                token = thoughts[:, :, s - 1]
-            elif greedy:
-                token = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits.detach() / c.temperature, dim=-1)
-                token = torch.multinomial(probs.view(-1, probs.shape[-1]), 1).view(n, length)
-            policy_logprobs.append(F.log_softmax(logits / c.reinforce_temperature, dim=-1).gather(-1, token[..., None])[..., 0])
+            token, logprob = self.thought_token(hidden, greedy, thoughts[:, :, s - 1] if thoughts is not None else None)
+            policy_logprobs.append(logprob)
             thought_ids.append(token)
             x = embed(token)
         x = meta[1].expand(n, length, -1)
@@ -177,17 +171,86 @@ class QuietStarModel(nn.Module):
                            torch.stack(thought_ids, -1) if thought_ids else empty,
                            torch.stack(policy_logprobs, -1) if policy_logprobs else empty.float())
 
+    def _stepper(self, ids: torch.Tensor, dense: bool):
+        """step(inputs, s): the backbone over the text (s = 0, inputs None) or over one new token
+        at every position (thought/talk step s, at positions t + s), through a ThoughtCache. With
+        checkpoint_steps each step is activation-checkpointed: its forward runs again in the
+        backward pass (the cache takes the recomputed keys in the same slot)."""
+        n, length = ids.shape
+        backbone, cache = self.lm.base_model, ThoughtCache()
+        positions = torch.arange(length, device=ids.device).expand(n, length)
+        no_mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=ids.device)  # a 4D mask: none is built (ours is)
+
+        def run(inputs, offset: int):
+            cache.step = offset
+            if offset == 0:
+                return backbone(input_ids=ids, position_ids=positions, cache=cache, use_cache=True).last_hidden_state
+            return backbone(inputs_embeds=inputs, position_ids=positions + offset, cache=cache, use_cache=True,
+                            attention_mask=no_mask, thought_text_len=length, thought_dense=dense,
+                            thought_cache=cache).last_hidden_state
+
+        def step(inputs, offset: int):
+            if self.checkpoint_steps and torch.is_grad_enabled():
+                return checkpoint(run, inputs, offset, use_reentrant=False)
+            return run(inputs, offset)
+
+        return step
+
+    def thought_token(self, hidden: torch.Tensor, greedy: bool, given: torch.Tensor | None):
+        """The thought token at every position (sampled at `temperature`, greedy, or `given`;
+        meta-tokens are never thought) and its log-prob at the REINFORCE temperature, with
+        gradient. Logits that fit one chunk are computed once; larger ones are chunked (drawn
+        without gradient, scored by the checkpointed head_logprobs)."""
+        c, head = self.config, self.head
+        if not fits_one_chunk(hidden[..., :1].numel(), head.vocab_size):
+            token = given if given is not None else self.draw(hidden, greedy)
+            return token, head_logprobs(head, hidden, token, c.reinforce_temperature, self.meta_ids)
+        logits = head(hidden).float().index_fill(-1, torch.tensor(self.meta_ids, device=hidden.device), float("-inf"))
+        token = given if given is not None else self._pick(logits.detach(), greedy)
+        return token, token_logprobs(logits, token, c.reinforce_temperature)
+
+    @torch.no_grad()
+    def draw(self, hidden: torch.Tensor, greedy: bool) -> torch.Tensor:
+        """A thought token at every position (meta-tokens are never thought), in chunks of positions."""
+        masked = torch.tensor(self.meta_ids, device=hidden.device)
+        return chunked(lambda h: self._pick(self.head(h).float().index_fill(-1, masked, float("-inf")), greedy),
+                       hidden, width=self.head.vocab_size)
+
+    def _pick(self, logits: torch.Tensor, greedy: bool) -> torch.Tensor:
+        """argmax, or a draw from softmax(logits / temperature) by inverting its CDF (one uniform
+        number per row, not one per vocabulary entry)."""
+        if greedy:
+            return logits.argmax(-1)
+        cdf = torch.softmax(logits / self.config.temperature, dim=-1).cumsum(-1)
+        u = torch.rand(cdf.shape[:-1] + (1,), device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]
+        return torch.searchsorted(cdf, u)[..., 0].clamp(max=logits.shape[-1] - 1)
+
     # ------------------------------------------------------------------ mixing
     def mixed_logprobs(self, base_hidden: torch.Tensor, talk_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log p of the mixed prediction [.., V] and the mixing weight [.., 1]."""
-        lm_head = self.lm.get_output_embeddings()
+        """log p of the mixed prediction [.., V] and the mixing weight [.., 1] (inference: every
+        token's log-prob; training reads only the true tokens', mixed_target_logprobs)."""
         w = self.mixing_head(base_hidden, talk_hidden)
         if self.config.form == "official":
-            mixed = (1 - w) * base_hidden + w * talk_hidden
-            return F.log_softmax(lm_head(mixed).float(), dim=-1), w
-        base = F.log_softmax(lm_head(base_hidden).float(), dim=-1)
-        thought = F.log_softmax(lm_head(talk_hidden).float(), dim=-1)
+            return F.log_softmax(self.head((1 - w) * base_hidden + w * talk_hidden).float(), dim=-1), w
+        base = F.log_softmax(self.head(base_hidden).float(), dim=-1)
+        thought = F.log_softmax(self.head(talk_hidden).float(), dim=-1)
         return F.log_softmax((1 - w.float()) * base + w.float() * thought, dim=-1), w
+
+    def mixed_target_logprobs(self, base_hidden, talk_hidden, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p_mixed(target) [..] and the mixing weight [.., 1], chunked: no [.., V] float32
+        log-softmax is kept (official: the head once, on the mixed hidden state; paper: the
+        mixture of the two log-softmaxes, recomputed in the backward pass)."""
+        w = self.mixing_head(base_hidden, talk_hidden)
+        if self.config.form == "official":
+            return head_logprobs(self.head, (1 - w) * base_hidden + w * talk_hidden, targets), w
+
+        def rows(b: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            lp_base = F.log_softmax(self.head(b).float(), dim=-1)
+            lp_thought = F.log_softmax(self.head(t).float(), dim=-1)
+            mixed = (1 - weight.float()) * lp_base + weight.float() * lp_thought
+            return mixed.gather(-1, target)[:, 0] - torch.logsumexp(mixed, dim=-1)
+
+        return chunked(rows, base_hidden, talk_hidden, w, targets[..., None], width=2 * self.head.vocab_size), w
 
     def talk_scores(self, ids: torch.Tensor, tp: ThoughtPass):
         """log p_mixed of each true talk token [N, L, T], those tokens [N, L, T], where they exist
@@ -197,9 +260,9 @@ class QuietStarModel(nn.Module):
         scores, targets, valid, weights = [], [], [], []
         for j in range(talk):  # talk step j at position t predicts x_{t+j+1}, paired with the base state at t+j
             base = F.pad(tp.base_hidden[:, j:], (0, 0, 0, j))
-            logprobs, w = self.mixed_logprobs(base, tp.talk_hidden[:, :, j])
             target = F.pad(ids[:, j + 1:], (0, j + 1), value=0)
-            scores.append(logprobs.gather(-1, target[..., None])[..., 0])
+            score, w = self.mixed_target_logprobs(base, tp.talk_hidden[:, :, j], target)
+            scores.append(score)
             targets.append(target)
             valid.append(torch.arange(length, device=ids.device) + j + 1 < length)
             weights.append(w.detach().abs().mean())
@@ -238,7 +301,7 @@ class QuietStarModel(nn.Module):
         ids = input_ids.repeat_interleave(c.n_passes, dim=0)
         scores, targets, valid, mix_weight = self.talk_scores(ids, tp)
         mixed_nll = -(scores * valid).sum() / (valid.sum() * ids.shape[0])
-        base_nll = next_token_nll(self.lm.get_output_embeddings()(tp.base_hidden), ids)
+        base_nll = -head_logprobs(self.head, tp.base_hidden[:, :-1], ids[:, 1:]).mean()
         nll = 0.5 * base_nll + 0.5 * mixed_nll if c.form == "official" else mixed_nll
 
         # Each position is a group of n_passes thoughts: [B, P, L, .] -> [B*L, P, .]
@@ -342,6 +405,12 @@ class QuietStarScorer(PlainScorer):
         return self.model.next_token_logprobs(ids)
 
     @torch.no_grad()
+    def target_scores(self, ids, rows, cols, targets):
+        """The mixed prediction's log p of each target, and whether it is the greedy token."""
+        logprobs = self.next_token_logprobs(ids)[rows, cols]
+        return logprobs.gather(-1, targets[:, None])[:, 0], logprobs.argmax(-1) == targets
+
+    @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[str]:
         # QuietStarModel.generate takes prompts of one length (no padding inside its thoughts'
         # cache), so prompts of equal length are batched together.
@@ -381,6 +450,12 @@ class QuietStar(Method):
         loss, metrics, _ = model(input_ids=batch["input_ids"])
         backward(loss)
         return metrics
+
+    def enable_activation_checkpointing(self, model: QuietStarModel) -> None:
+        """Every step of the thought pass is checkpointed (its forward runs again in the backward
+        pass, the ThoughtCache taking the recomputed keys): the library's own checkpointing
+        would switch the KV cache the thought steps read off."""
+        model.checkpoint_steps = True
 
     def export(self, model: QuietStarModel, folder: Path) -> None:
         model.save_extra(folder)

@@ -23,14 +23,15 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tokreason.methods.base import MetaThinkingMethod, MethodModule, skipped_loss, step_seed
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
-from tokreason.methods.policy import behaviour_logprobs, clipped_surrogate
+from tokreason.methods.lm import head_logprobs, hidden_states, output_head
+from tokreason.methods.policy import behaviour_logprobs_from_hidden, clipped_surrogate
 from tokreason.methods.registry import register_method
-from tokreason.methods.sampler import sample
+from tokreason.methods.thought_attention import use_tokreason_attention
+from tokreason.methods.sampler import Samples, sample, sample_in_batches
 from tokreason.methods.selectors import SELECTORS, choose_positions
 from tokreason.methods.settings import at_least, one_of, thought_lengths
 from tokreason.methods.thoughts import ChatFormat, ThoughtFormat
@@ -86,6 +87,7 @@ class RLPModel(MethodModule):
         self.ema = EMA(lm, config.ema_decay, "cpu" if config.ema_device == "cpu" else None,
                        torch.float32 if config.ema_dtype == "float32" else None)  # from the first weights
         self.last_timing: dict[str, float] = {}  # seconds per phase of the last step (benchmarks read it)
+        self.batch: "ThoughtBatch | None" = None  # the step's batch, between its phases
 
     def companions(self) -> list:
         return [] if self.config.ema_device == "cpu" else [(self.ema.model, self.config.ema_dtype == "model")]
@@ -96,84 +98,145 @@ class RLPModel(MethodModule):
                                 threshold=m.entropy_threshold, fraction=m.top_fraction, min_context=m.min_context,
                                 min_continuation=m.target_tokens)
 
-    def forward(self, input_ids: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor | None = None, phase: str = "step", rows: slice = slice(None)):
+        """One step through the trained module (so DDP/FSDP see every forward): "rollout"
+        (call without gradient): positions, thoughts, S_EMA into self.batch (None: no position);
+        "update": rows of it (whole groups) -> (loss, metrics), normalised by the whole batch so
+        that micro-batches add up; "skip": a zero loss on every parameter; "step": all at once."""
+        if phase == "rollout":
+            self.batch = self.rollout_batch(input_ids)
+            return self.batch is not None
+        if phase == "update":
+            return self.update(self.batch, rows)
+        if phase == "skip" or not self.forward(input_ids, phase="rollout"):
+            return skipped_loss(self.lm, METRICS)
+        return self.update(self.batch, slice(None))
+
+    @torch.no_grad()
+    def rollout_batch(self, input_ids: torch.Tensor) -> "ThoughtBatch | None":
         m, g = self.config, self.config.group_size
         clock = time.perf_counter()
         where = self.positions(input_ids)
-        if len(where) == 0:  # no position with enough context and continuation: skip, counted
-            return skipped_loss(self.lm, METRICS)
+        if len(where) == 0:  # no position with enough context and continuation: skipped, counted
+            return None
         rows, ts = where[:, 0], where[:, 1]
-        n = len(where)
+        n, k, pad = len(where), m.target_tokens, self.tokenizer.pad_token_id or 0
         prompts = [self.format.prompt(input_ids[r, : t + 1].tolist()) for r, t in where.tolist()]
         seed, rank = step_seed()
         was_training = self.lm.training
         self.lm.eval()
-        samples = sample(self.lm, prompts, repeats=g, keys=[rank * 2**24 + i for i in range(n * g)], seed=seed,
-                         temperature=m.temperature, thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens, close_id=self.end_id,
-                         max_prediction_tokens=0, stop_ids=[], pad_id=self.tokenizer.pad_token_id or 0)
+        samples = sample_in_batches(self.lm, prompts, sampler=sample, rollouts_per_call=m.sample_batch_size, repeats=g,
+                                    keys=[rank * 2**24 + i for i in range(n * g)], seed=seed, temperature=m.temperature,
+                                    thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens,
+                                    close_id=self.end_id, max_prediction_tokens=0, stop_ids=[], pad_id=pad)
         self.lm.train(was_training)
         sampled_at = time.perf_counter()
-
-        # One teacher-forced pass: [prompt | thought, <end> | x_{t+1} .. x_{t+k}] (the targets right
-        # after each row's own <end>); thought log-probs keep their gradient, S_pred does not.
-        k = m.target_tokens
         targets = torch.stack([input_ids[rows, ts + 1 + j] for j in range(k)], dim=-1)  # [n, k]
-        lengths = samples.thought_len + 1   # thought + <end> (the sampler always closes it; a sampled pad id is a token too)
         thought = samples.tokens
         if m.thought_corrupt != "none":
-            # The ablation: S_pred is scored after the corrupted thought (same length, same <end>)
+            # The ablation: S_pred is scored after the corrupted thought (same length, same close)
             # and the surrogate pushes on the corrupted tokens' log-probs. The corruption's noise
             # comes from the step's seed: no extra global RNG draw.
-            pad = self.tokenizer.pad_token_id or 0
             thought = corrupt_thoughts(samples.tokens, samples.thought_len, m.thought_corrupt, corruption_generator(seed, rank),
                                        self.vocab_size, [*self.format.markers, self.tokenizer.eos_token_id, pad])
-        width, steps = samples.prompt_ids.shape[1], samples.tokens.shape[1]
-        full = torch.cat([samples.prompt_ids, thought, samples.tokens.new_zeros(n * g, k)], dim=1)
-        mask = torch.cat([samples.prompt_mask, torch.zeros_like(samples.tokens), samples.tokens.new_zeros(n * g, k)], dim=1)
-        repeated_targets = targets.repeat_interleave(g, dim=0)
-        for r in range(n * g):
-            end = width + int(lengths[r])
-            mask[r, width:end + k] = 1
-            full[r, end:end + k] = repeated_targets[r]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.lm(input_ids=full, attention_mask=mask, position_ids=positions).logits.float()
-        # the behaviour policy: the distribution the sampler drew from (close masked below min_thought_tokens)
-        thought_lp = behaviour_logprobs(logits[:, width - 1: width - 1 + steps], thought, m.temperature, self.end_id,
-                                        m.min_thought_tokens)
-        score_at = width - 1 + lengths[:, None] + torch.arange(k, device=full.device)[None]  # predicts each target
-        target_lp = F.log_softmax(logits.detach(), -1).gather(1, score_at[..., None].expand(-1, -1, logits.shape[-1]))
-        s_pred = target_lp.gather(-1, repeated_targets[..., None])[..., 0].sum(-1).view(n, g)
-        with torch.no_grad():
-            ema_device = next(self.ema.model.parameters()).device
-            ema_logits = self.ema.model(input_ids=input_ids.to(ema_device)).logits.float().to(logits.device)
-            ema_lp = F.log_softmax(ema_logits, -1)
-            s_ema = torch.stack([ema_lp[rows, ts + j].gather(-1, targets[:, j:j + 1])[:, 0] for j in range(k)], -1).sum(-1)
-        scored_at = time.perf_counter()
+        batch = ThoughtBatch.build(samples, thought, targets, self.s_ema(input_ids, rows, ts, targets), g)
+        self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
+        return batch
 
-        loss, metrics = self.objective(thought_lp, samples.sampled, s_pred, s_ema)
-        metrics.update({"thought_length": samples.thought_len.float().mean(), "thought_closed": samples.closed.float().mean(),
-                        "positions": float(n), "skipped_batch": 0.0})
-        self.last_timing = {"sampling": sampled_at - clock, "scoring": scored_at - sampled_at}
+    def s_ema(self, input_ids, rows, ts, targets) -> torch.Tensor:
+        """The EMA's log p of the true targets on the plain context [n] (summed over them): its
+        hidden states over the windows, the head only where the targets are predicted."""
+        ema = self.ema.model
+        device = next(ema.parameters()).device
+        hidden = hidden_states(ema, input_ids=input_ids.to(device))
+        at = torch.stack([ts + j for j in range(targets.shape[1])], -1).to(device)  # [n, k]
+        picked = hidden[rows.to(device)[:, None], at]  # [n, k, H]
+        return head_logprobs(output_head(ema), picked, targets.to(device)).sum(-1).to(targets.device)
+
+    def update(self, batch: "ThoughtBatch", rows: slice):
+        """One teacher-forced pass over [prompt | thought, close | x_{t+1} .. x_{t+k}]: the thought
+        tokens' log-probs with gradient (under the distribution the sampler drew from), S_pred
+        right after each row's own close, without; the head only at those positions."""
+        m, g = self.config, self.config.group_size
+        hidden = hidden_states(self.lm, input_ids=batch.full[rows], attention_mask=batch.mask[rows],
+                               position_ids=batch.positions[rows])
+        width, steps = batch.width, batch.thought.shape[1]
+        head = output_head(self.lm)
+        thought_lp = behaviour_logprobs_from_hidden(head, hidden[:, width - 1: width - 1 + steps], batch.thought[rows],
+                                                    m.temperature, self.end_id, m.min_thought_tokens)
+        at = batch.score_at[rows]  # [r, k]: the positions that predict each target
+        with torch.no_grad():  # S_pred is a reward: no gradient
+            target_hidden = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
+            s_pred = head_logprobs(head, target_hidden, batch.targets[rows]).sum(-1).view(-1, g)
+        groups = slice(rows.start // g if rows.start else None, rows.stop // g if rows.stop else None)
+        whole = {} if rows == slice(None) else dict(  # a micro-batch: normalised by the whole batch's counts
+            rows=len(batch.full), tokens=batch.sampled.sum().clamp(min=1).float(), positions=len(batch.s_ema))
+        loss, metrics = self.objective(thought_lp, batch.sampled[rows], s_pred, batch.s_ema[groups], **whole)
+        if rows == slice(None):
+            metrics.update(batch.stats)
         return loss, metrics
 
     def objective(self, thought_logprobs: torch.Tensor, thought_mask: torch.Tensor, s_pred: torch.Tensor,
-                  s_ema: torch.Tensor) -> tuple[torch.Tensor, dict]:
+                  s_ema: torch.Tensor, rows: int | None = None, tokens=None, positions: int | None = None):
         """Reward, advantage and the clipped surrogate on the thought tokens [n*G, T]. s_pred
         [n, G]: log p of the true target tokens after each thought (summed over them); s_ema
-        [n]: the EMA's log p of them on the plain context."""
+        [n]: the EMA's log p of them on the plain context. rows / tokens / positions: the whole
+        batch's counts when these are a micro-batch of it (every metric then adds up)."""
         m = self.config
         n, g = s_pred.shape
-        rollouts = Rollouts(continuation_logprobs=s_pred[..., None],
-                            reference_logprobs=s_ema[:, None])
+        positions = positions or n
+        rollouts = Rollouts(continuation_logprobs=s_pred[..., None], reference_logprobs=s_ema[:, None])
         rewards = information_gain(rollouts, Continuation(ids=s_ema.new_zeros(n, 1, dtype=torch.long),
                                                           mask=torch.ones(n, 1, dtype=torch.bool, device=s_ema.device)))
         advantages = rlp_advantages(rewards, m.advantage)
         loss, clip_fraction = clipped_surrogate(thought_logprobs, thought_logprobs.detach(), advantages.reshape(-1),
-                                                thought_mask, m.clip_eps_low, m.clip_eps_high,
+                                                thought_mask, m.clip_eps_low, m.clip_eps_high, rows=rows, tokens=tokens,
                                                 aggregation="sequence" if m.loss_aggregation == "thought" else "token")
-        return loss, {"loss": loss.detach(), "reward": rewards.mean(), "reward_std": rewards.std(-1, unbiased=False).mean(),
-                      "advantage_abs": advantages.abs().mean(), "s_pred": s_pred.mean(), "s_ema": s_ema.mean(),
-                      "clip_fraction": clip_fraction}
+        return loss, {"loss": loss.detach(), "reward": rewards.sum() / (positions * g),
+                      "reward_std": rewards.std(-1, unbiased=False).sum() / positions,
+                      "advantage_abs": advantages.abs().sum() / (positions * g), "s_pred": s_pred.sum() / (positions * g),
+                      "s_ema": s_ema.sum() / positions, "clip_fraction": clip_fraction}
+
+
+@dataclass
+class ThoughtBatch:
+    """RLP's rollout batch between its phases: rows [prompt | thought, close | targets] (prompts
+    left-padded; rows prompt-major, G per position), what the update needs to score them, and
+    the batch's logged statistics."""
+
+    full: torch.Tensor        # [R, P + T + k]
+    mask: torch.Tensor        # [R, P + T + k] 1 on real tokens
+    positions: torch.Tensor   # [R, P + T + k] position ids
+    width: int                # P, the prompts' padded width
+    thought: torch.Tensor     # [R, T] the thought tokens (corrupted in the ablation), close included
+    sampled: torch.Tensor     # [R, T] tokens the policy drew (the loss's)
+    score_at: torch.Tensor    # [R, k] where each target is predicted (right after the row's close)
+    targets: torch.Tensor     # [R, k] the true next tokens
+    s_ema: torch.Tensor       # [n]
+    stats: dict
+
+    @classmethod
+    def build(cls, samples, thought: torch.Tensor, targets: torch.Tensor, s_ema: torch.Tensor, group: int) -> "ThoughtBatch":
+        rows, k = len(thought), targets.shape[1]
+        width = samples.prompt_ids.shape[1]
+        lengths = samples.thought_len + 1  # thought + close (the sampler always closes it)
+        repeated = targets.repeat_interleave(group, dim=0)
+        full = torch.cat([samples.prompt_ids, thought, thought.new_zeros(rows, k)], dim=1)
+        mask = torch.cat([samples.prompt_mask, torch.zeros_like(thought), thought.new_zeros(rows, k)], dim=1)
+        for r in range(rows):
+            end = width + int(lengths[r])
+            mask[r, width:end + k] = 1
+            full[r, end:end + k] = repeated[r]
+        stats = {"thought_length": samples.thought_len.float().mean(), "thought_closed": samples.closed.float().mean(),
+                 "positions": float(len(targets)), "skipped_batch": 0.0}
+        return cls(full, mask, (mask.cumsum(-1) - 1).clamp(min=0), width, thought, samples.sampled,
+                   width - 1 + lengths[:, None] + torch.arange(k, device=thought.device)[None], repeated, s_ema, stats)
+
+    def micro_batches(self, size: int | None, group: int) -> list[slice]:
+        """Row slices of whole groups (a group's rewards make its advantages), about `size` rows each."""
+        rows = len(self.full)
+        size = max(group, (size or rows) // group * group)
+        return [slice(a, min(rows, a + size)) for a in range(0, rows, size)]
 
 
 # Every step logs the same keys (a skipped batch too), so processes can average them together.
@@ -202,6 +265,8 @@ class RLPConfig:
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     loss_aggregation: str = "thought"  # thought: 1/|c| per thought, then the mean over thoughts (Eq. 8) | token
+    update_batch_size: int | None = None  # rollouts per micro-batch of the update, whole groups (null: all at once)
+    sample_batch_size: int | None = None  # rollouts per sampler call (null: all at once)
     thought_corrupt: str = "none"  # the ablation: none | shuffle | random (see forward)
 
     def __post_init__(self):
@@ -217,6 +282,9 @@ class RLPConfig:
         one_of(self, "selector", SELECTORS)
         thought_lengths(self)
         at_least(self, ["target_tokens"], 1)
+        for key in ("update_batch_size", "sample_batch_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be at least 1, or null for all at once")
 
 
 @register_method("rlp")
@@ -231,6 +299,7 @@ class RLP(MetaThinkingMethod):
         return super().thought_format(lm, tokenizer)
 
     def wrap(self, lm, tokenizer) -> RLPModel:
+        use_tokreason_attention(lm)  # G rollouts read their prompt's KV cache once (shared_prefix.py)
         return RLPModel(lm, tokenizer, self.config, self.thought_format(lm, tokenizer))
 
     def check_window(self, seq_len: int, context: int | None) -> None:
@@ -250,6 +319,19 @@ class RLP(MetaThinkingMethod):
         model.ema.update(model.lm)
 
     def step(self, model, batch, backward):
-        loss, metrics = model(input_ids=batch["input_ids"])
-        backward(loss)
-        return metrics
+        """Thoughts and S_EMA without gradient, then the update in micro-batches of whole groups
+        (about update_batch_size rollouts each), each back-propagated on its own."""
+        raw = getattr(model, "module", model)  # the module (under DDP) holds the batch
+        with torch.no_grad():
+            has_rollouts = model(input_ids=batch["input_ids"], phase="rollout")
+        if not has_rollouts:
+            loss, metrics = model(phase="skip")
+            backward(loss)
+            return metrics
+        totals: dict = {}
+        for rows in raw.batch.micro_batches(self.config.update_batch_size, self.config.group_size):
+            loss, metrics = model(phase="update", rows=rows)
+            backward(loss)
+            for key, value in metrics.items():  # each normalised by the whole batch: they add up
+                totals[key] = totals.get(key, 0.0) + float(value)
+        return {**totals, **raw.batch.stats}

@@ -24,9 +24,11 @@ import torch
 
 from tokreason.methods.base import MetaThinkingMethod, MethodModule, skipped_loss, step_seed
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
-from tokreason.methods.policy import behaviour_logprobs, clipped_surrogate, grpo_advantages, kl_penalty
+from tokreason.methods.lm import hidden_states, output_head
+from tokreason.methods.policy import behaviour_logprobs_from_hidden, clipped_surrogate, grpo_advantages, kl_penalty
 from tokreason.methods.registry import register_method
-from tokreason.methods.sampler import Samples, sample
+from tokreason.methods.thought_attention import use_tokreason_attention
+from tokreason.methods.sampler import Samples, sample, sample_in_batches
 from tokreason.methods.selectors import SELECTORS, choose_positions
 from tokreason.methods.settings import at_least, one_of, positive, thought_lengths
 from tokreason.methods.thoughts import chat_prompt_ids, meta_prompt
@@ -86,7 +88,8 @@ class RPTModel(MethodModule):
         self._reference = [copy.deepcopy(lm).eval().requires_grad_(False)] if config.kl_beta > 0 else []
         self._proxy = []
         self.last_timing: dict[str, float] = {}
-        self._replay: dict | None = None  # a rollout batch kept for its remaining epochs
+        self._replay: "RolloutBatch | None" = None  # a rollout batch kept for its remaining epochs
+        self.batch: "RolloutBatch | None" = None  # the step's rollout batch, between its phases
 
     def set_proxy(self, proxy) -> None:
         self._proxy = [proxy.eval().requires_grad_(False)]
@@ -108,14 +111,34 @@ class RPTModel(MethodModule):
         return chat_prompt_ids(self.tokenizer, BOXED_PROMPT + self.tokenizer.decode(context))
 
     # -------------------------------------------------------------- one GRPO step
-    def forward(self, input_ids: torch.Tensor):
-        if self._replay is not None:  # a later epoch on the last rollout batch (these windows go unused)
-            return self.update(**self._replay)
+    def forward(self, input_ids: torch.Tensor | None = None, phase: str = "step", rows: slice = slice(None)):
+        """One GRPO step through the trained module (so DDP/FSDP see every forward):
+        phase="rollout": positions, rollouts, rewards, advantages (call without gradient) into
+        self.batch (None when no position qualifies); "update": the clipped surrogate on `rows`
+        of self.batch -> (loss, metrics), each normalised by the whole batch's counts so that
+        micro-batches add up; "skip": a zero loss on every parameter; "step": all at once (a
+        kept batch's next epoch first). The batch stays on the module, not in the call's
+        arguments: a wrapper that moves arguments between devices would copy it."""
+        if phase == "rollout":
+            self.batch = self._replay if self._replay is not None else self.rollout_batch(input_ids)
+            return self.batch is not None
+        if phase == "update":
+            return self.update(self.batch, rows)
+        if phase == "skip":
+            return skipped_loss(self.lm, METRICS)
+        if not self.forward(input_ids, phase="rollout"):
+            return skipped_loss(self.lm, METRICS)
+        loss, metrics = self.update(self.batch, slice(None))
+        self.finish_epoch(self.batch)
+        return loss, metrics
+
+    @torch.no_grad()
+    def rollout_batch(self, input_ids: torch.Tensor) -> "RolloutBatch | None":
         m = self.config
         clock = time.perf_counter()
         where = self.positions(input_ids)
-        if len(where) == 0:  # nothing to learn here: skip (counted), with a zero loss that touches every parameter
-            return skipped_loss(self.lm, METRICS)
+        if len(where) == 0:  # nothing to learn here: the step is skipped (and counted)
+            return None
         prompts = [self.prompt(input_ids[row, : t + 1].tolist()) for row, t in where.tolist()]
         samples = self.rollout(prompts)
         sampled_at = time.perf_counter()
@@ -131,12 +154,15 @@ class RPTModel(MethodModule):
                  "thought_length": samples.thought_len.float().mean() if meta else samples.sampled.sum(-1).float().mean(),
                  "thought_closed": samples.closed.float().mean() if meta else 1.0,
                  "positions": float(len(prompts)), "skipped_batch": 0.0}
-        result = self.update(full=torch.cat([samples.prompt_ids, samples.tokens], dim=1), prompt_mask=samples.prompt_mask,
-                             tokens=samples.tokens, token_mask=token_mask, advantages=advantages.view(-1),
-                             old_logprobs=None, stats=stats, epochs_left=m.epochs - 1)
-        # seconds per phase of the last step (benchmarks read it); scoring: rewards and the teacher-forced pass
+        # seconds per phase of the last step (benchmarks read it); scoring: the rewards
         self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
-        return result
+        return RolloutBatch(torch.cat([samples.prompt_ids, samples.tokens], dim=1), samples.prompt_mask, samples.tokens,
+                            token_mask, advantages.view(-1), stats, epochs_left=m.epochs - 1)
+
+    def finish_epoch(self, batch: "RolloutBatch") -> None:
+        """After an update over all of a batch's rows: keep it for its next epoch, or let it go."""
+        batch.epochs_left -= 1
+        self._replay = batch if batch.epochs_left >= 0 else None
 
     def rollout(self, prompts: list[list[int]]) -> Samples:
         """G rollouts of every prompt. meta: a thought (closed at thought_budget), then up to
@@ -150,14 +176,14 @@ class RPTModel(MethodModule):
         try:
             if m.thought_corrupt != "none":
                 return self.corrupted_samples(prompts, keys, seed, rank, self.pad_id)
+            common = dict(sampler=sample, rollouts_per_call=m.sample_batch_size, repeats=group, keys=keys, seed=seed,
+                          temperature=m.temperature, pad_id=self.pad_id)
             if m.template == "meta":
-                return sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
-                              thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens,
-                              close_id=self.end_id, max_prediction_tokens=m.max_prediction_tokens,
-                              stop_ids=self.stop_ids, pad_id=self.pad_id)
-            return sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
-                          thought_budget=m.response_budget, close_id=None, max_prediction_tokens=m.response_budget,
-                          stop_ids=self.response_stop_ids, pad_id=self.pad_id)
+                return sample_in_batches(self.lm, prompts, thought_budget=m.thought_budget, close_id=self.end_id,
+                                         min_thought_tokens=m.min_thought_tokens, stop_ids=self.stop_ids,
+                                         max_prediction_tokens=m.max_prediction_tokens, **common)
+            return sample_in_batches(self.lm, prompts, thought_budget=m.response_budget, close_id=None,
+                                     max_prediction_tokens=m.response_budget, stop_ids=self.response_stop_ids, **common)
         finally:
             self.lm.train(was_training)
 
@@ -219,32 +245,65 @@ class RPTModel(MethodModule):
         return Samples(tokens[:, :width], chosen[:, :width], thoughts.thought_len, thoughts.closed, predicted.prediction,
                        predicted.first_logprob, thoughts.prompt_ids, thoughts.prompt_mask)
 
-    def update(self, full, prompt_mask, tokens, token_mask, advantages, old_logprobs, stats, epochs_left):
-        """The clipped surrogate on a rollout batch (teacher-forced log-probs of the sampled
-        tokens at the sampling temperature, with gradients); the first epoch is exactly
-        on-policy (ratio 1)."""
+    def update(self, batch: "RolloutBatch", rows: slice):
+        """The clipped surrogate on rows of a rollout batch: log-probs of the sampled tokens
+        under the distribution they were drawn from, with gradients, the head applied only at
+        the rollout's positions and in chunks. The first epoch is exactly on-policy (ratio 1);
+        its log-probs are kept as the reference of later epochs."""
         m = self.config
+        full, prompt_mask, tokens = batch.full[rows], batch.prompt_mask[rows], batch.tokens[rows]
         width = prompt_mask.shape[1]
         full_mask = torch.cat([prompt_mask, torch.ones_like(tokens)], dim=1)
-        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.lm(input_ids=full, attention_mask=full_mask, position_ids=positions).logits[:, width - 1: -1]
+        inputs = dict(input_ids=full, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0))
         close_id = self.end_id if m.template == "meta" else None  # the behaviour policy: what the sampler drew from
-        logprobs = behaviour_logprobs(logits, tokens, m.temperature, close_id, m.min_thought_tokens)
-        if old_logprobs is None:
-            old_logprobs = logprobs.detach()
-        loss, clip_fraction = clipped_surrogate(logprobs, old_logprobs, advantages, token_mask, m.clip_eps_low, m.clip_eps_high)
+        hidden = hidden_states(self.lm, **inputs)[:, width - 1: -1]
+        logprobs = behaviour_logprobs_from_hidden(output_head(self.lm), hidden, tokens, m.temperature, close_id,
+                                                  m.min_thought_tokens)
+        old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[rows]
+        if batch.epochs_left > 0:
+            batch.keep_old_logprobs(rows, old)
+        token_mask, count = batch.token_mask[rows], batch.token_count()
+        loss, clip_fraction = clipped_surrogate(logprobs, old, batch.advantages[rows], token_mask, m.clip_eps_low,
+                                                m.clip_eps_high, tokens=count)
         metrics = {"policy_loss": loss.detach(), "clip_fraction": clip_fraction, "kl": 0.0}
         if m.kl_beta > 0:
             with torch.no_grad():
-                ref = self._reference[0](input_ids=full, attention_mask=full_mask, position_ids=positions).logits[:, width - 1: -1]
-                ref_lp = behaviour_logprobs(ref, tokens, m.temperature, close_id, m.min_thought_tokens)
-            kl = kl_penalty(logprobs, ref_lp, token_mask)
+                ref_hidden = hidden_states(self._reference[0], **inputs)[:, width - 1: -1]
+                ref_lp = behaviour_logprobs_from_hidden(output_head(self._reference[0]), ref_hidden, tokens, m.temperature,
+                                                        close_id, m.min_thought_tokens)
+            kl = kl_penalty(logprobs, ref_lp, token_mask, tokens=count)
             loss = loss + m.kl_beta * kl
             metrics["kl"] = kl.detach()
-        self._replay = None if epochs_left <= 0 else dict(
-            full=full, prompt_mask=prompt_mask, tokens=tokens, token_mask=token_mask, advantages=advantages,
-            old_logprobs=old_logprobs, stats=stats, epochs_left=epochs_left - 1)
-        return loss, {**metrics, "loss": loss.detach(), **stats}
+        return loss, {**metrics, "loss": loss.detach(), **(batch.stats if rows == slice(None) else {})}
+
+
+@dataclass
+class RolloutBatch:
+    """A rollout batch between its phases: rows [prompt | rollout] (prompts left-padded), which
+    rollout tokens the policy chose (and count in the loss), the advantages, the logged
+    statistics, and the epochs it is still to be used for."""
+
+    full: torch.Tensor           # [R, P + T]
+    prompt_mask: torch.Tensor    # [R, P]
+    tokens: torch.Tensor         # [R, T]
+    token_mask: torch.Tensor     # [R, T]
+    advantages: torch.Tensor     # [R]
+    stats: dict
+    epochs_left: int = 0
+    old_logprobs: torch.Tensor | None = None  # [R, T] the first epoch's (rollout policy's) log-probs
+
+    def token_count(self) -> torch.Tensor:
+        return self.token_mask.sum().clamp(min=1).to(torch.float32)
+
+    def micro_batches(self, size: int | None) -> list[slice]:
+        rows = len(self.full)
+        size = size or rows
+        return [slice(a, min(rows, a + size)) for a in range(0, rows, size)]
+
+    def keep_old_logprobs(self, rows: slice, logprobs: torch.Tensor) -> None:
+        if self.old_logprobs is None:
+            self.old_logprobs = torch.zeros(self.tokens.shape, dtype=logprobs.dtype, device=logprobs.device)
+        self.old_logprobs[rows] = logprobs
 
 
 @dataclass
@@ -272,6 +331,8 @@ class RPTConfig:
     dynamic_sampling: bool = False
     dynamic_sampling_from_step: int = 0
     response_budget: int = 8192
+    update_batch_size: int | None = None  # rollouts per micro-batch of the update (null: all at once)
+    sample_batch_size: int | None = None  # rollouts per sampler call (a multiple of group_size; null: all at once)
     epochs: int = 1
     thought_corrupt: str = "none"  # the ablation: none | shuffle | random (meta template only; see corrupted_samples)
 
@@ -286,6 +347,9 @@ class RPTConfig:
         one_of(self, "reward", REWARDS)
         at_least(self, ["epochs", "max_prediction_tokens", "continuation_tokens", "response_budget"], 1)
         at_least(self, ["dynamic_sampling_from_step"], 0)
+        for key in ("update_batch_size", "sample_batch_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be at least 1, or null for all at once")
         positive(self, ["temperature"])
         thought_lengths(self)
 
@@ -298,6 +362,7 @@ class RPT(MetaThinkingMethod):
 
     def wrap(self, lm, tokenizer) -> RPTModel:
         c = self.config
+        use_tokreason_attention(lm)  # G rollouts read their prompt's KV cache once (shared_prefix.py)
         tokens = self.add_thought_tokens(lm, tokenizer) if c.template == "meta" else None
         model = RPTModel(lm, tokenizer, c, tokens)
         if c.proxy_model == "base":  # the model as training starts, frozen
@@ -332,9 +397,23 @@ class RPT(MetaThinkingMethod):
                              "by the evaluation; use eval.think=[off]")
 
     def step(self, model, batch, backward):
-        loss, metrics = model(input_ids=batch["input_ids"])
-        backward(loss)
-        return metrics
+        """Rollouts without gradient, then the update in micro-batches of update_batch_size
+        rollouts, each back-propagated on its own (the gradients add up to the whole batch's)."""
+        raw = getattr(model, "module", model)  # the module (under DDP) holds the rollout batch
+        with torch.no_grad():
+            has_rollouts = model(input_ids=batch["input_ids"], phase="rollout")
+        if not has_rollouts:
+            loss, metrics = model(phase="skip")
+            backward(loss)
+            return metrics
+        rollouts, totals = raw.batch, {}
+        for rows in rollouts.micro_batches(self.config.update_batch_size):
+            loss, metrics = model(phase="update", rows=rows)
+            backward(loss)
+            for key in ("loss", "policy_loss", "kl", "clip_fraction"):  # each normalised by the whole batch: they add up
+                totals[key] = totals.get(key, 0.0) + float(metrics[key])
+        raw.finish_epoch(rollouts)
+        return {**rollouts.stats, **totals}
 
     def after_optimizer_step(self, model: RPTModel) -> None:
         model.optimizer_steps += 1

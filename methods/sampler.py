@@ -15,6 +15,9 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from tokreason.methods.shared_prefix import SharedPrefixCache
+from tokreason.methods.thought_attention import THOUGHT_ATTENTION
+
 _MASK32 = 0xFFFFFFFF
 
 
@@ -68,6 +71,11 @@ class PreallocatedLayer(DynamicLayer):
             self._k, self._v = self._k.repeat_interleave(repeats, 0), self._v.repeat_interleave(repeats, 0)
             self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+
 
 def preallocated_cache(lm, capacity: int) -> DynamicCache:
     cache = DynamicCache(config=lm.config)
@@ -117,68 +125,177 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
            repeats: int = 1, min_thought_tokens: int = 0) -> Samples:
     """`repeats` rollouts of each prompt (rows prompt-major: prompt i's are rows i*repeats ..),
     one key per row; temperature 0 is greedy. Each prompt is read once and its KV cache shared
-    by its rollouts. A stop token ends a prediction and is part of it; the host is asked only
-    whether every row is done, once per token."""
+    by its rollouts (not copied, where the model runs on tokreason's attention). A stop token
+    ends a prediction and is part of it. Finished rollouts leave the batch (whole groups where
+    the prompt's cache is shared): they stop costing compute. The host is asked only whether
+    every row is done, once per token."""
     device = lm.get_input_embeddings().weight.device
     ids, mask = _prompt_batch(prompts, pad_id, device)
     rows = len(prompts) * repeats
     if len(keys) != rows:
         raise ValueError(f"{len(keys)} keys for {rows} rollouts; give one key per rollout")
+    limit = (thought_budget + 1 + max_prediction_tokens) if close_id is not None else thought_budget
+    decoder = _Decoder(lm, ids, mask, repeats, limit, pad_id)
+    state = _RolloutState(rows, close_id is not None, device)
     key_t = torch.tensor(keys, dtype=torch.long, device=device)
     stops = torch.tensor(stop_ids or [-1], device=device)
-    thinking = torch.full((rows,), close_id is not None, device=device)
-    done = torch.zeros(rows, dtype=torch.bool, device=device)
-    closed = torch.zeros(rows, dtype=torch.bool, device=device)
-    thought_len = torch.zeros(rows, dtype=torch.long, device=device)
-    predicted = torch.zeros(rows, dtype=torch.long, device=device)
-    first_logprob = torch.full((rows,), float("nan"), device=device)
-    limit = (thought_budget + 1 + max_prediction_tokens) if close_id is not None else thought_budget
-    cache = preallocated_cache(lm, ids.shape[1] + limit)
+    logits = decoder.prefill()
     out_tokens, out_sampled, out_logprobs, out_predicting = [], [], [], []
-    position = mask.cumsum(-1) - 1
-    logits = lm(input_ids=ids, attention_mask=mask, position_ids=position.clamp(min=0), cache=cache,
-                use_cache=True).logits[:, -1].float()
-    if repeats > 1:  # the rollouts of a prompt share its prefill
-        cache.batch_repeat_interleave(repeats)
-        ids, mask, position, logits = (x.repeat_interleave(repeats, dim=0) for x in (ids, mask, position, logits))
-    prompt_mask = mask
-    next_position = position[:, -1] + 1
     for step in range(limit):
         if close_id is not None and min_thought_tokens:  # no closing before the thought has this many tokens
-            logits[:, close_id] = torch.where(thought_len < min_thought_tokens, float("-inf"), logits[:, close_id])
+            logits[:, close_id] = torch.where(state.thought_len < min_thought_tokens, float("-inf"), logits[:, close_id])
         token, logprob = _draw(logits, temperature, seed, key_t, step)
-        chosen = ~done
-        if close_id is not None:  # a thought at its budget is closed for it
-            force = thinking & (thought_len >= thought_budget)
-            token = torch.where(force, torch.full_like(token, close_id), token)
-            chosen &= ~force
-            newly_closed = thinking & (token == close_id)
-            closed |= newly_closed & ~force
-            thought_len += (thinking & ~newly_closed & ~done).long()
-            ends_with_thought = newly_closed if max_prediction_tokens == 0 else torch.zeros_like(done)  # RLP
-        else:
-            newly_closed = ends_with_thought = torch.zeros_like(done)
-        predicting = ~thinking & ~done
-        stopping = predicting & torch.isin(token, stops)
-        first = predicting & (predicted == 0)
-        first_logprob = torch.where(first, torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0], first_logprob)
-        predicted += predicting.long()
-        token = torch.where(done, torch.full_like(token, pad_id), token)
+        token, chosen, predicting = state.advance(token, logits, close_id, thought_budget, max_prediction_tokens, stops,
+                                                 pad_id, step, limit if close_id is None else None)
         out_tokens.append(token)
         out_sampled.append(chosen)
         out_logprobs.append(torch.where(chosen, logprob, torch.zeros_like(logprob)))
         out_predicting.append(predicting)
-        done |= stopping | (predicting & (predicted >= max_prediction_tokens)) | ends_with_thought
-        if close_id is None:
-            done |= ~done & (torch.tensor(step + 1, device=device) >= thought_budget)
-        thinking &= ~newly_closed
-        if bool(done.all()):
+        if bool(state.done.all()):
             break
-        mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype, device=device)], dim=1)
-        logits = lm(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
-                    cache=cache, use_cache=True).logits[:, -1].float()
-        next_position = next_position + 1
+        logits = decoder.step(token, state.done)
     tokens, predicting = torch.stack(out_tokens, 1), torch.stack(out_predicting, 1)
     prediction = [row[keep].tolist() for row, keep in zip(tokens.cpu(), predicting.cpu())]
-    return Samples(tokens, torch.stack(out_sampled, 1), thought_len, closed, prediction, first_logprob, ids, prompt_mask,
-                   torch.stack(out_logprobs, 1))
+    return Samples(tokens, torch.stack(out_sampled, 1), state.thought_len, state.closed, prediction, state.first_logprob,
+                   ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0), torch.stack(out_logprobs, 1))
+
+
+class _RolloutState:
+    """Where every rollout is: thinking or predicting, done, its thought's length, its prediction."""
+
+    def __init__(self, rows: int, thinking: bool, device):
+        self.thinking = torch.full((rows,), thinking, device=device)
+        self.done = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.closed = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.thought_len = torch.zeros(rows, dtype=torch.long, device=device)
+        self.predicted = torch.zeros(rows, dtype=torch.long, device=device)
+        self.first_logprob = torch.full((rows,), float("nan"), device=device)
+
+    def advance(self, token, logits, close_id, thought_budget, max_prediction_tokens, stops, pad_id, step,
+                total_budget: int | None):
+        """The step's token for every row (forced closes applied, pad after the end), which the
+        policy chose, and which are part of a prediction; the state moves on."""
+        done = self.done
+        chosen = ~done
+        if close_id is not None:  # a thought at its budget is closed for it
+            force = self.thinking & (self.thought_len >= thought_budget)
+            token = torch.where(force, torch.full_like(token, close_id), token)
+            chosen &= ~force
+            newly_closed = self.thinking & (token == close_id)
+            self.closed |= newly_closed & ~force
+            self.thought_len += (self.thinking & ~newly_closed & ~done).long()
+            ends_with_thought = newly_closed if max_prediction_tokens == 0 else torch.zeros_like(done)  # RLP
+        else:
+            newly_closed = ends_with_thought = torch.zeros_like(done)
+        predicting = ~self.thinking & ~done
+        stopping = predicting & torch.isin(token, stops)
+        first = predicting & (self.predicted == 0)
+        self.first_logprob = torch.where(first, torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0],
+                                         self.first_logprob)
+        self.predicted += predicting.long()
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        finished = stopping | (predicting & (self.predicted >= max_prediction_tokens)) | ends_with_thought
+        if total_budget is not None and step + 1 >= total_budget:
+            finished = finished | ~done
+        self.done = done | finished
+        self.thinking &= ~newly_closed
+        return token, chosen, predicting
+
+
+class _Decoder:
+    """The model's side of sampling: the prefill of every prompt once, then one token per
+    unfinished rollout per step. Where the model runs on tokreason's attention, a prompt's KV
+    cache is shared by its rollouts (SharedPrefixCache) and finished groups leave the batch;
+    otherwise the prompt's cache is repeated per rollout and finished rows leave it."""
+
+    def __init__(self, lm, ids, mask, repeats: int, limit: int, pad_id: int):
+        self.lm, self.ids, self.mask, self.repeats = lm, ids, mask, repeats
+        self.shared = repeats > 1 and getattr(lm.config, "_attn_implementation", None) == THOUGHT_ATTENTION
+        capacity = limit if self.shared else ids.shape[1] + limit
+        self.cache = SharedPrefixCache(capacity, repeats) if self.shared else preallocated_cache(lm, capacity)
+        rows = len(ids) * repeats
+        self.active = torch.arange(rows, device=ids.device)  # the rows the model still computes
+        self.position = (mask.cumsum(-1) - 1).repeat_interleave(repeats, 0)[:, -1] + 1  # each row's next position
+        self.row_mask = mask.repeat_interleave(repeats, 0)  # non-shared: the keys each row sees so far
+        self.no_mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=ids.device)
+        self.vocab_logits = None
+
+    def prefill(self) -> torch.Tensor:
+        mask = self.mask
+        logits = self.lm(input_ids=self.ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                         cache=self.cache, use_cache=True).logits[:, -1].float()
+        if self.shared:
+            self.cache.prefix_mask = mask.bool()
+        elif self.repeats > 1:
+            self.cache.batch_repeat_interleave(self.repeats)
+        logits = logits.repeat_interleave(self.repeats, 0)
+        self.vocab_logits = logits
+        return logits.clone()
+
+    def step(self, token: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        """The next logits of every row (finished rows: stale, never read)."""
+        self._drop_finished(done)
+        active = self.active
+        inputs = dict(input_ids=token[active][:, None], position_ids=self.position[active][:, None], cache=self.cache,
+                      use_cache=True)
+        if self.shared:
+            logits = self.lm(**inputs, attention_mask=self.no_mask, shared_prefix=self.cache).logits[:, -1].float()
+            self.cache.advance()
+        else:
+            self.row_mask = torch.cat([self.row_mask, torch.ones_like(self.row_mask[:, :1])], dim=1)
+            logits = self.lm(**inputs, attention_mask=self.row_mask).logits[:, -1].float()
+        self.position = self.position + 1
+        out = self.vocab_logits
+        out[active] = logits
+        return out.clone()
+
+    def _drop_finished(self, done: torch.Tensor) -> None:
+        """Rows (whole groups when the prompt cache is shared) that are all done leave the batch,
+        once a quarter of the batch has finished (each removal copies the caches once)."""
+        active_done = done[self.active]
+        if self.shared:
+            groups = active_done.view(-1, self.repeats).all(-1)
+            if int(groups.sum()) * 4 < len(groups) or bool(groups.all()):
+                return
+            keep = (~groups).nonzero()[:, 0]
+            self.cache.keep_groups(keep)
+            self.active = self.active.view(-1, self.repeats)[keep].flatten()
+        else:
+            if int(active_done.sum()) * 4 < len(active_done) or bool(active_done.all()):
+                return
+            keep = (~active_done).nonzero()[:, 0]
+            self.cache.batch_select_indices(keep)
+            self.active, self.row_mask = self.active[keep], self.row_mask[keep]
+
+
+def sample_in_batches(lm, prompts: list[list[int]], *, rollouts_per_call: int | None, repeats: int = 1,
+                      keys: list[int], pad_id: int, sampler=None, **options) -> Samples:
+    """`sample` (or `sampler`) over groups of prompts, rollouts_per_call rollouts (whole groups
+    of `repeats`) at a time, joined into one Samples as one call would return it (the
+    counter-based noise makes the tokens the same): sampling memory bounded by the micro-batch."""
+    sampler = sampler or sample
+    per_call = len(prompts) if not rollouts_per_call else max(1, rollouts_per_call // repeats)
+    if per_call >= len(prompts):
+        return sampler(lm, prompts, repeats=repeats, keys=keys, pad_id=pad_id, **options)
+    parts = [sampler(lm, prompts[a: a + per_call], repeats=repeats, keys=keys[a * repeats: (a + per_call) * repeats],
+                     pad_id=pad_id, **options) for a in range(0, len(prompts), per_call)]
+    return join_samples(parts, pad_id)
+
+
+def join_samples(parts: list[Samples], pad_id: int) -> Samples:
+    """Samples of consecutive rows as one: prompts left-padded, rollouts right-padded to the widest."""
+    prompt_width = max(p.prompt_ids.shape[1] for p in parts)
+    width = max(p.tokens.shape[1] for p in parts)
+
+    def left(x, value):
+        return torch.nn.functional.pad(x, (prompt_width - x.shape[1], 0), value=value)
+
+    def right(x, value):
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+    return Samples(
+        torch.cat([right(p.tokens, pad_id) for p in parts]), torch.cat([right(p.sampled, False) for p in parts]),
+        torch.cat([p.thought_len for p in parts]), torch.cat([p.closed for p in parts]),
+        [row for p in parts for row in p.prediction], torch.cat([p.first_logprob for p in parts]),
+        torch.cat([left(p.prompt_ids, pad_id) for p in parts]), torch.cat([left(p.prompt_mask, 0) for p in parts]),
+        torch.cat([right(p.logprobs, 0.0) for p in parts]) if all(p.logprobs is not None for p in parts) else None)

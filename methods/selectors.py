@@ -52,13 +52,24 @@ def select_positions(kind: str, entropy: torch.Tensor | None, *, per_window: int
 
 
 @torch.no_grad()
+def position_entropy(lm, ids: torch.Tensor, top_k: int = 16, renormalize: bool = True) -> torch.Tensor:
+    """top_k_entropy of the next token at every position of ids [B, L] under `lm`: its hidden
+    states, then the head over chunks of positions (never [B, L, V] logits at once)."""
+    from tokreason.methods.lm import chunked, hidden_states, output_head
+
+    head = output_head(lm)
+    return chunked(lambda h: top_k_entropy(head(h), top_k, renormalize), hidden_states(lm, input_ids=ids),
+                   width=head.vocab_size)
+
+
+@torch.no_grad()
 def choose_positions(scorer, ids: torch.Tensor, *, selector: str, per_window: int | None, threshold: float,
                      fraction: float, min_context: int, min_continuation: int, top_k: int = 16,
                      renormalize: bool = True) -> torch.Tensor:
     """Positions in windows ids [B, L] for a method's selector settings; the entropy-based
     selectors score the windows with `scorer` (a causal LM: the model, or a proxy)."""
     if selector in ("entropy", "top_fraction"):
-        entropy = top_k_entropy(scorer(input_ids=ids).logits, top_k, renormalize)
+        entropy = position_entropy(scorer, ids, top_k, renormalize)
     else:
         entropy = torch.zeros(ids.shape, device=ids.device)
     return select_positions(selector, entropy, per_window=per_window, threshold=threshold, fraction=fraction,

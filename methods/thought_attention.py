@@ -3,10 +3,14 @@
 After a plain causal pass over L text tokens (its keys and values cached), thought step k
 feeds one new token at each of the L positions. Query t may attend to the text keys <= t and
 to its own thought's keys from steps 1..k, nothing else. The official code concatenates a
-dense [L, L + k*L] mask that grows by L keys per step; here the text part keeps its fixed
-[L, L] causal mask and the thought part is the diagonal, gathered as [L, k] scores. Both
-parts share one softmax. `dense` is the official growing-mask computation, kept as the
-reference the fast path is tested and benchmarked against.
+dense [L, L + k*L] mask that grows by L keys per step, and keeps the [L, L + k*L] scores of
+every layer and step for the backward pass. Here (FusedThoughtAttention) the text keys and each
+step's keys stay apart in a ThoughtCache, the scores of a chunk of queries against the causal
+text and against their own thought share one softmax, and nothing of size L x L is kept: the
+backward pass recomputes each chunk from the saved log-sum-exp (as flash attention does), so
+memory grows linearly in L. `dense` is the official growing-mask computation, kept as the
+reference the fused path is tested and benchmarked against (models with attention dropout in
+training use it too).
 
 Sliding-window models (Mistral): a thought token at thought step k sits at position t + k, and
 sees exactly what the same token would see in a plain causal sequence: text keys j <= t with
@@ -22,48 +26,61 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from tokreason.methods.shared_prefix import shared_prefix_attention
+
 THOUGHT_ATTENTION = "tokreason_thoughts"
+QUERY_CHUNK = 128  # queries per chunk of the fused attention: its transient scores are [.., 128, L] at a time
 
 
 def thought_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                       thought_text_len: int | None = None, thought_dense: bool = False, sliding_window: int | None = None,
-                      **kwargs):
+                      thought_cache: "ThoughtCache | None" = None, shared_prefix=None, **kwargs):
+    if shared_prefix is not None:  # a decoding step of G rollouts per prompt (methods/shared_prefix.py)
+        shared_prefix.reads += 1
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return shared_prefix_attention(module, query, shared_prefix, scale), None
     if thought_text_len is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       sliding_window=sliding_window, **kwargs)
-    batch, heads, length, dim = query.shape
-    if key.shape[1] != heads:  # grouped-query attention: each key head serves several query heads
-        key = key.repeat_interleave(heads // key.shape[1], dim=1)
-        value = value.repeat_interleave(heads // value.shape[1], dim=1)
-    scale = scaling if scaling is not None else dim ** -0.5
-    text_len = thought_text_len
-    steps = (key.shape[2] - text_len) // length
-    text_k, text_v = key[:, :, :text_len], value[:, :, :text_len]
-    causal, own = visible_keys(length, text_len, steps, sliding_window, query.device)
-    text_scores = (query @ text_k.transpose(-1, -2)) * scale
-    if thought_dense:
-        thought_scores = (query @ key[:, :, text_len:].transpose(-1, -2)) * scale  # [B, H, L, steps*L]
-        diagonal = (torch.eye(length, dtype=torch.bool, device=query.device)[:, None, :] & own[None, :, None])
-        scores = torch.cat([text_scores.masked_fill(~causal, float("-inf")),
-                            thought_scores.masked_fill(~diagonal.reshape(length, steps * length), float("-inf"))], dim=-1)
-        probs = _dropout(torch.softmax(scores.float(), dim=-1).to(query.dtype), dropout, module)
-        out = probs @ value
-    else:
-        thought_k = key[:, :, text_len:].view(batch, heads, steps, length, dim)
-        thought_v = value[:, :, text_len:].view(batch, heads, steps, length, dim)
-        diag_scores = torch.einsum("bhld,bhsld->bhls", query, thought_k) * scale  # [B, H, L, steps]
-        scores = torch.cat([text_scores.masked_fill(~causal, float("-inf")),
-                            diag_scores.masked_fill(~own, float("-inf"))], dim=-1)
-        probs = _dropout(torch.softmax(scores.float(), dim=-1).to(query.dtype), dropout, module)
-        out = probs[..., :text_len] @ text_v + torch.einsum("bhls,bhsld->bhld", probs[..., text_len:], thought_v)
+    text_k, text_v, own_k, own_v = thought_cache.layer(module.layer_idx)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if thought_dense or (dropout and module.training):  # the official computation (it also takes dropout)
+        return dense_thought_attention(module, query, text_k, text_v, own_k, own_v, scale, sliding_window, dropout)
+    out = FusedThoughtAttention.apply(query, text_k, text_v, scale, sliding_window, QUERY_CHUNK, *own_k, *own_v)
     return out.transpose(1, 2).contiguous(), None
 
 
-def visible_keys(length: int, text_len: int, steps: int, window: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which keys the queries of thought step `steps` (position t + steps) see: text keys [L, T]
-    (j <= t, and within the sliding window) and own-thought steps [steps] (step i, at position
-    t + i + 1, within the window)."""
-    t = torch.arange(length, device=device)[:, None]
+def use_tokreason_attention(lm) -> None:
+    """Run `lm` on THOUGHT_ATTENTION (SDPA for every plain pass; the thought and shared-prefix
+    passes besides) when it runs on SDPA; another implementation is left as it is."""
+    if getattr(lm.config, "_attn_implementation", None) == "sdpa" and hasattr(lm, "set_attn_implementation"):
+        lm.set_attn_implementation(THOUGHT_ATTENTION)
+
+
+def dense_thought_attention(module, query, text_k, text_v, own_k, own_v, scale, window, dropout):
+    """The official form: every key of the text and of every step in one [L, L + steps*L] score
+    matrix, masked to the causal text and the own-thought diagonal (kept as the reference)."""
+    batch, heads, length, dim = query.shape
+    key, value = torch.cat([text_k, *own_k], dim=2), torch.cat([text_v, *own_v], dim=2)
+    if key.shape[1] != heads:  # grouped-query attention: each key head serves several query heads
+        key = key.repeat_interleave(heads // key.shape[1], dim=1)
+        value = value.repeat_interleave(heads // value.shape[1], dim=1)
+    steps, text_len = len(own_k), text_k.shape[2]
+    causal, own = visible_keys(length, text_len, steps, window, query.device)
+    scores = (query @ key.transpose(-1, -2)) * scale  # [B, H, L, L + steps*L]
+    diagonal = torch.eye(length, dtype=torch.bool, device=query.device)[:, None, :] & own[None, :, None]
+    allowed = torch.cat([causal, diagonal.reshape(length, steps * length)], dim=-1)
+    probs = _dropout(torch.softmax(scores.masked_fill(~allowed, float("-inf")).float(), dim=-1).to(query.dtype),
+                     dropout, module)
+    return (probs @ value).transpose(1, 2).contiguous(), None
+
+
+def visible_keys(length: int, text_len: int, steps: int, window: int | None, device,
+                 offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which keys the queries t = offset .. offset+length-1 of thought step `steps` (at position
+    t + steps) see: text keys [length, text_len] (j <= t, and within the sliding window) and
+    own-thought steps [steps] (step i, at position t + i + 1, within the window)."""
+    t = torch.arange(offset, offset + length, device=device)[:, None]
     j = torch.arange(text_len, device=device)[None]
     text = j <= t
     own = torch.ones(steps, dtype=torch.bool, device=device)
@@ -75,6 +92,133 @@ def visible_keys(length: int, text_len: int, steps: int, window: int | None, dev
 
 def _dropout(probs: torch.Tensor, p: float, module) -> torch.Tensor:
     return torch.nn.functional.dropout(probs, p=p) if p and module.training else probs
+
+
+class ThoughtCache:
+    """The thought pass's KV cache: the text's keys and values once, then each thought step's as
+    tensors of their own (the attention reads them apart: nothing is concatenated, nothing grows
+    by L keys a step). A step writes its slot by index, so a step run again (activation
+    checkpointing recomputes it in the backward pass) replaces its keys instead of adding more."""
+
+    def __init__(self):
+        self.text: list[tuple[torch.Tensor, torch.Tensor]] = []   # per layer
+        self.thought: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per layer, per step
+        self.step = 0  # 0: the text pass; s: thought step s (its keys go to slot s - 1)
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        if self.step == 0:
+            if layer_idx < len(self.text):
+                self.text[layer_idx] = (key_states, value_states)
+            else:
+                self.text.append((key_states, value_states))
+                self.thought.append([])
+            return key_states, value_states
+        slots = self.thought[layer_idx]
+        if self.step <= len(slots):
+            slots[self.step - 1] = (key_states, value_states)
+        else:
+            slots.append((key_states, value_states))
+        return self.text[layer_idx]
+
+    def layer(self, layer_idx: int):
+        """(text keys, text values, this step's own-thought keys and values so far)."""
+        text_k, text_v = self.text[layer_idx]
+        own = self.thought[layer_idx][: self.step]
+        return text_k, text_v, [k for k, _ in own], [v for _, v in own]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Keys a query of this step may see in the cache: the text, and the earlier steps."""
+        if not self.text:
+            return 0
+        return self.text[0][0].shape[-2] * (1 + max(self.step - 1, 0))
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return query_length, 0  # only the text pass builds a mask (a causal one over the text)
+
+
+class FusedThoughtAttention(torch.autograd.Function):
+    """Causal text plus each position's own thought, one softmax. The text part is computed in
+    chunks of queries, the own-thought part (one key per step and query) for all queries at
+    once; neither the forward nor the backward keeps a score matrix: the backward recomputes
+    each chunk's scores from the queries, keys and the saved log-sum-exp, as flash attention
+    does. Grouped-query heads read their shared key head by broadcasting: no copy per head.
+    Shapes: q [B, H, L, D]; text k/v [B, KH, T, D]; each step's k/v [B, KH, L, D]."""
+
+    @staticmethod
+    def forward(ctx, q, text_k, text_v, scale, window, chunk, *thought):
+        steps = len(thought) // 2
+        own_k, own_v = thought[:steps], thought[steps:]
+        kh, length = text_k.shape[1], q.shape[2]
+        qg = q.unflatten(1, (kh, q.shape[1] // kh))  # [B, KH, g, L, D], a view
+        sd = _own_scores(qg, own_k, steps, scale, window)  # [B, KH, g, L, steps]
+        out = qg.new_empty(*qg.shape[:-1], text_v.shape[-1], dtype=torch.float32)
+        lse = qg.new_empty(qg.shape[:-1], dtype=torch.float32)
+        for a in range(0, length, chunk):
+            e = min(length, a + chunk)
+            st = _text_scores(qg[..., a:e, :], text_k, a, e, steps, scale, window)
+            m = torch.maximum(st.amax(-1), sd[..., a:e, :].amax(-1))
+            pt, pd = torch.exp(st - m[..., None]), torch.exp(sd[..., a:e, :] - m[..., None])
+            z = pt.sum(-1) + pd.sum(-1)
+            o = (pt.to(text_v.dtype) @ text_v[:, :, None, :e]).float()
+            for i, v in enumerate(own_v):
+                o += pd[..., i, None] * v[:, :, None, a:e].float()
+            out[..., a:e, :] = o / z[..., None]
+            lse[..., a:e] = m + torch.log(z)
+        ctx.save_for_backward(q, text_k, text_v, out, lse, *thought)
+        ctx.scale, ctx.window, ctx.chunk = scale, window, chunk
+        return out.to(q.dtype).flatten(1, 2)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, text_k, text_v, out, lse, *thought = ctx.saved_tensors
+        steps, scale = len(thought) // 2, ctx.scale
+        own_k, own_v = thought[:steps], thought[steps:]
+        kh, length = text_k.shape[1], q.shape[2]
+        qg, dog = q.unflatten(1, (kh, q.shape[1] // kh)), dout.unflatten(1, (kh, q.shape[1] // kh))
+        delta = (dog.float() * out).sum(-1)  # [B, KH, g, L]
+        # the own-thought part, all queries at once: p = exp(s - lse), ds = p (dp - delta)
+        pd = torch.exp(_own_scores(qg, own_k, steps, scale, ctx.window) - lse[..., None])
+        dsd = torch.stack([(dog * v[:, :, None]).sum(-1).float() for v in own_v], -1)
+        dsd = pd * (dsd - delta[..., None])
+        dq = sum(dsd[..., i, None] * k[:, :, None].float() for i, k in enumerate(own_k)) * scale
+        grads_k = [((dsd[..., i, None] * qg).sum(2) * scale).to(k.dtype) for i, k in enumerate(own_k)]
+        grads_v = [(pd[..., i, None] * dog).sum(2).to(v.dtype) for i, v in enumerate(own_v)]
+        dtk, dtv = torch.zeros_like(text_k, dtype=torch.float32), torch.zeros_like(text_v, dtype=torch.float32)
+        for a in range(0, length, ctx.chunk):  # the text part, chunk by chunk
+            e = min(length, a + ctx.chunk)
+            qc, doc = qg[..., a:e, :], dog[..., a:e, :]
+            pt = torch.exp(_text_scores(qc, text_k, a, e, steps, scale, ctx.window) - lse[..., a:e, None])
+            dst = pt * ((doc @ text_v[:, :, None, :e].transpose(-1, -2)).float() - delta[..., a:e, None])
+            dq[..., a:e, :] += (dst.to(q.dtype) @ text_k[:, :, None, :e]).float() * scale
+            dtk[:, :, :e] += (dst.to(q.dtype).transpose(-1, -2) @ qc).float().sum(2) * scale
+            dtv[:, :, :e] += (pt.to(dout.dtype).transpose(-1, -2) @ doc).float().sum(2)
+        return (dq.to(q.dtype).flatten(1, 2), dtk.to(text_k.dtype), dtv.to(text_v.dtype), None, None, None,
+                *grads_k, *grads_v)
+
+
+def _own_scores(qg, own_k, steps: int, scale: float, window: int | None) -> torch.Tensor:
+    """Each query's scores against its own thought's keys [B, KH, g, L, steps] (float32),
+    steps outside the sliding window masked."""
+    sd = torch.stack([(qg * k[:, :, None]).sum(-1).float() for k in own_k], -1) * scale
+    if window is not None:
+        _, own = visible_keys(1, 1, steps, window, qg.device)
+        sd = sd.masked_fill(~own, float("-inf"))
+    return sd
+
+
+def _text_scores(qc, text_k, a: int, e: int, steps: int, scale: float, window: int | None) -> torch.Tensor:
+    """Scores of queries a..e-1 against the text keys 0..e-1 [.., e-a, e] (float32), masked to
+    the causal text (and the window). Without a window only the last block needs a mask."""
+    st = (qc @ text_k[:, :, None, :e].transpose(-1, -2)).float() * scale
+    if window is None:
+        upper = torch.ones(e - a, e - a, dtype=torch.bool, device=st.device).triu(1)
+        st[..., a:e].masked_fill_(upper, float("-inf"))
+        return st
+    text, _ = visible_keys(e - a, e, steps, window, qc.device, offset=a)
+    return st.masked_fill(~text, float("-inf"))
 
 
 AttentionInterface.register(THOUGHT_ATTENTION, thought_attention)

@@ -182,7 +182,8 @@ def test_rpt_predicts_after_and_updates_on_the_corrupted_thought(tokenizer, monk
     model = rpt(tokenizer, corrupt)
     calls = spy_sampler(monkeypatch, rpt_module)
     updates, update = [], model.update
-    model.update = lambda **kw: updates.append(kw) or update(**kw)
+    model.update = lambda batch, rows: updates.append(
+        {"tokens": batch.tokens[rows], "token_mask": batch.token_mask[rows]}) or update(batch, rows)
     windows = torch.randint(4, len(tokenizer), (2, 16))
     torch.manual_seed(2)
     loss, metrics = model(windows)
@@ -239,7 +240,7 @@ def scoring_inputs(model) -> list[torch.Tensor]:
         if kwargs.get("cache", kwargs.get("past_key_values")) is None and kwargs.get("attention_mask") is not None:
             seen.append(kwargs["input_ids"])
 
-    model.lm.register_forward_pre_hook(hook, with_kwargs=True)
+    model.lm.base_model.register_forward_pre_hook(hook, with_kwargs=True)  # the backbone: the update reads hidden states
     return seen
 
 

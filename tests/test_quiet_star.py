@@ -317,3 +317,33 @@ def test_the_official_loss_composition_on_a_hand_computed_case(tokenizer, policy
     loss, metrics = model.objective(ids, tp)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert metrics["nll"].item() == pytest.approx(nll, rel=1e-5)
+
+
+@pytest.mark.parametrize("form", ["official", "paper"])
+def test_chunked_attention_heads_and_checkpointed_steps_change_nothing(tokenizer, monkeypatch, form):
+    """The fused attention in chunks of 3 queries, the heads in chunks of one row, every step
+    activation-checkpointed and every MLP recomputed: the same loss and gradients as the dense
+    reference path."""
+    import tokreason.methods.lm as lm_module
+    import tokreason.methods.thought_attention as attention_module
+
+    model = make("mistral_window", tokenizer, form=form)
+    ids = torch.randint(4, len(tokenizer), (2, 11))
+    torch.manual_seed(1)
+    _, _, tp = model(ids)
+    model.config.attention = "dense"
+    dense_loss, _, _ = model(ids, thoughts=tp.thought_ids)
+    dense_loss.backward()
+    reference = grads(model)
+    model.config.attention = "fast"
+    monkeypatch.setattr(attention_module, "QUERY_CHUNK", 3)
+    monkeypatch.setattr(lm_module, "HEAD_CHUNK", 5)
+    model.checkpoint_steps = True
+    from tokreason.methods.lm import checkpoint_mlps
+
+    assert checkpoint_mlps(model.lm) == 2  # and every MLP recomputed (method.checkpoint_mlp)
+    loss, _, _ = model(ids, thoughts=tp.thought_ids)
+    loss.backward()
+    torch.testing.assert_close(loss, dense_loss, atol=1e-5, rtol=1e-5)
+    for k, g in grads(model).items():
+        torch.testing.assert_close(g, reference[k], atol=1e-5, rtol=1e-3, msg=k)

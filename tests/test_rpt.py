@@ -331,6 +331,13 @@ class ScriptedPolicy(torch.nn.Module):
     def get_input_embeddings(self):
         return self.lm.get_input_embeddings()
 
+    def get_output_embeddings(self):
+        return self.lm.get_output_embeddings()
+
+    @property
+    def base_model(self):  # teacher-forced hidden states: the real model's
+        return self.lm.base_model
+
     def forward(self, input_ids, cache=None, **kwargs):
         out = self.lm(input_ids=input_ids, cache=cache, **kwargs)
         if cache is None:

@@ -8,7 +8,7 @@ import torch
 
 from tokreason.methods.inference import PlainScorer, ThoughtScorer
 from tokreason.methods.lm import lm_device
-from tokreason.methods.selectors import eligible, top_k_entropy
+from tokreason.methods.selectors import eligible, position_entropy
 from tokreason.methods.thoughts import thought_tokens
 
 BUCKETS = {"easy": 0.5, "medium": 1.0, "hard": 1.5}
@@ -20,7 +20,7 @@ def bucket_positions(lm, windows: torch.Tensor, positions: int, min_context: int
     """The first `positions` eligible positions [P, 2] (row, t) whose entropy under `lm` is in
     the easiest bucket or above (the same set every run), and that entropy [P]."""
     device = lm_device(lm)
-    entropy = torch.cat([top_k_entropy(lm(input_ids=windows[b: b + batch_size].to(device)).logits).cpu()
+    entropy = torch.cat([position_entropy(lm, windows[b: b + batch_size].to(device)).cpu()
                          for b in range(0, len(windows), batch_size)]) if len(windows) else torch.zeros(0, 0)
     ok = eligible(windows.shape[1], min_context, 1)[None] & (entropy > min(BUCKETS.values()))
     where = ok.nonzero()[:positions]

@@ -33,7 +33,7 @@ from tokreason.experiments.training.flops import FlopCounter
 from tokreason.experiments.training.memory import peak_memory, reset_peak_memory
 from tokreason.experiments.training.run_dir import RunDirLock, check_resume_config, latest_checkpoint
 from tokreason.experiments.training.stopping import Interrupted, StopRequested
-from tokreason.methods.lm import context_length, next_token_nll
+from tokreason.methods.lm import context_length, mean_nll
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def validation_loss(model, windows: torch.Tensor, batch_size: int, device) -> fl
     total = 0.0
     for i in range(0, len(windows), batch_size):
         ids = windows[i: i + batch_size].to(device)
-        total += next_token_nll(model(input_ids=ids).logits, ids).item() * len(ids)
+        total += mean_nll(model, ids).item() * len(ids)
     model.train(was_training)
     return total / len(windows)
 
@@ -154,6 +154,8 @@ class TrainingRun:
             self.model = self.method.wrap(lm, self.tokenizer)
         except ValueError as e:
             raise UserError(str(e)) from None
+        if self.cfg.trainer.get("activation_checkpointing"):
+            self.method.enable_activation_checkpointing(self.model)
         lm = self.method.language_model(self.model)
         counted = [m for m in self.method.companion_models(self.model) if same_shape(m, lm)]
         self.flops = FlopCounter(lm, *counted)

@@ -51,6 +51,13 @@ class MethodModule(nn.Module):
     def companions(self) -> list[tuple[nn.Module, bool]]:
         return []
 
+    def language_nll(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The LM's own mean next-token NLL of windows (validation): a method of the trained
+        module, so a sharded (FSDP) module gathers its weights for it as for its forward."""
+        from tokreason.methods.lm import mean_nll
+
+        return mean_nll(self.lm, input_ids)
+
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
         target = fn(torch.zeros((), dtype=torch.float32))  # where (and as what) a float tensor goes
@@ -68,6 +75,11 @@ class Method(ABC):
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = NoSettings
     thinks: ClassVar[bool] = False  # evaluated with thinking on as well (think_scorer)
+    # Whether a layer's keys and values receive gradients from later forwards (a KV cache kept
+    # with gradients, Quiet-STaR's thought steps): a sharded (FSDP2) layer then keeps its weights
+    # gathered from its forward to the end of the backward pass (a later call's backward can
+    # finish, and free the weights, while an earlier call's still needs them).
+    cross_forward_gradients: ClassVar[bool] = False
 
     def __init__(self, **options):
         known = {f.name for f in fields(self.config_class)}
@@ -183,6 +195,73 @@ class MetaThinkingMethod(Method):
                 "thought_budget": int(thought_budget or self.config.thought_budget),
                 "min_thought_tokens": int(getattr(self.config, "min_thought_tokens", 0)),
                 "meta_init": getattr(self.config, "meta_init", None)}
+
+
+def window_keys(batch: dict) -> torch.Tensor:
+    """The global index of every window of a batch (BatchStream's "window_index"; 0.. when absent):
+    what rollout randomness is keyed by, rather than by the process's rank."""
+    ids = batch["input_ids"]
+    return batch.get("window_index", torch.arange(len(ids))).to(ids.device)
+
+
+def rollout_keys(windows: torch.Tensor, where: torch.Tensor, group: int) -> list[int]:
+    """One sampler key per rollout: rollout g of position (row, t) of global window w."""
+    w = windows[where[:, 0]].tolist()
+    return [((wi * 1_000_003 + t) * 257 + g) & 0xFFFFFFFF for wi, t in zip(w, where[:, 1].tolist()) for g in range(group)]
+
+
+def world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def collective_device() -> torch.device:
+    """Where a collective's tensors live: the GPU under NCCL, else the CPU."""
+    if torch.distributed.is_initialized() and torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def global_sum(value: torch.Tensor | float) -> torch.Tensor:
+    """`value` summed over every process (itself when there is one), on the CPU."""
+    value = torch.as_tensor(value, dtype=torch.float32)
+    if world() > 1:
+        value = value.detach().to(collective_device()).clone()
+        torch.distributed.all_reduce(value)
+    return value.cpu()
+
+
+def global_max(value: int) -> int:
+    """The largest `value` over the processes (itself when there is one)."""
+    if world() == 1:
+        return int(value)
+    t = torch.tensor([float(value)], device=collective_device())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
+
+
+def run_micro_batches(model, slices: list, backward: Backward) -> dict:
+    """The update of a rollout batch in micro-batches: model(phase="update", rows=s) for each
+    slice, each back-propagated on its own (their losses are normalised by the whole batch, so
+    the gradients add up). Every process runs as many forward/backward passes as the busiest
+    one (phase="skip": a zero loss), so data-parallel and sharded training stay in step; a
+    process with nothing to update logs the skip's metrics."""
+    passes = max(global_max(len(slices)), 1)
+    totals: dict = {}
+    for i in range(passes):
+        loss, metrics = model(phase="update", rows=slices[i]) if i < len(slices) else model(phase="skip")
+        backward(loss)
+        if i < len(slices) or not slices:
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + float(value) if i < len(slices) else float(value)
+    return totals
+
+
+def per_process(count: torch.Tensor | float) -> torch.Tensor:
+    """A loss normaliser for data-parallel training: the whole batch's `count` (summed over the
+    processes) divided by their number. Gradients are averaged over processes, so sum_local /
+    per_process(count) gives every process's share of the global mean: W processes of batch b
+    train as one of batch W*b."""
+    return global_sum(count) / world()
 
 
 def step_seed() -> tuple[int, int]:

@@ -252,7 +252,7 @@ def reasoning_correct(scorer: ThoughtScorer, windows: torch.Tensor, where: torch
                       continuation_tokens: int = 32) -> torch.Tensor:
     """The prefix-match reward (0/1) of a greedy thought and prediction at positions [P, 2]."""
     windows = windows.to(scorer.device)
-    table = token_byte_table(scorer.tokenizer)
+    table = token_byte_table(scorer.tokenizer, scorer.lm.get_input_embeddings().weight.shape[0])
     stops = [scorer.tokenizer.eos_token_id] if scorer.tokenizer.eos_token_id is not None else []
     correct = []
     for b in range(0, len(where), scorer.batch_size):

@@ -1,6 +1,8 @@
 """What the methods and scorers ask of any causal LM, in one place."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -19,9 +21,29 @@ def lm_device(lm) -> torch.device:
     return lm.get_input_embeddings().weight.device
 
 
+@contextmanager
+def gathered(module):
+    """`module`'s own weights whole for calls that bypass its forward (a frozen companion's
+    backbone and head, the policy's outside a training step) when it is FSDP-sharded; nothing
+    otherwise. Without gradient only."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(module, FSDPModule):
+        yield module
+        return
+    module.unshard()
+    try:
+        yield module
+    finally:
+        module.reshard()
+
+
 def hidden_states(lm, **inputs) -> torch.Tensor:
     """The final hidden states [B, T, H] of a causal LM, without its head (the head is applied
-    where a loss or a score needs it: output_head, head_logprobs)."""
+    where a loss or a score needs it: output_head, head_logprobs). A sharded (FSDP) LM of its own
+    answers through its registered forward method `tokreason_hidden`."""
+    if hasattr(lm, "tokreason_hidden"):
+        return lm.tokreason_hidden(**inputs)
     return lm.base_model(**inputs).last_hidden_state
 
 

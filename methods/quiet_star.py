@@ -28,12 +28,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
-from tokreason.methods.base import Method, step_seed
+from tokreason.methods.base import Method, MethodModule, step_seed, window_keys
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
 from tokreason.methods.inference import PlainScorer
 from tokreason.methods.lm import checkpoint_mlps, chunked, fits_one_chunk, context_length, head_logprobs, output_head, token_logprobs
 from tokreason.methods.policy import group_advantages, reinforce_loss
 from tokreason.methods.registry import register_method
+from tokreason.methods.sampler import counter_uniform
 from tokreason.methods.settings import at_least, one_of, positive
 from tokreason.methods.thought_attention import THOUGHT_ATTENTION, ThoughtCache
 from tokreason.methods.thoughts import add_thought_tokens
@@ -104,7 +105,7 @@ def check_window(config: QuietStarConfig, seq_len: int, context: int | None) -> 
                          f"positions exceeds the model's {context}; use data.seq_len<={context - config.n_ahead - config.n_ahead_talk}")
 
 
-class QuietStarModel(nn.Module):
+class QuietStarModel(MethodModule):
     """A causal LM plus what Quiet-STaR learns beside it: the mixing head and the start/end
     embeddings. forward(input_ids) is the training objective, so DDP sees one module."""
 
@@ -139,10 +140,11 @@ class QuietStarModel(nn.Module):
 
     # ------------------------------------------------------------------ the thought pass
     def think(self, ids: torch.Tensor, talk: int, greedy: bool = False, dense: bool | None = None,
-              thoughts: torch.Tensor | None = None) -> ThoughtPass:
+              thoughts: torch.Tensor | None = None, noise: tuple[int, torch.Tensor] | None = None) -> ThoughtPass:
         """Thoughts at every position of ids [N, L] in one batched, KV-cached pass: one forward
         for the text, then one per thought token and per talk token, each over all L positions.
-        `thoughts` [N, L, m] replays given thought tokens instead of sampling."""
+        `thoughts` [N, L, m] replays given thought tokens instead of sampling. `noise` (seed,
+        keys [N, L]) makes each position's draws a function of its key (the global RNG otherwise)."""
         c = self.config
         n, length = ids.shape
         embed = self.lm.get_input_embeddings()
@@ -156,7 +158,9 @@ class QuietStarModel(nn.Module):
             hidden = step(x, s)
             if s > m:
                 break
-            token, logprob = self.thought_token(hidden, greedy, thoughts[:, :, s - 1] if thoughts is not None else None)
+            uniform = counter_uniform(noise[0], noise[1], s) if noise is not None else None
+            token, logprob = self.thought_token(hidden, greedy, thoughts[:, :, s - 1] if thoughts is not None else None,
+                                                uniform)
             policy_logprobs.append(logprob)
             thought_ids.append(token)
             x = embed(token)
@@ -196,33 +200,37 @@ class QuietStarModel(nn.Module):
 
         return step
 
-    def thought_token(self, hidden: torch.Tensor, greedy: bool, given: torch.Tensor | None):
+    def thought_token(self, hidden: torch.Tensor, greedy: bool, given: torch.Tensor | None,
+                      uniform: torch.Tensor | None = None):
         """The thought token at every position (sampled at `temperature`, greedy, or `given`;
         meta-tokens are never thought) and its log-prob at the REINFORCE temperature, with
         gradient. Logits that fit one chunk are computed once; larger ones are chunked (drawn
         without gradient, scored by the checkpointed head_logprobs)."""
         c, head = self.config, self.head
         if not fits_one_chunk(hidden[..., :1].numel(), head.vocab_size):
-            token = given if given is not None else self.draw(hidden, greedy)
+            token = given if given is not None else self.draw(hidden, greedy, uniform)
             return token, head_logprobs(head, hidden, token, c.reinforce_temperature, self.meta_ids)
         logits = head(hidden).float().index_fill(-1, torch.tensor(self.meta_ids, device=hidden.device), float("-inf"))
-        token = given if given is not None else self._pick(logits.detach(), greedy)
+        token = given if given is not None else self._pick(logits.detach(), greedy, uniform)
         return token, token_logprobs(logits, token, c.reinforce_temperature)
 
     @torch.no_grad()
-    def draw(self, hidden: torch.Tensor, greedy: bool) -> torch.Tensor:
+    def draw(self, hidden: torch.Tensor, greedy: bool, uniform: torch.Tensor | None = None) -> torch.Tensor:
         """A thought token at every position (meta-tokens are never thought), in chunks of positions."""
         masked = torch.tensor(self.meta_ids, device=hidden.device)
-        return chunked(lambda h: self._pick(self.head(h).float().index_fill(-1, masked, float("-inf")), greedy),
-                       hidden, width=self.head.vocab_size)
+        if uniform is None:
+            uniform = torch.rand(hidden.shape[:-1], device=hidden.device)
+        return chunked(lambda h, u: self._pick(self.head(h).float().index_fill(-1, masked, float("-inf")), greedy, u),
+                       hidden, uniform[..., None], width=self.head.vocab_size)
 
-    def _pick(self, logits: torch.Tensor, greedy: bool) -> torch.Tensor:
-        """argmax, or a draw from softmax(logits / temperature) by inverting its CDF (one uniform
-        number per row, not one per vocabulary entry)."""
+    def _pick(self, logits: torch.Tensor, greedy: bool, uniform: torch.Tensor | None = None) -> torch.Tensor:
+        """argmax, or a draw from softmax(logits / temperature) by inverting its CDF with one
+        uniform number per row (`uniform` [.., 1] or [..], else from the global RNG)."""
         if greedy:
             return logits.argmax(-1)
         cdf = torch.softmax(logits / self.config.temperature, dim=-1).cumsum(-1)
-        u = torch.rand(cdf.shape[:-1] + (1,), device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]
+        u = uniform if uniform is not None else torch.rand(cdf.shape[:-1], device=cdf.device)
+        u = u.reshape(cdf.shape[:-1] + (1,)).to(cdf.dtype) * cdf[..., -1:]
         return torch.searchsorted(cdf, u)[..., 0].clamp(max=logits.shape[-1] - 1)
 
     # ------------------------------------------------------------------ mixing
@@ -269,7 +277,8 @@ class QuietStarModel(nn.Module):
         return torch.stack(scores, -1), torch.stack(targets, -1), torch.stack(valid, -1), torch.stack(weights).mean()
 
     # ------------------------------------------------------------------ the objective
-    def forward(self, input_ids: torch.Tensor, thoughts: torch.Tensor | None = None):
+    def forward(self, input_ids: torch.Tensor, thoughts: torch.Tensor | None = None,
+                window_index: torch.Tensor | None = None):
         """The training loss on windows [B, L]: n_passes thoughts at every position.
 
         With thought_corrupt (shuffle | random) and no given `thoughts`, the thoughts are first
@@ -282,16 +291,27 @@ class QuietStarModel(nn.Module):
         c = self.config
         check_window(c, input_ids.shape[1], self.context)
         ids = input_ids.repeat_interleave(c.n_passes, dim=0)  # the passes of one window are adjacent rows
+        noise = (step_seed()[0], self.thought_keys(input_ids, window_index))
         if c.thought_corrupt != "none" and thoughts is None:
             with torch.no_grad():
-                sampled = self.think(ids, 0).thought_ids
+                sampled = self.think(ids, 0, noise=noise).thought_ids
             seed, rank = step_seed()  # drawn after the sampling pass
             thoughts = corrupt_thoughts(sampled, torch.full(sampled.shape[:-1], sampled.shape[-1], device=sampled.device),
                                         c.thought_corrupt, corruption_generator(seed, rank), self.vocab_size,
                                         self.forbidden_ids)
-        tp = self.think(ids, c.n_ahead_talk, thoughts=thoughts)
+        tp = self.think(ids, c.n_ahead_talk, thoughts=thoughts, noise=noise)
         loss, metrics = self.objective(input_ids, tp)
         return loss, metrics, tp
+
+    def thought_keys(self, input_ids: torch.Tensor, windows: torch.Tensor | None) -> torch.Tensor:
+        """[B * n_passes, L] a key per (global window, pass, position): its thought's draws do
+        not depend on the batch it sits in or on the process (W processes of batch b sample
+        what one process of batch W*b samples)."""
+        b, length = input_ids.shape
+        windows = windows if windows is not None else torch.arange(b, device=input_ids.device)
+        rows = windows.to(input_ids.device).repeat_interleave(self.config.n_passes) * self.config.n_passes
+        rows = rows + torch.arange(self.config.n_passes, device=input_ids.device).repeat(b)
+        return rows[:, None] * length + torch.arange(length, device=input_ids.device)[None]
 
     def objective(self, input_ids: torch.Tensor, tp: ThoughtPass) -> tuple[torch.Tensor, dict]:
         """NLL of the mixed prediction (plus the base NLL in the official form) and REINFORCE
@@ -439,6 +459,7 @@ class QuietStar(Method):
 
     config_class = QuietStarConfig
     thinks = True
+    cross_forward_gradients = True  # the thought steps read earlier steps' keys with gradients
 
     def wrap(self, lm, tokenizer) -> QuietStarModel:
         return QuietStarModel(lm, tokenizer, self.config)
@@ -447,7 +468,7 @@ class QuietStar(Method):
         check_window(self.config, seq_len, context)
 
     def step(self, model, batch, backward):
-        loss, metrics, _ = model(input_ids=batch["input_ids"])
+        loss, metrics, _ = model(input_ids=batch["input_ids"], window_index=window_keys(batch))
         backward(loss)
         return metrics
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tokreason.methods.base import MetaThinkingMethod, MethodModule, skipped_loss, step_seed
+from tokreason.methods.base import (MetaThinkingMethod, MethodModule, per_process, rollout_keys, run_micro_batches,
+                                    skipped_loss, step_seed, window_keys, world)
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
-from tokreason.methods.lm import head_logprobs, hidden_states, output_head
+from tokreason.methods.lm import gathered, head_logprobs, hidden_states, output_head
 from tokreason.methods.policy import behaviour_logprobs_from_hidden, clipped_surrogate
 from tokreason.methods.registry import register_method
 from tokreason.methods.thought_attention import use_tokreason_attention
@@ -88,47 +89,59 @@ class RLPModel(MethodModule):
                        torch.float32 if config.ema_dtype == "float32" else None)  # from the first weights
         self.last_timing: dict[str, float] = {}  # seconds per phase of the last step (benchmarks read it)
         self.batch: "ThoughtBatch | None" = None  # the step's batch, between its phases
+        self.synced = False  # sharded (FSDP): every process must run the same forwards (the runner sets it)
 
     def companions(self) -> list:
         return [] if self.config.ema_device == "cpu" else [(self.ema.model, self.config.ema_dtype == "model")]
 
-    def positions(self, ids: torch.Tensor) -> torch.Tensor:
+    def positions(self, ids: torch.Tensor, seed: int = 0, windows: torch.Tensor | None = None) -> torch.Tensor:
         m = self.config
         return choose_positions(self.lm, ids, selector=m.selector, per_window=m.positions_per_window,
                                 threshold=m.entropy_threshold, fraction=m.top_fraction, min_context=m.min_context,
-                                min_continuation=m.target_tokens)
+                                min_continuation=m.target_tokens, seed=seed, windows=windows)
 
-    def forward(self, input_ids: torch.Tensor | None = None, phase: str = "step", rows: slice = slice(None)):
+    def forward(self, input_ids: torch.Tensor | None = None, phase: str = "step", rows: slice = slice(None),
+                window_index: torch.Tensor | None = None):
         """One step through the trained module (so DDP/FSDP see every forward): "rollout"
         (call without gradient): positions, thoughts, S_EMA into self.batch (None: no position);
         "update": rows of it (whole groups) -> (loss, metrics), normalised by the whole batch so
         that micro-batches add up; "skip": a zero loss on every parameter; "step": all at once."""
         if phase == "rollout":
-            self.batch = self.rollout_batch(input_ids)
+            self.batch = self.rollout_batch(input_ids, window_index)
+            # the loss's normalisers: every process joins this one collective every step, batch or not
+            local = [len(self.batch.full), self.batch.sampled.sum().item()] if self.batch is not None else [0.0, 0.0]
+            rows, tokens = per_process(torch.tensor(local, dtype=torch.float32)).tolist()
+            if self.batch is not None:
+                self.batch.rows, self.batch.tokens = max(rows, 1e-6), max(tokens, 1e-6)
             return self.batch is not None
         if phase == "update":
             return self.update(self.batch, rows)
-        if phase == "skip" or not self.forward(input_ids, phase="rollout"):
+        if phase == "skip" or not self.forward(input_ids, phase="rollout", window_index=window_index):
             return skipped_loss(self.lm, METRICS)
         return self.update(self.batch, slice(None))
 
     @torch.no_grad()
-    def rollout_batch(self, input_ids: torch.Tensor) -> "ThoughtBatch | None":
+    def rollout_batch(self, input_ids: torch.Tensor, windows: torch.Tensor | None = None) -> "ThoughtBatch | None":
         m, g = self.config, self.config.group_size
         clock = time.perf_counter()
-        where = self.positions(input_ids)
-        if len(where) == 0:  # no position with enough context and continuation: skipped, counted
+        windows = windows if windows is not None else torch.arange(len(input_ids), device=input_ids.device)
+        seed, rank = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
+        where = self.positions(input_ids, seed, windows)
+        dummy = len(where) == 0 and self.synced  # sharded: think anyway (the same forwards), learn nothing
+        if len(where) == 0 and not dummy:  # no position with enough context and continuation: skipped, counted
             return None
+        if dummy:
+            where = torch.tensor([[0, max(0, input_ids.shape[1] - 1 - m.target_tokens)]], dtype=torch.long)
         rows, ts = where[:, 0], where[:, 1]
         n, k, pad = len(where), m.target_tokens, self.tokenizer.pad_token_id or 0
         prompts = [self.format.prompt(input_ids[r, : t + 1].tolist()) for r, t in where.tolist()]
-        seed, rank = step_seed()
         was_training = self.lm.training
         self.lm.eval()
         samples = sample_in_batches(self.lm, prompts, sampler=sample, rollouts_per_call=m.sample_batch_size, repeats=g,
-                                    keys=[rank * 2**24 + i for i in range(n * g)], seed=seed, temperature=m.temperature,
+                                    keys=rollout_keys(windows, where, g), seed=seed, temperature=m.temperature,
                                     thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens,
-                                    close_id=self.end_id, max_prediction_tokens=0, stop_ids=[], pad_id=pad)
+                                    close_id=self.end_id, max_prediction_tokens=0, stop_ids=[], pad_id=pad,
+                                    synced=self.synced)
         self.lm.train(was_training)
         sampled_at = time.perf_counter()
         targets = torch.stack([input_ids[rows, ts + 1 + j] for j in range(k)], dim=-1)  # [n, k]
@@ -140,6 +153,9 @@ class RLPModel(MethodModule):
             thought = corrupt_thoughts(samples.tokens, samples.thought_len, m.thought_corrupt, corruption_generator(seed, rank),
                                        self.vocab_size, [*self.format.markers, self.tokenizer.eos_token_id, pad])
         batch = ThoughtBatch.build(samples, thought, targets, self.s_ema(input_ids, rows, ts, targets), g)
+        if dummy:
+            batch.sampled &= False
+            batch.stats.update(positions=0.0, skipped_batch=1.0)
         self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
         return batch
 
@@ -151,7 +167,8 @@ class RLPModel(MethodModule):
         hidden = hidden_states(ema, input_ids=input_ids.to(device))
         at = torch.stack([ts + j for j in range(targets.shape[1])], -1).to(device)  # [n, k]
         picked = hidden[rows.to(device)[:, None], at]  # [n, k, H]
-        return head_logprobs(output_head(ema), picked, targets.to(device)).sum(-1).to(targets.device)
+        with gathered(ema):  # sharded: its head's weights whole for this call
+            return head_logprobs(output_head(ema), picked, targets.to(device)).sum(-1).to(targets.device)
 
     def update(self, batch: "ThoughtBatch", rows: slice):
         """One teacher-forced pass over [prompt | thought, close | x_{t+1} .. x_{t+k}]: the thought
@@ -169,8 +186,8 @@ class RLPModel(MethodModule):
             target_hidden = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
             s_pred = head_logprobs(head, target_hidden, batch.targets[rows]).sum(-1).view(-1, g)
         groups = slice(rows.start // g if rows.start else None, rows.stop // g if rows.stop else None)
-        whole = {} if rows == slice(None) else dict(  # a micro-batch: normalised by the whole batch's counts
-            rows=len(batch.full), tokens=batch.sampled.sum().clamp(min=1).float(), positions=len(batch.s_ema))
+        whole = {} if rows == slice(None) and world() == 1 else dict(  # normalised by the whole batch's counts
+            rows=batch.rows, tokens=batch.tokens, positions=len(batch.s_ema))
         loss, metrics = self.objective(thought_lp, batch.sampled[rows], s_pred, batch.s_ema[groups], **whole)
         if rows == slice(None):
             metrics.update(batch.stats)
@@ -214,6 +231,8 @@ class ThoughtBatch:
     targets: torch.Tensor     # [R, k] the true next tokens
     s_ema: torch.Tensor       # [n]
     stats: dict
+    rows: float = 0.0         # rollouts, over all processes, per process (set by the rollout phase)
+    tokens: float = 0.0       # thought tokens in the loss, the same
 
     @classmethod
     def build(cls, samples, thought: torch.Tensor, targets: torch.Tensor, s_ema: torch.Tensor, group: int) -> "ThoughtBatch":
@@ -323,15 +342,7 @@ class RLP(MetaThinkingMethod):
         (about update_batch_size rollouts each), each back-propagated on its own."""
         raw = getattr(model, "module", model)  # the module (under DDP) holds the batch
         with torch.no_grad():
-            has_rollouts = model(input_ids=batch["input_ids"], phase="rollout")
-        if not has_rollouts:
-            loss, metrics = model(phase="skip")
-            backward(loss)
-            return metrics
-        totals: dict = {}
-        for rows in raw.batch.micro_batches(self.config.update_batch_size, self.config.group_size):
-            loss, metrics = model(phase="update", rows=rows)
-            backward(loss)
-            for key, value in metrics.items():  # each normalised by the whole batch: they add up
-                totals[key] = totals.get(key, 0.0) + float(value)
-        return {**totals, **raw.batch.stats}
+            has_rollouts = model(input_ids=batch["input_ids"], phase="rollout", window_index=window_keys(batch))
+        slices = raw.batch.micro_batches(self.config.update_batch_size, self.config.group_size) if has_rollouts else []
+        totals = run_micro_batches(model, slices, backward)  # each normalised by the whole batch: they add up
+        return {**totals, **raw.batch.stats} if has_rollouts else totals

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tokreason.methods.base import MetaThinkingMethod, MethodModule, skipped_loss, step_seed
+from tokreason.methods.base import (MetaThinkingMethod, MethodModule, per_process, rollout_keys, run_micro_batches,
+                                    skipped_loss, step_seed, window_keys)
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
-from tokreason.methods.lm import hidden_states, output_head
+from tokreason.methods.lm import gathered, hidden_states, output_head
 from tokreason.methods.policy import behaviour_logprobs_from_hidden, clipped_surrogate, grpo_advantages, kl_penalty
 from tokreason.methods.registry import register_method
 from tokreason.methods.thought_attention import use_tokreason_attention
@@ -70,7 +71,8 @@ class RPTModel(MethodModule):
                 ids = tokenizer.encode(marker, add_special_tokens=False)
                 if not ids or tokenizer.decode(ids) != marker:
                     raise ValueError(f"method.template=boxed needs the tokenizer to represent {marker!r}; use method.template=meta")
-        self.token_bytes = token_byte_table(tokenizer)  # after any meta-tokens were added
+        # after any meta-tokens were added; as long as the model's vocabulary (it may sample a spare row)
+        self.token_bytes = token_byte_table(tokenizer, lm.get_input_embeddings().weight.shape[0])
         self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])  # for random thoughts
         self.stop_ids = []
         for stop in config.prediction_stop:
@@ -90,6 +92,7 @@ class RPTModel(MethodModule):
         self.last_timing: dict[str, float] = {}
         self._replay: "RolloutBatch | None" = None  # a rollout batch kept for its remaining epochs
         self.batch: "RolloutBatch | None" = None  # the step's rollout batch, between its phases
+        self.synced = False  # sharded (FSDP): every process must run the same forwards (the runner sets it)
 
     def set_proxy(self, proxy) -> None:
         self._proxy = [proxy.eval().requires_grad_(False)]
@@ -98,12 +101,12 @@ class RPTModel(MethodModule):
         return [(m, True) for m in (*self._reference, *self._proxy)]
 
     # -------------------------------------------------------------- positions and prompts
-    def positions(self, ids: torch.Tensor) -> torch.Tensor:
+    def positions(self, ids: torch.Tensor, seed: int = 0, windows: torch.Tensor | None = None) -> torch.Tensor:
         m = self.config
         return choose_positions(self._proxy[0] if self._proxy else self.lm, ids, selector=m.selector,
                                 per_window=m.positions_per_window, threshold=m.entropy_threshold, fraction=m.top_fraction,
                                 min_context=m.min_context, min_continuation=1, top_k=m.entropy_top_k,
-                                renormalize=m.entropy_renormalize)
+                                renormalize=m.entropy_renormalize, seed=seed, windows=windows)
 
     def prompt(self, context: list[int]) -> list[int]:
         if self.config.template == "meta":
@@ -111,7 +114,8 @@ class RPTModel(MethodModule):
         return chat_prompt_ids(self.tokenizer, BOXED_PROMPT + self.tokenizer.decode(context))
 
     # -------------------------------------------------------------- one GRPO step
-    def forward(self, input_ids: torch.Tensor | None = None, phase: str = "step", rows: slice = slice(None)):
+    def forward(self, input_ids: torch.Tensor | None = None, phase: str = "step", rows: slice = slice(None),
+                window_index: torch.Tensor | None = None):
         """One GRPO step through the trained module (so DDP/FSDP see every forward):
         phase="rollout": positions, rollouts, rewards, advantages (call without gradient) into
         self.batch (None when no position qualifies); "update": the clipped surrogate on `rows`
@@ -120,31 +124,40 @@ class RPTModel(MethodModule):
         kept batch's next epoch first). The batch stays on the module, not in the call's
         arguments: a wrapper that moves arguments between devices would copy it."""
         if phase == "rollout":
-            self.batch = self._replay if self._replay is not None else self.rollout_batch(input_ids)
+            self.batch = self._replay if self._replay is not None else self.rollout_batch(input_ids, window_index)
+            # the loss's normaliser: every process joins this one collective every step, batch or not
+            count = per_process(self.batch.token_mask.sum().float() if self.batch is not None else 0.0)
+            if self.batch is not None:
+                self.batch.count = count.clamp(min=1e-6).to(self.batch.tokens.device)
             return self.batch is not None
         if phase == "update":
             return self.update(self.batch, rows)
         if phase == "skip":
             return skipped_loss(self.lm, METRICS)
-        if not self.forward(input_ids, phase="rollout"):
+        if not self.forward(input_ids, phase="rollout", window_index=window_index):
             return skipped_loss(self.lm, METRICS)
         loss, metrics = self.update(self.batch, slice(None))
         self.finish_epoch(self.batch)
         return loss, metrics
 
     @torch.no_grad()
-    def rollout_batch(self, input_ids: torch.Tensor) -> "RolloutBatch | None":
+    def rollout_batch(self, input_ids: torch.Tensor, windows: torch.Tensor | None = None) -> "RolloutBatch | None":
         m = self.config
         clock = time.perf_counter()
-        where = self.positions(input_ids)
-        if len(where) == 0:  # nothing to learn here: the step is skipped (and counted)
+        windows = windows if windows is not None else torch.arange(len(input_ids), device=input_ids.device)
+        seed, _ = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
+        where = self.positions(input_ids, seed, windows)
+        dummy = len(where) == 0 and self.synced  # sharded: roll out anyway (the same forwards), learn nothing
+        if len(where) == 0 and not dummy:  # nothing to learn here: the step is skipped (and counted)
             return None
+        if dummy:
+            where = torch.tensor([[0, input_ids.shape[1] - 2]], dtype=torch.long)
         prompts = [self.prompt(input_ids[row, : t + 1].tolist()) for row, t in where.tolist()]
-        samples = self.rollout(prompts)
+        samples = self.rollout(prompts, rollout_keys(windows, where, m.group_size), seed)
         sampled_at = time.perf_counter()
         rewards, predictions = self.rewards(samples, input_ids, where)
         advantages, flat = grpo_advantages(rewards)
-        token_mask = samples.sampled.clone()
+        token_mask = samples.sampled.clone() & (not dummy)
         if m.dynamic_sampling and int(self.optimizer_steps) >= m.dynamic_sampling_from_step:
             token_mask &= ~flat.repeat_interleave(m.group_size)[:, None]  # DAPO: groups without spread leave the loss
         meta = m.template == "meta"
@@ -153,7 +166,7 @@ class RPTModel(MethodModule):
                  "format_failures": sum(p is None for p in predictions) / len(predictions),
                  "thought_length": samples.thought_len.float().mean() if meta else samples.sampled.sum(-1).float().mean(),
                  "thought_closed": samples.closed.float().mean() if meta else 1.0,
-                 "positions": float(len(prompts)), "skipped_batch": 0.0}
+                 "positions": 0.0 if dummy else float(len(prompts)), "skipped_batch": float(dummy)}
         # seconds per phase of the last step (benchmarks read it); scoring: the rewards
         self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
         return RolloutBatch(torch.cat([samples.prompt_ids, samples.tokens], dim=1), samples.prompt_mask, samples.tokens,
@@ -164,20 +177,20 @@ class RPTModel(MethodModule):
         batch.epochs_left -= 1
         self._replay = batch if batch.epochs_left >= 0 else None
 
-    def rollout(self, prompts: list[list[int]]) -> Samples:
-        """G rollouts of every prompt. meta: a thought (closed at thought_budget), then up to
-        max_prediction_tokens predicted tokens; boxed: a free response (thinking, </think>, the
-        answer) of up to response_budget tokens, ending at EOS."""
+    def rollout(self, prompts: list[list[int]], keys: list[int], seed: int) -> Samples:
+        """G rollouts of every prompt (noise keyed by `keys`, one per rollout). meta: a thought
+        (closed at thought_budget), then up to max_prediction_tokens predicted tokens; boxed: a
+        free response (thinking, </think>, the answer) of up to response_budget tokens, ending at
+        EOS."""
         m, group = self.config, self.config.group_size
-        seed, rank = step_seed()
-        keys = [rank * 2**24 + i for i in range(len(prompts) * group)]
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         was_training = self.lm.training
         self.lm.eval()
         try:
             if m.thought_corrupt != "none":
                 return self.corrupted_samples(prompts, keys, seed, rank, self.pad_id)
             common = dict(sampler=sample, rollouts_per_call=m.sample_batch_size, repeats=group, keys=keys, seed=seed,
-                          temperature=m.temperature, pad_id=self.pad_id)
+                          temperature=m.temperature, pad_id=self.pad_id, synced=self.synced)
             if m.template == "meta":
                 return sample_in_batches(self.lm, prompts, thought_budget=m.thought_budget, close_id=self.end_id,
                                          min_thought_tokens=m.min_thought_tokens, stop_ids=self.stop_ids,
@@ -219,7 +232,7 @@ class RPTModel(MethodModule):
         corrupted tokens. No global RNG is drawn: the corruption's and the prediction's noise
         come from the step's seed."""
         m, group = self.config, self.config.group_size
-        thoughts = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
+        thoughts = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature, synced=self.synced,
                           thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens, close_id=self.end_id,
                           max_prediction_tokens=0, stop_ids=[], pad_id=pad)
         generator = corruption_generator(seed, rank)
@@ -230,7 +243,8 @@ class RPTModel(MethodModule):
         followed = [prompts[r // group] + rows[r][:k] for r, k in enumerate(closed_len.tolist())]
         # With close_id=None the sampler has no thought phase and `thought_budget` is its whole
         # limit: it predicts up to max_prediction_tokens tokens, ending early at a stop token.
-        predicted = sample(self.lm, followed, keys=keys, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+        predicted = sample(self.lm, followed, keys=keys, synced=self.synced,
+                           seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
                            temperature=m.temperature, thought_budget=m.max_prediction_tokens, close_id=None,
                            max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
         # Per row [corrupted thought, <end>, prediction (stop token included), pad ..] after the
@@ -267,10 +281,12 @@ class RPTModel(MethodModule):
                                                 m.clip_eps_high, tokens=count)
         metrics = {"policy_loss": loss.detach(), "clip_fraction": clip_fraction, "kl": 0.0}
         if m.kl_beta > 0:
+            reference = self._reference[0]
             with torch.no_grad():
-                ref_hidden = hidden_states(self._reference[0], **inputs)[:, width - 1: -1]
-                ref_lp = behaviour_logprobs_from_hidden(output_head(self._reference[0]), ref_hidden, tokens, m.temperature,
-                                                        close_id, m.min_thought_tokens)
+                ref_hidden = hidden_states(reference, **inputs)[:, width - 1: -1]
+                with gathered(reference):  # sharded: its head's weights whole for this call
+                    ref_lp = behaviour_logprobs_from_hidden(output_head(reference), ref_hidden, tokens, m.temperature,
+                                                            close_id, m.min_thought_tokens)
             kl = kl_penalty(logprobs, ref_lp, token_mask, tokens=count)
             loss = loss + m.kl_beta * kl
             metrics["kl"] = kl.detach()
@@ -291,9 +307,12 @@ class RolloutBatch:
     stats: dict
     epochs_left: int = 0
     old_logprobs: torch.Tensor | None = None  # [R, T] the first epoch's (rollout policy's) log-probs
+    count: torch.Tensor | None = None  # tokens in the loss, over all processes, per process
 
     def token_count(self) -> torch.Tensor:
-        return self.token_mask.sum().clamp(min=1).to(torch.float32)
+        """The loss's normaliser: the batch's tokens in the loss, over all processes, per process
+        (set by the rollout phase)."""
+        return self.count
 
     def micro_batches(self, size: int | None) -> list[slice]:
         rows = len(self.full)
@@ -401,19 +420,15 @@ class RPT(MetaThinkingMethod):
         rollouts, each back-propagated on its own (the gradients add up to the whole batch's)."""
         raw = getattr(model, "module", model)  # the module (under DDP) holds the rollout batch
         with torch.no_grad():
-            has_rollouts = model(input_ids=batch["input_ids"], phase="rollout")
+            has_rollouts = model(input_ids=batch["input_ids"], phase="rollout", window_index=window_keys(batch))
+        slices = raw.batch.micro_batches(self.config.update_batch_size) if has_rollouts else []
+        totals = run_micro_batches(model, slices, backward)
         if not has_rollouts:
-            loss, metrics = model(phase="skip")
-            backward(loss)
-            return metrics
-        rollouts, totals = raw.batch, {}
-        for rows in rollouts.micro_batches(self.config.update_batch_size):
-            loss, metrics = model(phase="update", rows=rows)
-            backward(loss)
-            for key in ("loss", "policy_loss", "kl", "clip_fraction"):  # each normalised by the whole batch: they add up
-                totals[key] = totals.get(key, 0.0) + float(metrics[key])
-        raw.finish_epoch(rollouts)
-        return {**rollouts.stats, **totals}
+            return totals
+        keep = ("loss", "policy_loss", "kl", "clip_fraction")  # each normalised by the whole batch: they add up
+        metrics = {**raw.batch.stats, **{k: totals[k] for k in keep}}
+        raw.finish_epoch(raw.batch)
+        return metrics
 
     def after_optimizer_step(self, model: RPTModel) -> None:
         model.optimizer_steps += 1

@@ -37,6 +37,12 @@ def gumbel_noise(seed: int, keys: torch.Tensor, step: int, vocab: int) -> torch.
     return -torch.log(-torch.log(u)).float()
 
 
+def counter_uniform(seed: int, keys: torch.Tensor, step: int) -> torch.Tensor:
+    """A uniform number in (0, 1) for every key (any shape), a pure function of (seed, key, step)."""
+    h = _hash32(_hash32(torch.full_like(keys, seed & _MASK32)) ^ (keys & _MASK32))
+    return ((_hash32(h ^ (step & _MASK32)).double() + 0.5) / 2**32).float()
+
+
 class PreallocatedLayer(DynamicLayer):
     """A KV-cache layer that writes into buffers sized for the whole rollout, instead of
     concatenating a new tensor every token (which copies the whole cache each step)."""
@@ -122,13 +128,14 @@ def _draw(logits: torch.Tensor, temperature: float, seed: int, keys: torch.Tenso
 @torch.no_grad()
 def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperature: float, thought_budget: int,
            close_id: int | None, max_prediction_tokens: int, stop_ids: list[int], pad_id: int,
-           repeats: int = 1, min_thought_tokens: int = 0) -> Samples:
+           repeats: int = 1, min_thought_tokens: int = 0, synced: bool = False) -> Samples:
     """`repeats` rollouts of each prompt (rows prompt-major: prompt i's are rows i*repeats ..),
     one key per row; temperature 0 is greedy. Each prompt is read once and its KV cache shared
     by its rollouts (not copied, where the model runs on tokreason's attention). A stop token
     ends a prediction and is part of it. Finished rollouts leave the batch (whole groups where
     the prompt's cache is shared): they stop costing compute. The host is asked only whether
-    every row is done, once per token."""
+    every row is done, once per token. synced (a sharded model: every forward is collective):
+    the loop runs until every process's rows are done, so all run the same forwards."""
     device = lm.get_input_embeddings().weight.device
     ids, mask = _prompt_batch(prompts, pad_id, device)
     rows = len(prompts) * repeats
@@ -151,13 +158,22 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
         out_sampled.append(chosen)
         out_logprobs.append(torch.where(chosen, logprob, torch.zeros_like(logprob)))
         out_predicting.append(predicting)
-        if bool(state.done.all()):
+        if _all_done(state.done, synced):
             break
         logits = decoder.step(token, state.done)
     tokens, predicting = torch.stack(out_tokens, 1), torch.stack(out_predicting, 1)
     prediction = [row[keep].tolist() for row, keep in zip(tokens.cpu(), predicting.cpu())]
     return Samples(tokens, torch.stack(out_sampled, 1), state.thought_len, state.closed, prediction, state.first_logprob,
                    ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0), torch.stack(out_logprobs, 1))
+
+
+def _all_done(done: torch.Tensor, synced: bool) -> bool:
+    local = bool(done.all())
+    if not synced:
+        return local
+    from tokreason.methods.base import global_max
+
+    return not global_max(0 if local else 1)
 
 
 class _RolloutState:
@@ -275,10 +291,16 @@ def sample_in_batches(lm, prompts: list[list[int]], *, rollouts_per_call: int | 
     counter-based noise makes the tokens the same): sampling memory bounded by the micro-batch."""
     sampler = sampler or sample
     per_call = len(prompts) if not rollouts_per_call else max(1, rollouts_per_call // repeats)
-    if per_call >= len(prompts):
+    starts = list(range(0, len(prompts), per_call))
+    if options.get("synced"):  # a sharded model: every process makes as many sampler calls as the busiest one
+        from tokreason.methods.base import global_max
+
+        for _ in range(global_max(len(starts)) - len(starts)):  # extra calls on the first prompt, discarded
+            sampler(lm, prompts[:1], repeats=repeats, keys=keys[:repeats], pad_id=pad_id, **options)
+    if len(starts) == 1:
         return sampler(lm, prompts, repeats=repeats, keys=keys, pad_id=pad_id, **options)
     parts = [sampler(lm, prompts[a: a + per_call], repeats=repeats, keys=keys[a * repeats: (a + per_call) * repeats],
-                     pad_id=pad_id, **options) for a in range(0, len(prompts), per_call)]
+                     pad_id=pad_id, **options) for a in starts]
     return join_samples(parts, pad_id)
 
 

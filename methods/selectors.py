@@ -25,11 +25,13 @@ def eligible(length: int, min_context: int, min_continuation: int, device=None) 
 
 def select_positions(kind: str, entropy: torch.Tensor | None, *, per_window: int | None, threshold: float = 0.0,
                      fraction: float = 0.2, min_context: int = 1, min_continuation: int = 1,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, row_seeds: list[int] | None = None) -> torch.Tensor:
     """[K, 2] (row, position) pairs from windows [B, L]. `entropy` [B, L] is needed by the
     entropy-based selectors. per_window caps the positions taken from each window (None: all);
     entropy keeps the positions above the threshold (a random subset of them when capped),
-    top_fraction the highest-entropy fraction, random a uniform choice."""
+    top_fraction the highest-entropy fraction, random a uniform choice. The random choices draw
+    from `row_seeds` (one seed per window: a window's choice does not depend on the others in
+    its batch), else from `generator`."""
     if kind not in SELECTORS:
         raise ValueError(f"unknown selector {kind!r}; valid: {', '.join(SELECTORS)}")
     if kind in ("entropy", "top_fraction") and entropy is None:
@@ -45,7 +47,8 @@ def select_positions(kind: str, entropy: torch.Tensor | None, *, per_window: int
             keep = max(1, int(round(fraction * len(candidates))))
             candidates = candidates[entropy[row, candidates].argsort(descending=True)[:keep]].sort().values
         if per_window is not None and len(candidates) > per_window:
-            pick = torch.randperm(len(candidates), generator=generator, device="cpu")[:per_window].to(candidates.device)
+            rng = torch.Generator().manual_seed(row_seeds[row]) if row_seeds is not None else generator
+            pick = torch.randperm(len(candidates), generator=rng, device="cpu")[:per_window].to(candidates.device)
             candidates = candidates[pick].sort().values
         chosen.extend((row, int(t)) for t in candidates)
     return torch.tensor(chosen, dtype=torch.long).view(-1, 2)
@@ -55,22 +58,26 @@ def select_positions(kind: str, entropy: torch.Tensor | None, *, per_window: int
 def position_entropy(lm, ids: torch.Tensor, top_k: int = 16, renormalize: bool = True) -> torch.Tensor:
     """top_k_entropy of the next token at every position of ids [B, L] under `lm`: its hidden
     states, then the head over chunks of positions (never [B, L, V] logits at once)."""
-    from tokreason.methods.lm import chunked, hidden_states, output_head
+    from tokreason.methods.lm import chunked, gathered, hidden_states, output_head
 
-    head = output_head(lm)
-    return chunked(lambda h: top_k_entropy(head(h), top_k, renormalize), hidden_states(lm, input_ids=ids),
-                   width=head.vocab_size)
+    hidden = hidden_states(lm, input_ids=ids)
+    with gathered(lm):  # a sharded LM of its own: its head's weights whole for this call
+        head = output_head(lm)
+        return chunked(lambda h: top_k_entropy(head(h), top_k, renormalize), hidden, width=head.vocab_size)
 
 
 @torch.no_grad()
 def choose_positions(scorer, ids: torch.Tensor, *, selector: str, per_window: int | None, threshold: float,
                      fraction: float, min_context: int, min_continuation: int, top_k: int = 16,
-                     renormalize: bool = True) -> torch.Tensor:
+                     renormalize: bool = True, seed: int = 0, windows: torch.Tensor | None = None) -> torch.Tensor:
     """Positions in windows ids [B, L] for a method's selector settings; the entropy-based
-    selectors score the windows with `scorer` (a causal LM: the model, or a proxy)."""
+    selectors score the windows with `scorer` (a causal LM: the model, or a proxy). Random
+    choices are keyed by (seed, the window's global index)."""
     if selector in ("entropy", "top_fraction"):
         entropy = position_entropy(scorer, ids, top_k, renormalize)
     else:
         entropy = torch.zeros(ids.shape, device=ids.device)
+    windows = windows if windows is not None else torch.arange(len(ids))
+    row_seeds = [(seed * 1_000_003 + int(w)) % 2**63 for w in windows.tolist()]
     return select_positions(selector, entropy, per_window=per_window, threshold=threshold, fraction=fraction,
-                            min_context=min_context, min_continuation=min_continuation)
+                            min_context=min_context, min_continuation=min_continuation, row_seeds=row_seeds)

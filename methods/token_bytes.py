@@ -25,8 +25,14 @@ def _is_byte_level(tokenizer) -> bool:
     return backend is not None and '"ByteLevel"' in json.dumps(json.loads(backend.to_str()).get("decoder"))
 
 
-def token_byte_table(tokenizer) -> list[bytes]:
-    """bytes of token id i, for every id; special tokens have none."""
+def token_byte_table(tokenizer, rows: int | None = None) -> list[bytes]:
+    """bytes of token id i, for every id; special tokens have none, and neither do the model's
+    embedding rows beyond the tokenizer (`rows`: the model's vocabulary, Qwen keeps spare ones)."""
+    table = _token_bytes(tokenizer)
+    return table + [b""] * max(0, (rows or 0) - len(table))
+
+
+def _token_bytes(tokenizer) -> list[bytes]:
     special = set(tokenizer.all_special_ids)
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     table: list[bytes] = []

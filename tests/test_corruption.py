@@ -103,8 +103,8 @@ def quiet_star(tokenizer, corrupt: str | None):
 def spy_think(model) -> list[dict]:
     calls, think = [], model.think
 
-    def spy(ids, talk, greedy=False, dense=None, thoughts=None):
-        tp = think(ids, talk, greedy=greedy, dense=dense, thoughts=thoughts)
+    def spy(ids, talk, greedy=False, dense=None, thoughts=None, **kw):
+        tp = think(ids, talk, greedy=greedy, dense=dense, thoughts=thoughts, **kw)
         calls.append(dict(given=thoughts, grad=torch.is_grad_enabled(), talk=talk, tp=tp))
         return tp
 

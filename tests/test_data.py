@@ -65,24 +65,82 @@ def test_text_corpus_split_is_deterministic_and_disjoint(tmp_path, tokenizer):
     assert not any(tuple(w) in train_ids for w in a.val.tolist())
 
 
-def test_datasets_corpus_from_a_local_folder_streams(tmp_path, tokenizer):
+def test_a_text_corpus_is_packed_once_and_mapped_by_every_process(tmp_path, tokenizer):
+    (tmp_path / "a.txt").write_text("\n\n".join(DOCS))
+    held = build_corpus(text_cfg(tmp_path / "a.txt"), tokenizer, seed=0)
+    mapped = [build_corpus(text_cfg(tmp_path / "a.txt"), tokenizer, seed=0, rank=r, world=2, cache=tmp_path / "cache")
+              for r in range(2)]
+    assert len(list((tmp_path / "cache" / "corpora").iterdir())) == 1  # packed once
+    for corpus in mapped:
+        assert corpus.train.windows.dtype == torch.int32 and not corpus.train.windows.is_inference()
+        assert torch.equal(corpus.train.windows.long(), held.train.windows) and torch.equal(corpus.val, held.val)
+        assert corpus.train.take(0, 3).dtype == torch.long and torch.equal(corpus.train.take(0, 3), held.train.take(0, 3))
+    (tmp_path / "a.txt").write_text("\n\n".join(DOCS[:100]))  # an edited corpus is packed again
+    build_corpus(text_cfg(tmp_path / "a.txt"), tokenizer, seed=0, cache=tmp_path / "cache")
+    assert len(list((tmp_path / "cache" / "corpora").iterdir())) == 2
+
+
+def hf_cfg(folder, **kw):
+    return OmegaConf.create({"kind": "hf", "name": str(folder), "config_name": None, "split": "train", "text_field": "text",
+                             "streaming": True, "val_docs": 10, "seq_len": 16, "val_windows": 4, **kw})
+
+
+def jsonl_folder(tmp_path, docs, files=1):
     folder = tmp_path / "ds"
     folder.mkdir()
-    (folder / "train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
-    cfg = OmegaConf.create({"kind": "hf", "name": str(folder), "config_name": None, "split": "train", "text_field": "text",
-                            "streaming": True, "val_docs": 10, "seq_len": 16, "val_windows": 4})
+    for f in range(files):
+        (folder / f"train_{f}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[f::files]))
+    return folder
+
+
+def packed(tokenizer, docs):
+    return torch.cat([torch.tensor(tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+                      for d in docs])
+
+
+def test_datasets_corpus_from_a_local_folder_streams_and_resumes_where_it_was(tmp_path, tokenizer, monkeypatch):
+    cfg = hf_cfg(jsonl_folder(tmp_path, DOCS))
     corpus = build_corpus(cfg, tokenizer, seed=0)
     assert isinstance(corpus.train, StreamedWindows) and len(corpus.val) == 4
-    expected = torch.cat([torch.tensor(tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
-                          for d in DOCS[10:]])
-    assert torch.equal(corpus.train.take(0, 3).flatten(), expected[:48])
-    assert torch.equal(corpus.train.take(5, 1)[0], expected[80:96])  # skip ahead
-    assert torch.equal(corpus.train.take(1, 1)[0], expected[16:32])  # go back: re-read the stream
+    expected = packed(tokenizer, DOCS[10:])  # the first val_docs documents are held out
+    monkeypatch.setattr(StreamedWindows, "CHUNK", 7)  # windows cross chunks of documents
+    assert torch.equal(corpus.train.next(3).flatten(), expected[:48])
+    state = json.loads(json.dumps(corpus.train.state_dict()))  # as a checkpoint keeps it
+    later = corpus.train.next(40)
+    resumed = build_corpus(cfg, tokenizer, seed=0).train
+    resumed.load_state_dict(state)
+    reads = []
+    original = StreamedWindows._documents
+    monkeypatch.setattr(StreamedWindows, "_documents", lambda self, records: original(self, (reads.append(r) or r for r in records)))
+    assert torch.equal(resumed.next(40), later)
+    assert len(reads) < len(DOCS) - 10  # read on from the checkpoint, not from the stream's start
+    epochs = build_corpus(cfg, tokenizer, seed=0).train
+    total = len(expected) // 16
+    first = epochs.next(total)
+    assert first.shape[0] == total and torch.equal(first.flatten(), expected[:total * 16])
+    assert epochs.next(1).shape == (1, 16)  # the next epoch re-reads the stream
     bad = OmegaConf.merge(cfg, {"text_field": "body"})
     with pytest.raises(UserError, match="data.text_field='body' is not a column"):
         build_corpus(bad, tokenizer, seed=0)
     with pytest.raises(UserError, match="cannot load data.name="):
         build_corpus(OmegaConf.merge(cfg, {"name": str(tmp_path / "nope")}), tokenizer, seed=0)
+
+
+@pytest.mark.parametrize("files,streaming", [(4, True), (1, True), (1, False)])
+def test_each_process_reads_its_share_of_a_datasets_corpus(tmp_path, tokenizer, files, streaming):
+    cfg = hf_cfg(jsonl_folder(tmp_path, DOCS, files), streaming=streaming)
+    shares = [build_corpus(cfg, tokenizer, seed=0, rank=r, world=2).train for r in range(2)]
+    held_out = set(map(tuple, build_corpus(cfg, tokenizer, seed=0).val.tolist()))
+    seen = []
+    for share in shares:
+        share.dataset.load_state_dict(share._start)
+        seen.append(list(share._documents(iter(share.dataset))))
+    assert not set(seen[0]) & set(seen[1])  # disjoint shares
+    stream_order = [d for d in (DOCS if files == 1 else [d for f in range(files) for d in DOCS[f::files]])]
+    val_docs = stream_order[:10]
+    assert sorted(seen[0] + seen[1]) == sorted(d for d in DOCS if d not in val_docs)  # together: all but the held-out
+    assert all(len(s) > 40 for s in seen)
+    assert not any(tuple(w) in held_out for s in shares for w in s.next(5).tolist())
 
 
 def test_two_ranks_of_batch_b_see_what_one_rank_of_batch_2b_sees():

@@ -5,10 +5,13 @@ cut into windows of `seq_len` tokens. The stream hands out windows in one global
 depends only on the seed: with W processes of batch b, optimizer step k uses global windows
 [k*W*b, (k+1)*W*b) and process r takes its slice, so W processes of batch b see exactly the
 windows one process of batch W*b sees."""
+import copy
 import hashlib
 import itertools
 import json
 import logging
+import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,7 @@ class Corpus:
 
 
 class InMemoryWindows:
-    """Windows held in memory; each epoch is a fresh permutation seeded by (seed, epoch)."""
+    """Windows in memory or mapped from a file; each epoch is a fresh permutation seeded by (seed, epoch)."""
 
     def __init__(self, windows: torch.Tensor, seed: int):
         self.windows, self.seed = windows, seed
@@ -42,7 +45,7 @@ class InMemoryWindows:
         return len(self.windows)
 
     def take(self, start: int, count: int) -> torch.Tensor:
-        return torch.stack([self._window(i) for i in range(start, start + count)])
+        return torch.stack([self._window(i) for i in range(start, start + count)]).long()  # a mapped file holds int32
 
     def _window(self, i: int) -> torch.Tensor:
         epoch, j = divmod(i, len(self.windows))
@@ -53,30 +56,70 @@ class InMemoryWindows:
 
 
 class StreamedWindows:
-    """Windows packed lazily from a document stream, in stream order, epochs re-read the
-    stream. Going back (a resume) re-reads from the start and skips."""
+    """Windows packed lazily from this process's share of a `datasets` stream (split by process
+    with split_dataset_by_node: each process reads only its share), in stream order; an epoch
+    re-reads the share. The position is a small state a checkpoint keeps (the stream's own
+    state_dict where the last chunk of documents began, the tokens carried into that chunk and
+    the windows already taken from it): a resume reads on from there, never from the start."""
 
-    def __init__(self, docs: Callable[[], Iterable[str]], tokenizer, seq_len: int):
-        self.docs, self.tokenizer, self.seq_len = docs, tokenizer, seq_len
-        self._iter, self._next_index = None, 0
+    CHUNK = 256  # documents tokenised at once
 
-    def take(self, start: int, count: int) -> torch.Tensor:
-        if self._iter is None or start < self._next_index:
-            self._iter, self._next_index = self._windows_forever(), 0
-        for _ in range(start - self._next_index):
-            next(self._iter)
-        out = [next(self._iter) for _ in range(count)]
-        self._next_index = start + count
-        return torch.stack(out)
+    def __init__(self, dataset, field: str, tokenizer, seq_len: int, held_out: frozenset = frozenset(), name: str = ""):
+        self.dataset, self.field, self.tokenizer, self.seq_len = dataset, field, tokenizer, seq_len
+        self.held_out, self.name = held_out, name
+        self._start = copy.deepcopy(dataset.state_dict())  # an epoch's beginning
+        self._state = {"epoch": 0, "stream": None, "carry": [], "taken": 0}
+        self._windows: Iterator[torch.Tensor] | None = None
 
-    def _windows_forever(self) -> Iterator[torch.Tensor]:
+    def next(self, count: int) -> torch.Tensor:
+        if self._windows is None:
+            self._windows = self._generate()
+        return torch.stack([next(self._windows) for _ in range(count)])
+
+    def state_dict(self) -> dict:
+        return copy.deepcopy(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state, self._windows = copy.deepcopy(state), None
+
+    def _generate(self) -> Iterator[torch.Tensor]:
+        state = self._state
+        produced_this_epoch = resumed = state["stream"] is not None
         while True:
-            produced = False
-            for w in iter_windows(self.docs(), self.tokenizer, self.seq_len):
-                produced = True
-                yield w
-            if not produced:
-                raise UserError("the corpus has no text to train on (fewer tokens than one window)")
+            state["stream"] = state["stream"] or copy.deepcopy(self._start)  # where the next chunk begins
+            self.dataset.load_state_dict(copy.deepcopy(state["stream"]))
+            documents = self._documents(iter(self.dataset))
+            while True:
+                chunk = list(itertools.islice(documents, self.CHUNK))
+                if not chunk:
+                    break
+                buffer = list(state["carry"])
+                for ids in self.tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+                    buffer.extend(ids)
+                    buffer.append(self.tokenizer.eos_token_id)
+                n_windows = len(buffer) // self.seq_len
+                skip = state["taken"] if resumed else 0  # resumed inside this chunk: its first windows were taken
+                resumed = False
+                state["taken"] = skip
+                for i in range(skip, n_windows):
+                    produced_this_epoch = True
+                    state["taken"] = i + 1
+                    yield torch.tensor(buffer[i * self.seq_len:(i + 1) * self.seq_len], dtype=torch.long)
+                # the next chunk begins where this one ended, with this one's leftover tokens
+                state.update(stream=copy.deepcopy(self.dataset.state_dict()), carry=buffer[n_windows * self.seq_len:], taken=0)
+            if not produced_this_epoch:
+                raise UserError(f"the corpus {self.name} has no text to train on in this process's share "
+                                f"(fewer tokens than one window of {self.seq_len})")
+            state.update(epoch=state["epoch"] + 1, stream=None, taken=0)
+            produced_this_epoch = False
+
+    def _documents(self, records) -> Iterator[str]:
+        for record in records:
+            text = record.get(self.field)
+            if not isinstance(text, str):
+                raise UserError(f"a record of {self.name} has no string field {self.field!r}")
+            if text.strip() and _digest(text) not in self.held_out:
+                yield text
 
 
 class BatchStream:
@@ -85,10 +128,16 @@ class BatchStream:
         self.position = position  # global windows consumed
 
     def next(self) -> dict[str, torch.Tensor]:
+        """The next windows of this process, and their global indices (the methods key their
+        randomness by them, so W processes of batch b draw what one process of batch W*b draws).
+        A streamed source is this process's own share: it hands out its next windows."""
         start = self.position + self.rank * self.batch_size
-        ids = self.source.take(start, self.batch_size)
+        if isinstance(self.source, StreamedWindows):
+            ids = self.source.next(self.batch_size)
+        else:
+            ids = self.source.take(start, self.batch_size)
         self.position += self.batch_size * self.world_size
-        return {"input_ids": ids}
+        return {"input_ids": ids, "window_index": torch.arange(start, start + self.batch_size)}
 
 
 # ----------------------------------------------------------------------------- building corpora
@@ -110,51 +159,128 @@ def pack(docs: list[str], tokenizer, seq_len: int) -> torch.Tensor:
     return torch.stack(windows) if windows else torch.empty(0, seq_len, dtype=torch.long)
 
 
-def build_corpus(data_cfg: DictConfig, tokenizer, seed: int) -> Corpus:
-    seq_len, n_val = int(data_cfg.seq_len), int(data_cfg.val_windows)
+def build_corpus(data_cfg: DictConfig, tokenizer, seed: int, rank: int = 0, world: int = 1,
+                 cache: Path | None = None) -> Corpus:
+    """The training windows and the held-out ones. With several processes a streamed corpus is
+    split by process; a local text corpus is packed once into `cache` (by the main process,
+    which must build it first) and mapped from the file by every process, not held by each."""
+    seq_len = int(data_cfg.seq_len)
     if seq_len < 2:
         raise UserError(f"data.seq_len={seq_len} is too short; it must be at least 2")
     kind = data_cfg.kind
     if kind == "synthetic":
-        spec = synthetic.ProblemSpec(min_digits=int(data_cfg.min_digits), max_digits=int(data_cfg.max_digits),
-                                     min_steps=int(data_cfg.min_steps), max_steps=int(data_cfg.max_steps))
-        try:
-            train_docs = synthetic.generate_corpus(int(data_cfg.corpus_seed), int(data_cfg.num_train_docs), "train", spec)
-            val_docs = synthetic.generate_corpus(int(data_cfg.corpus_seed), int(data_cfg.num_val_docs), "validation", spec)
-        except ValueError as e:
-            raise UserError(f"data: {e}") from None
-        train = pack(train_docs, tokenizer, seq_len)
-        if len(train) == 0:
-            raise UserError(f"data.num_train_docs={data_cfg.num_train_docs} gives fewer tokens than one window of seq_len={seq_len}")
-        return Corpus(InMemoryWindows(train, seed), pack(val_docs, tokenizer, seq_len)[:n_val],
-                      f"synthetic corpus: {len(train_docs)} documents, {train.numel()} tokens")
+        return _synthetic_corpus(data_cfg, tokenizer, seed)
     if kind == "text":
-        docs = read_text_documents(Path(str(data_cfg.path)).expanduser(), str(data_cfg.text_field))
-        frac = float(data_cfg.val_fraction)
-        if not 0 <= frac < 1:
-            raise UserError(f"data.val_fraction={frac} is not valid; it must be in [0, 1)")
-        is_val = [_stable_fraction(d) < frac for d in docs]
-        train = pack([d for d, v in zip(docs, is_val) if not v], tokenizer, seq_len)
-        if len(train) == 0:
-            raise UserError(f"data.path={data_cfg.path} has fewer training tokens than one window of seq_len={seq_len}")
-        val = pack([d for d, v in zip(docs, is_val) if v], tokenizer, seq_len)[:n_val]
-        return Corpus(InMemoryWindows(train, seed), val, f"{data_cfg.path}: {len(docs)} documents, {train.numel()} training tokens")
+        return _text_corpus(data_cfg, tokenizer, seed, cache)
     if kind == "hf":
-        docs = hf_documents(data_cfg)
-        n_val_docs = int(data_cfg.val_docs)
-        val = pack(list(itertools.islice(docs(), n_val_docs)), tokenizer, seq_len)[:n_val]
-        train = StreamedWindows(lambda: itertools.islice(docs(), n_val_docs, None), tokenizer, seq_len)
-        train.take(0, 1)  # fail now, not mid-run, on an empty or unreadable corpus
-        return Corpus(train, val, f"datasets corpus {data_cfg.name} ({data_cfg.split}, streamed)")
+        return _datasets_corpus(data_cfg, tokenizer, rank, world)
     raise UserError(f"unknown data.kind {kind!r}; valid: synthetic, text, hf")
 
 
+def _synthetic_corpus(data_cfg: DictConfig, tokenizer, seed: int) -> Corpus:
+    seq_len, n_val = int(data_cfg.seq_len), int(data_cfg.val_windows)
+    spec = synthetic.ProblemSpec(min_digits=int(data_cfg.min_digits), max_digits=int(data_cfg.max_digits),
+                                 min_steps=int(data_cfg.min_steps), max_steps=int(data_cfg.max_steps))
+    try:
+        train_docs = synthetic.generate_corpus(int(data_cfg.corpus_seed), int(data_cfg.num_train_docs), "train", spec)
+        val_docs = synthetic.generate_corpus(int(data_cfg.corpus_seed), int(data_cfg.num_val_docs), "validation", spec)
+    except ValueError as e:
+        raise UserError(f"data: {e}") from None
+    train = pack(train_docs, tokenizer, seq_len)
+    if len(train) == 0:
+        raise UserError(f"data.num_train_docs={data_cfg.num_train_docs} gives fewer tokens than one window of seq_len={seq_len}")
+    return Corpus(InMemoryWindows(train, seed), pack(val_docs, tokenizer, seq_len)[:n_val],
+                  f"synthetic corpus: {len(train_docs)} documents, {train.numel()} tokens")
+
+
+def _text_corpus(data_cfg: DictConfig, tokenizer, seed: int, cache: Path | None) -> Corpus:
+    seq_len, n_val = int(data_cfg.seq_len), int(data_cfg.val_windows)
+    path = Path(str(data_cfg.path)).expanduser()
+    frac = float(data_cfg.val_fraction)
+    if not 0 <= frac < 1:
+        raise UserError(f"data.val_fraction={frac} is not valid; it must be in [0, 1)")
+    folder = None
+    if cache is not None:
+        key = {"files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in text_files(path)],
+               "text_field": str(data_cfg.text_field), "val_fraction": frac, "seq_len": seq_len,
+               "tokenizer": tokenizer_fingerprint(tokenizer)}
+        folder = cache / "corpora" / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+    if folder is None or not (folder / "train.npy").exists():
+        docs = read_text_documents(path, str(data_cfg.text_field))
+        is_val = [_stable_fraction(d) < frac for d in docs]
+        train = pack([d for d, v in zip(docs, is_val) if not v], tokenizer, seq_len)
+        val = pack([d for d, v in zip(docs, is_val) if v], tokenizer, seq_len)
+        if len(train) == 0:
+            raise UserError(f"data.path={data_cfg.path} has fewer training tokens than one window of seq_len={seq_len}")
+        description = f"{data_cfg.path}: {len(docs)} documents, {train.numel()} training tokens"
+        if folder is None:
+            return Corpus(InMemoryWindows(train, seed), val[:n_val], description)
+        _write_packed(folder, train, val, description)
+    train = _mapped(folder / "train.npy")
+    return Corpus(InMemoryWindows(train, seed), _mapped(folder / "val.npy")[:n_val].long(),
+                  (folder / "description.txt").read_text())
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{text}|{tokenizer.eos_token_id}".encode()).hexdigest()
+
+
+def _write_packed(folder: Path, train: torch.Tensor, val: torch.Tensor, description: str) -> None:
+    import numpy as np
+
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    dtype = np.int32 if int(train.max()) < 2**31 else np.int64
+    np.save(tmp / "train.npy", train.numpy().astype(dtype))
+    np.save(tmp / "val.npy", val.numpy().astype(dtype))
+    (tmp / "description.txt").write_text(description)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # written meanwhile by another run: theirs is the same
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _mapped(path: Path) -> torch.Tensor:
+    """The file's windows, mapped (pages are read when a window is taken, shared by processes)."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():  # read-only map: torch warns that it cannot write to it (it never does)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.load(path, mmap_mode="r"))
+
+
+def _datasets_corpus(data_cfg: DictConfig, tokenizer, rank: int, world: int) -> Corpus:
+    """The first val_docs documents of the whole stream are held out (every process reads these
+    few); training reads this process's share of the stream, without them."""
+    from datasets.distributed import split_dataset_by_node
+
+    seq_len, n_val_docs = int(data_cfg.seq_len), int(data_cfg.val_docs)
+    dataset, name, field = hf_dataset(data_cfg, world), str(data_cfg.name), str(data_cfg.text_field)
+    reader = StreamedWindows(dataset, field, tokenizer, seq_len, name=name)
+    val_docs = list(itertools.islice(reader._documents(iter(dataset)), n_val_docs))
+    share = split_dataset_by_node(dataset, rank=rank, world_size=world) if world > 1 else dataset
+    train = StreamedWindows(share, field, tokenizer, seq_len, frozenset(map(_digest, val_docs)), name)
+    train.next(1)  # fail now, not mid-run, on an empty or unreadable corpus
+    train.load_state_dict({"epoch": 0, "stream": None, "carry": [], "taken": 0})
+    shares = f", process {rank + 1} of {world} reads its share" if world > 1 else ""
+    return Corpus(train, pack(val_docs, tokenizer, seq_len)[:int(data_cfg.val_windows)],
+                  f"datasets corpus {name} ({data_cfg.split}, streamed{shares})")
+
+
 def _stable_fraction(text: str) -> float:
-    return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) / 2**32
+    return int(_digest(text)[:8], 16) / 2**32
 
 
-def read_text_documents(path: Path, text_field: str = "text") -> list[str]:
-    """A .txt file (documents separated by blank lines), a .jsonl file, or a folder of them."""
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def text_files(path: Path) -> list[Path]:
+    """The .txt/.jsonl files of data.path (a file, or a folder's, in sorted order)."""
     if not path.exists():
         raise UserError(f"data.path={str(path)!r} does not exist; give a .txt or .jsonl file or a folder of them")
     if path.is_dir():
@@ -165,8 +291,13 @@ def read_text_documents(path: Path, text_field: str = "text") -> list[str]:
         files = [path]
     else:
         raise UserError(f"data.path={str(path)!r} has suffix {path.suffix!r}; valid: {', '.join(TEXT_SUFFIXES)} or a folder")
+    return files
+
+
+def read_text_documents(path: Path, text_field: str = "text") -> list[str]:
+    """A .txt file (documents separated by blank lines), a .jsonl file, or a folder of them."""
     docs: list[str] = []
-    for f in files:
+    for f in text_files(path):
         raw = f.read_bytes()
         try:
             text = raw.decode("utf-8")
@@ -191,8 +322,9 @@ def read_text_documents(path: Path, text_field: str = "text") -> list[str]:
     return docs
 
 
-def hf_documents(data_cfg: DictConfig) -> Callable[[], Iterator[str]]:
-    """A re-iterable stream of documents from `datasets` (hub name or local path)."""
+def hf_dataset(data_cfg: DictConfig, world: int = 1):
+    """A `datasets` corpus (hub name or local path) as an IterableDataset; one loaded whole
+    (streaming: false) is cut into one shard per process."""
     import datasets
 
     try:
@@ -204,13 +336,6 @@ def hf_documents(data_cfg: DictConfig) -> Callable[[], Iterator[str]]:
     columns = ds.column_names or []
     if columns and field not in columns:
         raise UserError(f"data.text_field={field!r} is not a column of {data_cfg.name}; columns: {', '.join(columns)}")
-
-    def docs() -> Iterator[str]:
-        for record in ds:
-            text = record.get(field)
-            if not isinstance(text, str):
-                raise UserError(f"a record of {data_cfg.name} has no string field {field!r}")
-            if text.strip():
-                yield text
-
-    return docs
+    if not isinstance(ds, datasets.IterableDataset):
+        ds = ds.to_iterable_dataset(num_shards=max(1, min(world, len(ds))))
+    return ds

@@ -384,7 +384,7 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
     if HELDOUT in e.benchmarks and len(val_windows):
         lm, _ = base_lm()
         windows = val_windows[: int(e.heldout.windows)]
-        where, entropy = bucket_positions(lm, windows, int(e.heldout.positions))
+        where, entropy = bucket_positions(lm, windows, int(e.heldout.positions), batch_size=int(e.batch_size))
         heldout = (windows, where, entropy)
 
     def run_all(scorer, think) -> dict:

@@ -4,6 +4,7 @@ Hydra's entry point does what the compose API cannot: run dirs, multirun sweeps 
 plugins. Under torchrun / `accelerate launch` the main process composes the config once and sends
 it, with the run dir, to every other process, so no process re-resolves `${now:...}` into a run
 dir of its own."""
+import json
 import logging
 import os
 import shutil
@@ -38,6 +39,7 @@ def _hydra_job(cfg: DictConfig) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg.run_dir = str(run_dir)  # in a sweep the job's own subdir
+    _join_cluster_job()
     try:
         _state.setdefault("summaries", []).append(train(cfg, run_dir))
     except UserError as e:
@@ -47,6 +49,26 @@ def _hydra_job(cfg: DictConfig) -> None:
         raise _JobStopped(e) from None
     except Exception as e:  # a failure of ours or a library's: one line here, the traceback in train.log
         raise _JobStopped(crashed(e, run_dir)) from None
+
+
+def _join_cluster_job() -> None:
+    """A cluster job of several tasks (hydra/launcher=slurm, tasks_per_node > 1: submitit runs
+    this job once per task) becomes one run of as many processes: each task takes its rank from
+    the job's environment and joins the others."""
+    if "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        _process_group()
+
+
+def _process_group():
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())  # without cpu=True it ignores torchrun's world on CPU
 
 
 def _drop_if_untouched(run_dir: Path) -> None:
@@ -99,17 +121,17 @@ def run_train(overrides: list[str], multirun: bool) -> list[dict]:
     finally:
         sys.argv = argv
         GlobalHydra.instance().clear()
+    if multirun and not _state.get("summaries"):  # the jobs ran in other processes (a cluster launcher)
+        return [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("*/summary.json"))]
     return _state.get("summaries", [])
 
 
 def _train_distributed(overrides: list[str]) -> dict:
-    import torch
-    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
     from tokreason.experiments.training.runner import train
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True it ignores torchrun's world on CPU
+    state = _process_group()
     payload: list = [None]
     if state.is_main_process:
         try:

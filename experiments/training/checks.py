@@ -69,7 +69,8 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.keep_checkpoints={t.keep_checkpoints} is not valid; it must be at least 1")
     if float(t.lr) <= 0:
         raise UserError(f"trainer.lr={t.lr} is not valid; it must be positive")
-    choices = {"resume": ("auto", "never"), "precision": ("auto", "fp32", "bf16"), "scheduler": tuple(SCHEDULERS)}
+    choices = {"resume": ("auto", "never"), "precision": ("auto", "fp32", "bf16"), "scheduler": tuple(SCHEDULERS),
+               "sharding": ("auto", "none", "ddp", "fsdp")}
     for key, valid in choices.items():
         if t[key] not in valid:
             raise UserError(f"trainer.{key}={t[key]!r} is not valid; valid: {', '.join(valid)}")

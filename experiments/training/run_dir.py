@@ -1,5 +1,6 @@
 """The run dir while a run writes it: one writer at a time, resumable, never half-written."""
 import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -66,3 +67,13 @@ def check_resume_config(run_dir: Path, config: dict) -> None:
             continue
         raise UserError(f"run dir {run_dir} was started with {key}={old.get(key)!r}, not {new.get(key)!r}; "
                         "resume it with the same config or give another run_dir")
+
+
+def read_data_state(checkpoint: Path, rank: int, world: int) -> dict:
+    """Where this process's share of a streamed corpus was at the checkpoint (each process
+    reads its own share, so the number of processes must be the one that wrote it)."""
+    written = len(list(checkpoint.glob("data_state_*.json")))
+    if written != world:
+        raise UserError(f"{checkpoint} was written by {written} processes reading a streamed corpus, each its share; "
+                        f"resume it with {written} processes (this run has {world})")
+    return json.loads((checkpoint / f"data_state_{rank}.json").read_text())

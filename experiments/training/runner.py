@@ -29,9 +29,11 @@ from tokreason.experiments.evaluation.next_token import next_token_accuracy
 from tokreason.experiments.models.loading import cache_dir, load_model_and_tokenizer, load_model_config, resolve_model_path
 from tokreason.experiments.reporting.tracking import Tracker, redact
 from tokreason.experiments.training.checks import SCHEDULERS, check_config, quiet_libraries, run_method
+from tokreason.experiments.training.distributed import (ShardedCheckpoint, accelerate_fsdp_settings, agree_to_stop,
+                                                        full_state_dict, shard, strategy)
 from tokreason.experiments.training.flops import FlopCounter
 from tokreason.experiments.training.memory import peak_memory, reset_peak_memory
-from tokreason.experiments.training.run_dir import RunDirLock, check_resume_config, latest_checkpoint
+from tokreason.experiments.training.run_dir import RunDirLock, check_resume_config, latest_checkpoint, read_data_state
 from tokreason.experiments.training.stopping import Interrupted, StopRequested
 from tokreason.methods.lm import context_length, mean_nll
 
@@ -57,14 +59,17 @@ def schedule_steps(t: DictConfig, seq_len: int, world: int) -> int:
 
 @torch.no_grad()
 def validation_loss(model, windows: torch.Tensor, batch_size: int, device) -> float | None:
+    """Mean next-token NLL of the held-out windows: the trained module's language_nll (its LM's
+    NLL; a sharded module gathers its weights for it), or a plain LM's."""
     if len(windows) == 0:
         return None
     was_training = model.training
     model.eval()
+    nll = getattr(model, "language_nll", lambda ids: mean_nll(model, ids))
     total = 0.0
     for i in range(0, len(windows), batch_size):
         ids = windows[i: i + batch_size].to(device)
-        total += mean_nll(model, ids).item() * len(ids)
+        total += nll(ids).item() * len(ids)
     model.train(was_training)
     return total / len(windows)
 
@@ -80,12 +85,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     quiet_libraries()
     t = cfg.trainer
     use_bf16 = t.precision == "bf16" or (t.precision == "auto" and torch.cuda.is_available())
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if use_bf16 else "no")
+    sharding = strategy(t, int(os.environ.get("WORLD_SIZE", "1")))
+    fsdp = accelerate_fsdp_settings() if sharding == "fsdp" else None  # tokreason shards; Accelerate's FSDP stays off
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision="bf16" if use_bf16 and fsdp is None else "no")  # FSDP2 casts itself
     lock = RunDirLock(run_dir)
     if accelerator.is_main_process:
         lock.acquire()
     try:
-        run = TrainingRun(cfg, run_dir, accelerator)
+        run = TrainingRun(cfg, run_dir, accelerator, fsdp, use_bf16)
         finished = run.finished_summary()
         if finished is not None:
             return finished
@@ -98,8 +106,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 class TrainingRun:
     """One run of one method: set up, train step by step (checkpointing), finish."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, accelerator: Accelerator):
+    def __init__(self, cfg: DictConfig, run_dir: Path, accelerator: Accelerator, fsdp: dict | None = None,
+                 bf16: bool = False):
         self.cfg, self.run_dir, self.accelerator = cfg, run_dir, accelerator
+        self.fsdp, self.bf16 = fsdp, bf16  # fsdp: None (no sharding) or the sharding's settings
         self.t, self.main = cfg.trainer, accelerator.is_main_process
         self.config = OmegaConf.to_container(cfg, resolve=True)
         t = self.t
@@ -129,8 +139,11 @@ class TrainingRun:
         self.bootstrap_seconds = time.perf_counter() - started
         self.seq_len = int(cfg.data.seq_len)
         self.method = run_method(cfg)
+        set_seed(int(cfg.seed))  # a method's new parameters (Quiet-STaR's mixing head) start the same in every process
         self.build_model()
-        self.corpus = build_corpus(cfg.data, self.tokenizer, int(cfg.seed))
+        with accelerator.main_process_first():  # the main process packs a text corpus once; the others map it
+            self.corpus = build_corpus(cfg.data, self.tokenizer, int(cfg.seed), accelerator.process_index,
+                                       accelerator.num_processes, cache_dir(cfg))
         if self.main:
             log.info("%s | model %s (%d parameters) | %s", cfg.method.name, self.model_path,
                      sum(p.numel() for p in self.model.parameters()), self.corpus.description)
@@ -162,6 +175,11 @@ class TrainingRun:
 
     def build_optimizer(self) -> None:
         t, accelerator = self.t, self.accelerator
+        if self.fsdp is not None:  # sharded before the optimizer sees the parameters
+            shard(self.model, self.method.language_model(self.model), self.method.companion_models(self.model),
+                  self.bf16, self.fsdp["reshard_after_forward"], keep_gathered=self.method.cross_forward_gradients)
+            if hasattr(self.model, "synced"):
+                self.model.synced = True  # every forward is collective: rollouts keep the processes in step
         trained = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in trained if p.ndim >= 2]
         no_decay = [p for p in trained if p.ndim < 2]
@@ -174,12 +192,16 @@ class TrainingRun:
         self.scheduler = get_scheduler(SCHEDULERS[t.scheduler], optimizer, num_warmup_steps=int(t.warmup_steps),
                                        num_training_steps=schedule_steps(t, self.seq_len, accelerator.num_processes),
                                        scheduler_specific_kwargs=extra)
-        self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
+        accelerator.register_for_checkpointing(self.scheduler)
+        if self.fsdp is not None:  # weights, optimizer and the method's objects in shards: ShardedCheckpoint
+            self.optimizer = optimizer
+            self.sharded = ShardedCheckpoint(self.model, optimizer, self.method.checkpoint_objects(self.model))
+        else:
+            self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
+            for obj in self.method.checkpoint_objects(accelerator.unwrap_model(self.model)):
+                accelerator.register_for_checkpointing(obj)  # e.g. RLP's EMA, kept outside the trained module
         self.raw_model = accelerator.unwrap_model(self.model)
         self.raw_lm = self.method.language_model(self.raw_model)
-        accelerator.register_for_checkpointing(self.scheduler)
-        for obj in self.method.checkpoint_objects(self.raw_model):
-            accelerator.register_for_checkpointing(obj)  # e.g. RLP's EMA, kept outside the trained module
 
     def restore(self) -> None:
         """The step counters, data position and RNG: from the checkpoint, or fresh from the seed."""
@@ -187,6 +209,8 @@ class TrainingRun:
         self.state = {"step": 0, "data_position": 0, "tokens": 0, "flops": 0.0, "train_seconds": 0.0, "window": {}}
         if self.checkpoint is not None:
             accelerator.load_state(str(self.checkpoint))
+            if self.fsdp is not None:
+                self.sharded.load(self.checkpoint)
             self.state = json.loads((self.checkpoint / "trainer_state.json").read_text())
             if self.main:
                 log.info("resuming from %s", self.checkpoint)
@@ -194,6 +218,9 @@ class TrainingRun:
             set_seed(int(cfg.seed))
         self.stream = BatchStream(self.corpus.train, int(t.batch_size), accelerator.process_index,
                                   accelerator.num_processes, position=int(self.state["data_position"]))
+        if self.checkpoint is not None and hasattr(self.corpus.train, "load_state_dict"):
+            self.corpus.train.load_state_dict(read_data_state(self.checkpoint, accelerator.process_index,
+                                                              accelerator.num_processes))
         self.step = int(self.state["step"])
         self.window: dict[str, list[float]] = self.state["window"]  # metric sums since the last log line
         self.world, self.accum = accelerator.num_processes, int(t.grad_accum)
@@ -215,9 +242,11 @@ class TrainingRun:
             self.model.train()
             with StopRequested() as stop:
                 while not budget_spent({**self.state, "step": self.step}, t):
-                    if stop.signal is not None:
+                    signum = agree_to_stop(stop.signal)  # a signal to any process stops all at this step
+                    if signum is not None:
                         self.save_checkpoint()
-                        raise Interrupted(stop.signal, self.step)
+                        stop.pass_on()  # a scheduler's own handler (submitit: requeue) after the checkpoint
+                        raise Interrupted(signum, self.step)
                     self.train_step(progress)
             progress.close()
             return self.finish()
@@ -229,20 +258,19 @@ class TrainingRun:
         started, flops_before = time.perf_counter(), self.flops.total
         for micro in range(self.accum):
             batch = {k: v.to(accelerator.device) for k, v in self.stream.next().items()}
-            sync = accelerator.no_sync(self.model) if micro < self.accum - 1 else contextlib.nullcontext()
-            with sync:
+            with self.gradient_sync(micro == self.accum - 1):
                 metrics = self.method.step(self.model, batch, lambda loss: accelerator.backward(loss / self.accum))
             for k, v in metrics.items():
                 s, n = window.get(k, (0.0, 0))
                 window[k] = (s + float(v) / self.accum, n + (1 if micro == 0 else 0))
-        grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), float(t.max_grad_norm))
+        grad_norm = self.clip_gradients()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.method.after_optimizer_step(self.raw_model)
         self.step += 1
         s, n = window.get("grad_norm", (0.0, 0))
-        window["grad_norm"] = (s + float(grad_norm), n + 1)
+        window["grad_norm"] = (s + grad_norm, n + 1)
         state["tokens"] += self.tokens_per_step
         state["flops"] += (self.flops.total - flops_before) * self.world  # every process does the same work
         step_seconds = time.perf_counter() - started
@@ -261,6 +289,19 @@ class TrainingRun:
             self.val_loss = self.validate()
         if (int(t.checkpoint_every) and self.step % int(t.checkpoint_every) == 0) or last:
             self.save_checkpoint()
+
+    def gradient_sync(self, last_micro_batch: bool):
+        """Gradients are reduced across processes on an optimizer step's last micro-batch only."""
+        if self.fsdp is not None:
+            self.model.set_requires_gradient_sync(last_micro_batch)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if last_micro_batch else self.accelerator.no_sync(self.model)
+
+    def clip_gradients(self) -> float:
+        if self.fsdp is None:
+            return float(self.accelerator.clip_grad_norm_(self.model.parameters(), float(self.t.max_grad_norm)))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.t.max_grad_norm))
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def log_line(self, step_seconds: float) -> None:
         """The metrics averaged over the steps since the last line (and over processes)."""
@@ -281,7 +322,7 @@ class TrainingRun:
 
     def validate(self) -> float | None:
         with self.flops.paused():
-            loss = validation_loss(self.raw_lm, self.corpus.val, int(self.t.batch_size), self.accelerator.device)
+            loss = validation_loss(self.raw_model, self.corpus.val, int(self.t.batch_size), self.accelerator.device)
         if loss is not None:
             self.tracker.log(self.step, {"val/loss": loss, "val/perplexity": math.exp(min(loss, 50.0))})
         self.state["val_loss"] = loss  # kept in checkpoints: a run resumed after its last step still reports it
@@ -301,6 +342,10 @@ class TrainingRun:
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        if self.fsdp is not None:
+            self.sharded.save(tmp)
+        if hasattr(self.corpus.train, "state_dict"):  # a streamed corpus: where this process's share is
+            (tmp / f"data_state_{accelerator.process_index}.json").write_text(json.dumps(self.corpus.train.state_dict()))
         accelerator.wait_for_everyone()
         if main:
             (tmp / "trainer_state.json").write_text(json.dumps(self.state, indent=2))
@@ -312,36 +357,58 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ finish
     def finish(self) -> dict:
-        """Peak memory, next-token accuracy, the exported model, the evaluation, the summary."""
+        """Peak memory, then, on the main process only (the others are done: no process waits on
+        another through a long evaluation): next-token accuracy, the exported model, the
+        evaluation, the summary. A sharded model is gathered once, whole, for that."""
         cfg, state = self.cfg, self.state
         memory = peak_memory()  # training's peak, before the evaluations below
-        accuracy = {}
-        ne = cfg.get("next_token_eval")
-        if ne is not None and int(ne.positions) > 0:
-            with self.flops.paused():
-                accuracy = next_token_accuracy(self.raw_lm, self.tokenizer, self.corpus.val, positions=int(ne.positions),
-                                               thought_budget=int(ne.thought_budget),
-                                               max_prediction_tokens=int(ne.max_prediction_tokens))
-        if self.main and self.t.export_model:
-            self.export()
-        results = self.run_evaluation() if self.main and eval_enabled(cfg) else None
+        if self.fsdp is not None:
+            self.unsharded(full_state_dict(self.model))  # every process joins the gather
+        self.accelerator.wait_for_everyone()  # the last collective of the run
         summary = {
             "method": cfg.method.name, "seed": int(cfg.seed), "steps": self.step, "tokens": state["tokens"],
             "flops": state["flops"], "train_loss": state.get("last_train_loss"), "val_loss": self.val_loss,
             "val_perplexity": math.exp(min(self.val_loss, 50.0)) if self.val_loss is not None else None,
             "train_seconds": state["train_seconds"], "bootstrap_seconds": self.bootstrap_seconds,
             "tokens_per_second": state["tokens"] / state["train_seconds"] if state["train_seconds"] else None,
-            "parameters": sum(p.numel() for p in self.raw_model.parameters()), "model": self.model_path,
-            "processes": self.world, "run_dir": str(self.run_dir), "wandb_run_id": self.tracker.wandb_run_id,
-            "next_token_accuracy": accuracy, **memory,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "model": self.model_path, "processes": self.world, "run_dir": str(self.run_dir),
+            "sharding": "fsdp" if self.fsdp is not None else ("ddp" if self.world > 1 else "none"),
+            "wandb_run_id": self.tracker.wandb_run_id, **memory,
         }
-        if results is not None:
-            summary["eval"] = results
+        if self.main:
+            summary.update(self.main_process_finish())
         self.tracker.log_summary(summary)
         self.tracker.finish()
         self.flops.remove()
-        self.accelerator.wait_for_everyone()
         return summary
+
+    def main_process_finish(self) -> dict:
+        out: dict = {"next_token_accuracy": {}}
+        ne = self.cfg.get("next_token_eval")
+        if ne is not None and int(ne.positions) > 0:
+            with self.flops.paused():
+                out["next_token_accuracy"] = next_token_accuracy(
+                    self.raw_lm, self.tokenizer, self.corpus.val, positions=int(ne.positions),
+                    thought_budget=int(ne.thought_budget), max_prediction_tokens=int(ne.max_prediction_tokens),
+                    batch_size=int(ne.get("batch_size", 16)))
+        if self.t.export_model:
+            self.export()
+        if eval_enabled(self.cfg):
+            out["eval"] = self.run_evaluation()
+        return out
+
+    def unsharded(self, full: dict) -> None:
+        """The main process's whole copy of the sharded module (from the gathered weights), for
+        the export and the evaluation: the base LM loaded and wrapped as training started, then
+        the trained weights."""
+        if not self.main:
+            return
+        lm, tokenizer = load_model_and_tokenizer(self.cfg.model, self.model_path)
+        model = self.method.wrap(lm, tokenizer)
+        model.load_state_dict(full)
+        self.raw_model = model.to(self.accelerator.device)
+        self.raw_lm, self.tokenizer = self.method.language_model(self.raw_model), tokenizer
 
     def export(self) -> None:
         """model/: the LM as a plain HF folder (weights + tokenizer) and what the method adds."""

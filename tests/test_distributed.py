@@ -1,0 +1,217 @@
+"""Several processes (gloo on the CPU, torchrun): every method sharded with FSDP2 or replicated
+with DDP trains what one process of the whole batch trains; ranks stay in step; a signal to one
+rank stops all at one step and the run resumes exactly; sweeps run as cluster jobs."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import FAST
+
+PLUGINS = Path(__file__).parent / "plugins"
+SHORT = [*FAST, "trainer.max_steps=3", "trainer.log_every=1", "trainer.eval_every=3", "trainer.checkpoint_every=3",
+         "trainer.warmup_steps=1", "trainer.lr=1e-3", "next_token_eval.positions=0"]  # lr: a step moves the weights well past the tolerance
+METHOD = {
+    "cpt": ["method=cpt"],
+    "quiet_star": ["method=quiet_star_tiny", "method.n_ahead=4", "method.n_ahead_talk=2"],
+    "rpt": ["method=rpt_tiny", "method.group_size=2", "method.thought_budget=3", "method.min_thought_tokens=1"],
+    "rlp": ["method=rlp_tiny", "method.group_size=2", "method.thought_budget=3", "method.min_thought_tokens=1"],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(args: list[str], processes: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+            str(_free_port()), "-m", "tokreason.cli", "train", *args]
+
+
+def environment(cache_dir) -> dict:
+    return {**os.environ, "TOKREASON_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
+
+
+def torchrun(args: list[str], tmp_path, cache_dir, processes: int = 2) -> subprocess.CompletedProcess:
+    proc = subprocess.run(torchrun_command(args, processes), cwd=tmp_path, env=environment(cache_dir),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def weights(run_dir: Path) -> dict:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,sharding", [("cpt", "fsdp"), ("quiet_star", "fsdp"), ("rpt", "fsdp"), ("rlp", "fsdp"),
+                                             ("quiet_star", "ddp"), ("rpt", "ddp"), ("rlp", "ddp")])
+def test_two_processes_of_batch_b_train_what_one_process_of_batch_2b_trains(cli, tmp_path, cache_dir, method, sharding):
+    args = [*SHORT, *METHOD[method]]
+    cli("train", *args, "trainer.batch_size=4", "run_dir=one")
+    proc = torchrun([*args, "trainer.batch_size=2", f"trainer.sharding={sharding}", "run_dir=two"], tmp_path, cache_dir)
+    assert proc.stdout.count(" seed 0: 3 steps") == 1  # printed by the main process only
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["tokens"] == 3 * 4 * 64
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert max_difference(one, two) < 2e-5
+    base = load_file(str(Path(summary["model"]) / "model.safetensors"))
+    assert max_difference(one, base) > 1e-3  # it trained
+    if sharding == "fsdp":  # the export of a sharded run is a whole Hugging Face folder
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model").state_dict()
+        assert max_difference({k: loaded[k] for k in two}, two) == 0.0
+    if method == "quiet_star":  # the method's own parameters (mixing head, meta embeddings) too
+        extra = sorted(p.name for p in (tmp_path / "one" / "model").iterdir() if "quiet" in p.name)
+        assert extra and extra == sorted(p.name for p in (tmp_path / "two" / "model").iterdir() if "quiet" in p.name)
+        for name in (n for n in extra if n.endswith(".safetensors")):
+            assert max_difference(load_file(str(tmp_path / "one" / "model" / name)),
+                                  load_file(str(tmp_path / "two" / "model" / name))) < 2e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", ["fsdp", "ddp"])
+def test_a_process_with_no_position_to_learn_keeps_in_step_with_the_others(tmp_path, cache_dir, sharding):
+    args = [*SHORT, *METHOD["rpt"], "+method._target_=my_methods.blind_rank.BlindRankRPT", "trainer.batch_size=2",
+            f"trainer.sharding={sharding}", "run_dir=run",
+            # the end-of-run evaluation too (the main process evaluates; the others have left)
+            "eval=default", "eval.benchmarks=[synth_in]", "eval.limit=4", "eval.synthetic.num=4", "next_token_eval.positions=4"]
+    torchrun(args, tmp_path, cache_dir)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train/positions" in r]
+    assert len(steps) == 3 and all(0 < r["train/positions"] for r in steps)
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert {r["think"] for r in summary["eval"]["rows"]} == {"off", "on"} and summary["next_token_accuracy"]["easy"]["n"]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _rank_pid(agent: int, rank: int) -> int:
+    for child in _children(agent):
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return child
+    raise AssertionError(f"no process of rank {rank} under {agent}")
+
+
+def streamed_corpus(tmp_path) -> list[str]:
+    """A `datasets` folder of 4 files (each process streams 2 of them) in words the tiny model's tokenizer knows."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for f in range(4):
+        (folder / f"part_{f}.jsonl").write_text("".join(
+            json.dumps({"text": f"Tom has {i} apples and buys {f + 2} more, so Tom has {i + f + 2} apples."}) + "\n"
+            for i in range(150)))
+    return ["data=hf", f"data.name={folder}", "data.val_docs=20", "data.seq_len=64", "data.val_windows=8"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,sharding,sig,rank,data", [("cpt", "fsdp", signal.SIGTERM, 1, "synthetic"),
+                                                           ("rlp", "fsdp", signal.SIGUSR1, 0, "synthetic"),
+                                                           ("cpt", "ddp", signal.SIGTERM, 0, "streamed")])
+def test_a_signal_to_one_process_stops_all_at_one_step_and_the_run_resumes_exactly(tmp_path, cache_dir, method,
+                                                                                   sharding, sig, rank, data):
+    base = [a for a in FAST if not a.startswith("data.num_")] if data == "streamed" else FAST
+    args = [*base, *METHOD[method], "trainer.max_steps=40", "trainer.batch_size=2", "trainer.log_every=1",
+            "trainer.eval_every=10", "trainer.checkpoint_every=5", "next_token_eval.positions=0",
+            f"trainer.sharding={sharding}", *(streamed_corpus(tmp_path) if data == "streamed" else [])]
+    torchrun([*args, "run_dir=reference"], tmp_path, cache_dir)
+    run = tmp_path / "run"
+    agent = subprocess.Popen(torchrun_command([*args, f"run_dir={run}"]), cwd=tmp_path, env=environment(cache_dir),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    marker = run / "checkpoints" / "step_00000005" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not marker.exists() and agent.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert agent.poll() is None, "the run finished before it could be interrupted"
+    os.kill(_rank_pid(agent.pid, rank), sig)
+    out = agent.communicate(timeout=300)[0].decode()
+    assert agent.returncode != 0 and f"stopped by signal {sig.name}" in out
+    checkpoints = sorted(p for p in (run / "checkpoints").glob("step_*") if not p.name.endswith(".tmp"))
+    stopped_at = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["step"]
+    assert 5 <= stopped_at < 40
+    if sharding == "fsdp":  # one checkpoint, both processes' shards in it
+        assert len(list((checkpoints[-1] / "sharded").glob("*.distcp"))) == 2
+    if data == "streamed":  # and where each process's share of the stream was
+        assert sorted(p.name for p in checkpoints[-1].glob("data_state_*")) == ["data_state_0.json", "data_state_1.json"]
+    assert not (run / "summary.json").exists()
+    torchrun([*args, f"run_dir={run}"], tmp_path, cache_dir)  # the same command resumes
+    assert (run / "metrics.jsonl").read_bytes() == (tmp_path / "reference" / "metrics.jsonl").read_bytes()
+    resumed, reference = weights(run), weights(tmp_path / "reference")
+    assert all(torch.equal(v, reference[k]) for k, v in resumed.items())
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_as_cluster_jobs_of_two_processes_each(cli, tmp_path):
+    out = cli("train", "-m", "hydra/launcher=local", *SHORT, "trainer.batch_size=2", "seed=0,1",
+              "output_root=sweeps").stdout
+    summaries = sorted((tmp_path / "sweeps" / "multirun").glob("*/*/summary.json"))
+    assert len(summaries) == 2 and out.count("cpt seed") == 2
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        assert summary["processes"] == 2 and summary["steps"] == 3 and summary["tokens"] == 3 * 4 * 64
+
+
+@pytest.mark.slow
+def test_a_preempted_cluster_job_checkpoints_is_requeued_and_resumes_exactly(cli, tmp_path, cache_dir):
+    args = [*FAST, "trainer.max_steps=300", "trainer.batch_size=2", "trainer.log_every=1", "trainer.eval_every=50",
+            "trainer.checkpoint_every=5", "next_token_eval.positions=0"]
+    torchrun([*args, "run_dir=reference"], tmp_path, cache_dir)  # the same run, never interrupted
+    sweep = subprocess.Popen([sys.executable, "-m", "tokreason.cli", "train", "-m", "hydra/launcher=local", *args,
+                              "output_root=sweeps"], cwd=tmp_path, env=environment(cache_dir),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("sweeps/multirun/*/0_*/checkpoints/step_00000005")) and time.time() < deadline:
+        assert sweep.poll() is None, sweep.communicate()[0].decode()[-3000:]
+        time.sleep(0.05)
+    task = [c for c in _children(_children(sweep.pid)[0])
+            if b"SUBMITIT_LOCAL_GLOBALID=0" in Path(f"/proc/{c}/environ").read_bytes().split(b"\0")]
+    os.kill(task[0], signal.SIGUSR2)  # what SLURM sends signal_delay_s before a preemption or the time limit
+    out = sweep.communicate(timeout=600)[0].decode()
+    assert sweep.returncode == 0, out[-3000:]
+    run = next(tmp_path.glob("sweeps/multirun/*/0_*"))
+    assert "resuming from" in (run / "train.log").read_text()  # the requeued job went on from the checkpoint
+    assert json.loads((run / "summary.json").read_text())["steps"] == 300
+    assert (run / "metrics.jsonl").read_bytes() == (tmp_path / "reference" / "metrics.jsonl").read_bytes()
+    resumed, reference = weights(run), weights(tmp_path / "reference")
+    assert all(torch.equal(v, reference[k]) for k, v in resumed.items())
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_an_fsdp2_config_file_shards(tmp_path, cache_dir):
+    (tmp_path / "fsdp.yaml").write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nnum_processes: 2\nnum_machines: 1\n"
+        "machine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\nmain_training_function: main\n"
+        "fsdp_config:\n  fsdp_version: 2\n  fsdp_reshard_after_forward: true\n"
+        "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n  fsdp_state_dict_type: SHARDED_STATE_DICT\n")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp.yaml"),
+               "--main_process_port", str(_free_port()), "-m", "tokreason.cli", "train", *SHORT, "trainer.batch_size=2",
+               "run_dir=run"]
+    proc = subprocess.run(command, cwd=tmp_path, env=environment(cache_dir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["sharding"] == "fsdp" and summary["processes"] == 2
+    (tmp_path / "fsdp.yaml").write_text((tmp_path / "fsdp.yaml").read_text().replace("fsdp_version: 2", "fsdp_version: 1"))
+    proc = subprocess.run([*command[:-1], "run_dir=v1"], cwd=tmp_path, env=environment(cache_dir), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0 and "error: the Accelerate config asks for FSDP version 1" in proc.stdout + proc.stderr

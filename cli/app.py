@@ -4,7 +4,7 @@ from typing_extensions import Annotated
 
 app = typer.Typer(
     help="Compare Quiet-STaR, RPT and RLP against continued pretraining on one model, corpus and budget.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 OVERRIDES_HELP = ("Hydra overrides: key=value, +key=value (add), ~key (remove), group=option "
                   "(e.g. method=cpt model=hf data=text). `tokreason info` lists them.")
@@ -32,54 +32,65 @@ def _crash(error: Exception, command: str) -> None:
     _fail(f"tokreason {command} failed: {type(error).__name__}: {first_line(error)}; the traceback is in {log}")
 
 
-@app.command(context_settings=HYDRA_ARGS)
-def train(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
-          multirun: Annotated[bool, typer.Option("-m", "--multirun", help="Sweep: one run per combination of comma-separated values (Hydra multirun).")] = False):
-    """Train one method (default: the embedded tiny model on the synthetic corpus); with -m, a sweep."""
+def _call(command: str, fn, *args):
+    """fn(*args), every failure a one-line `error:`: bad input and an interruption (exit 2, or
+    the signal's code), anything unexpected with its traceback in a file (_crash)."""
     from tokreason.experiments.errors import UserError
-    from tokreason.experiments.launch.train import run_train
     from tokreason.experiments.training.stopping import Interrupted
 
     try:
-        summaries = run_train(list(overrides or []), multirun)
+        return fn(*args)
     except UserError as e:
         _fail(str(e))
     except Interrupted as e:
         _fail(str(e), e.exit_code)
     except Exception as e:
-        _crash(e, "train")
-    from tokreason.experiments.evaluation.evaluate import format_table
+        _crash(e, command)
 
-    for s in summaries:
+
+@app.command(context_settings=HYDRA_ARGS)
+def train(overrides: Annotated[list[str] | None, typer.Argument(metavar="OVERRIDES", help=OVERRIDES_HELP, show_default=False)] = None,
+          multirun: Annotated[bool, typer.Option("-m", "--multirun", help="Sweep: one run per combination of comma-separated values (Hydra multirun).")] = False):
+    """Train one method (default: the embedded tiny model on the synthetic corpus); with -m, a sweep."""
+    from tokreason.experiments.launch.train import run_train
+
+    summaries = _call("train", run_train, list(overrides or []), multirun)
+    for s in summaries:  # the evaluation table went to the log (console and train.log)
         val = f"{s['val_loss']:.4f}" if s["val_loss"] is not None else "n/a"
         tps = f"{s['tokens_per_second']:.0f}" if s.get("tokens_per_second") else "n/a"
-        if s.get("eval"):
-            typer.echo(format_table(s["eval"]["rows"]))
-        typer.echo(f"{s['method']} seed {s['seed']}: {s['steps']} steps, val loss {val}, "
+        typer.echo(f"{s.get('preset') or s['method']} seed {s['seed']}: {s['steps']} steps, val loss {val}, "
                    f"{tps} tokens/s -> {s['run_dir']}")
 
 
 @app.command(name="eval", context_settings=HYDRA_ARGS)
-def eval_(overrides: Annotated[list[str] | None, typer.Argument(help="run=<run dir> (the trained model against its base), "
+def eval_(overrides: Annotated[list[str] | None, typer.Argument(metavar="OVERRIDES", help="run=<run dir> (the trained model against its base), "
                                                                       "or model=... to evaluate a model alone; then eval.* "
                                                                       "overrides, e.g. eval.limit=20 eval.think=[off]", show_default=False)] = None):
     """Benchmarks on the base and the trained model, think off and on, and the deltas."""
-    from tokreason.experiments.errors import UserError
     from tokreason.experiments.evaluation.evaluate import format_table
     from tokreason.experiments.launch.evaluate import run_eval
 
-    try:
-        table, out_dir = run_eval(list(overrides or []))
-    except UserError as e:
-        _fail(str(e))
-    except Exception as e:
-        _crash(e, "eval")
+    table, out_dir = _call("eval", run_eval, list(overrides or []))
     typer.echo(format_table(table["rows"]))
     typer.echo(f"evaluated in {table['seconds']:.0f} s -> {out_dir}")
 
 
 @app.command(context_settings=HYDRA_ARGS)
-def info(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None):
+def smoke(overrides: Annotated[list[str] | None, typer.Argument(metavar="OVERRIDES", help="Overrides for every run, e.g. model=hf model.name_or_path=<folder>; "
+                                                                      "smoke.methods=[...] to choose the methods.", show_default=False)] = None):
+    """Every method for a couple of steps with a tiny evaluation: finite losses, a changed model, a complete run dir (for CI)."""
+    from tokreason.experiments.launch.smoke import failed_message, run_smoke
+
+    results, root = _call("smoke", run_smoke, list(overrides or []))
+    for r in results:
+        typer.echo(r.line())
+    if failed_message(results):
+        _fail(f"{failed_message(results)}; their run dirs and train.log are under {root}", code=1)
+    typer.echo(f"smoke passed: {len(results)} methods in {sum(r.seconds for r in results):.0f} s -> {root}")
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def info(overrides: Annotated[list[str] | None, typer.Argument(metavar="OVERRIDES", help=OVERRIDES_HELP, show_default=False)] = None):
     """Print the config groups and their options, then the resolved config for the overrides."""
     from omegaconf import OmegaConf
 
@@ -101,27 +112,18 @@ def info(overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HE
 
 
 @app.command(context_settings=HYDRA_ARGS)
-def compare(overrides: Annotated[list[str] | None, typer.Argument(help="experiment=<preset> (default: embedded), budget=steps|tokens|flops, "
+def compare(overrides: Annotated[list[str] | None, typer.Argument(metavar="OVERRIDES", help="experiment=<preset> (default: embedded), budget=steps|tokens|flops, "
                                                                         "compare.* (seeds, methods, corrupt, ...), and overrides for every run.",
                                                                    show_default=False)] = None):
     """cpt, Quiet-STaR, RPT and RLP (and ablations) on one base model, corpus and budget; then the report."""
-    from tokreason.experiments.errors import UserError
     from tokreason.experiments.launch.compare import run_compare
-    from tokreason.experiments.training.stopping import Interrupted
 
-    try:
-        root, summaries = run_compare(list(overrides or []))
-    except UserError as e:
-        _fail(str(e))
-    except Interrupted as e:
-        _fail(str(e), e.exit_code)
-    except Exception as e:
-        _crash(e, "compare")
+    root, summaries = _call("compare", run_compare, list(overrides or []))
     typer.echo(f"{len(summaries)} runs -> {root}; report: {root / 'report.md'}")
 
 
 @app.command()
-def report(paths: Annotated[list[str], typer.Argument(help="Run dirs, or sweep dirs holding run dirs.", show_default=False)],
+def report(paths: Annotated[list[str], typer.Argument(metavar="OVERRIDES", help="Run dirs, or sweep dirs holding run dirs.", show_default=False)],
            out: Annotated[str | None, typer.Option(help="Where report.md and its images go (default: the sweep dir given, else ./report).")] = None):
     """Rebuild the comparison report (report.md + PNGs) from run dirs alone, without W&B."""
     from pathlib import Path

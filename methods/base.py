@@ -75,6 +75,7 @@ class Method(ABC):
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = NoSettings
     thinks: ClassVar[bool] = False  # evaluated with thinking on as well (think_scorer)
+    reward_meaning: ClassVar[str | None] = None  # what its logged `reward` is (the report's learning-signal table)
     # Whether a layer's keys and values receive gradients from later forwards (a KV cache kept
     # with gradients, Quiet-STaR's thought steps): a sharded (FSDP2) layer then keeps its weights
     # gathered from its forward to the end of the backward pass (a later call's backward can

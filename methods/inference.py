@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from tokreason.methods.lm import chunked, context_length, hidden_states, lm_device, output_head
 from tokreason.methods.sampler import sample
-from tokreason.methods.thoughts import MetaFormat, ThoughtFormat, thought_tokens
+from tokreason.methods.thoughts import MetaFormat, ThoughtFormat, mask_thought_logits, thought_tokens
 from tokreason.methods.token_bytes import token_byte_table
 from tokreason.methods.verifier import Rollouts, continuation_at, prediction_bytes, prefix_match_reward
 
@@ -65,7 +65,7 @@ class PlainScorer:
     @torch.no_grad()
     def next_token_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
         """log p(next token) at every position of right-padded ids [B, L] -> [B, L, V]."""
-        return F.log_softmax(self.lm(input_ids=ids).logits.float(), dim=-1)
+        return F.log_softmax(mask_thought_logits(self.lm(input_ids=ids).logits.float(), self.thought_ids), dim=-1)
 
     @torch.no_grad()
     def target_scores(self, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
@@ -77,7 +77,7 @@ class PlainScorer:
         head = output_head(self.lm)
 
         def score(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            logits = head(h).float()
+            logits = mask_thought_logits(head(h).float(), self.thought_ids)  # never text: no mass taken from text
             logprob = logits.gather(-1, t[:, None])[:, 0] - torch.logsumexp(logits, -1)
             return torch.stack([logprob, (logits.argmax(-1) == t).float()], -1)
 
@@ -91,8 +91,9 @@ class PlainScorer:
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))  # similar lengths batch together
         for b in range(0, len(order), self.batch_size):
             chunk = order[b: b + self.batch_size]
-            width = max(len(sequences[i]) for i in chunk)
-            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long, device=self.device)
+            # the last token is only a target: the model reads every token but it (as lm-eval does)
+            width = max(len(sequences[i]) for i in chunk) - 1
+            ids = torch.full((len(chunk), width + 1), self.pad_id, dtype=torch.long, device=self.device)
             rows, cols, spans = [], [], {}
             for r, i in enumerate(chunk):
                 ids[r, : len(sequences[i])] = torch.tensor(sequences[i], device=self.device)
@@ -101,7 +102,7 @@ class PlainScorer:
                 rows += [r] * len(span)
                 cols += list(span)
             rows_t, cols_t = torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)
-            logprobs, greedy = self.target_scores(ids, rows_t, cols_t, ids[rows_t, cols_t + 1])
+            logprobs, greedy = self.target_scores(ids[:, :width], rows_t, cols_t, ids[rows_t, cols_t + 1])
             for i, span in spans.items():
                 out[i] = (float(logprobs[span].sum()), bool(greedy[span].all()))
         return out
@@ -110,7 +111,7 @@ class PlainScorer:
         sequences, starts = [], []
         for context, continuation in requests:
             ctx, cont = self.encode_pair(context, continuation)
-            ctx = self._fit(ctx, len(cont))
+            ctx = self._fit(ctx, len(cont) - 1)  # the last continuation token is a target, never read
             sequences.append(ctx + cont)
             starts.append(len(ctx))
         return self.score_spans(sequences, starts)
@@ -146,7 +147,8 @@ class PlainScorer:
                    for p in prompts[b: b + self.batch_size]]
             samples = sample(self.lm, ids, keys=list(range(len(ids))), seed=0, temperature=0.0,
                              thought_budget=max_new_tokens, close_id=None, max_prediction_tokens=max_new_tokens,
-                             stop_ids=self.stop_token_ids(stop), pad_id=self.pad_id)
+                             stop_ids=self.stop_token_ids(stop), pad_id=self.pad_id,
+                             banned_ids=tuple(self.thought_ids.ids) if self.thought_ids else ())
             out.extend(self.cut(self.tokenizer.decode(p, skip_special_tokens=True), stop) for p in samples.prediction)
         return out
 
@@ -160,8 +162,13 @@ class PlainScorer:
             n, length = ids.shape
             rows = torch.arange(n, device=self.device).repeat_interleave(length - 1)
             cols = torch.arange(length - 1, device=self.device).repeat(n)
-            logprobs, _ = self.target_scores(ids, rows, cols, ids[rows, cols + 1])
-            nll.append(-logprobs.view(n, length - 1).mean(-1))
+            targets = ids[rows, cols + 1]
+            logprobs, _ = self.target_scores(ids, rows, cols, targets)
+            # a thought token in the text (a worked document's markers) is not text: not scored
+            text = ~torch.isin(targets, torch.tensor(self.thought_ids.ids if self.thought_ids else [], device=self.device,
+                                                     dtype=targets.dtype))
+            logprobs = torch.where(text, logprobs, torch.zeros_like(logprobs)).view(n, length - 1)
+            nll.append(-logprobs.sum(-1) / text.view(n, length - 1).sum(-1).clamp(min=1))
         return torch.cat(nll).cpu()
 
     @torch.no_grad()

@@ -37,7 +37,7 @@ from tokreason.methods.registry import register_method
 from tokreason.methods.sampler import counter_uniform
 from tokreason.methods.settings import at_least, one_of, positive
 from tokreason.methods.thought_attention import THOUGHT_ATTENTION, ThoughtCache
-from tokreason.methods.thoughts import add_thought_tokens
+from tokreason.methods.thoughts import add_thought_tokens, mask_thought_logits
 from tokreason.methods.verifier import Continuation, Rollouts, continuation_log_likelihood
 
 FORMS = ("official", "paper")
@@ -428,6 +428,7 @@ class QuietStarScorer(PlainScorer):
     def target_scores(self, ids, rows, cols, targets):
         """The mixed prediction's log p of each target, and whether it is the greedy token."""
         logprobs = self.next_token_logprobs(ids)[rows, cols]
+        logprobs = torch.log_softmax(mask_thought_logits(logprobs, self.thought_ids), -1)  # as think off: never text
         return logprobs.gather(-1, targets[:, None])[:, 0], logprobs.argmax(-1) == targets
 
     @torch.no_grad()
@@ -456,6 +457,8 @@ class QuietStarScorer(PlainScorer):
 @register_method("quiet_star")
 class QuietStar(Method):
     """Thoughts at every position, in parallel; its settings are a QuietStarConfig."""
+
+    reward_meaning = "log-likelihood gain of the text after thinking (nats)"
 
     config_class = QuietStarConfig
     thinks = True

@@ -310,6 +310,8 @@ class RLPConfig:
 class RLP(MetaThinkingMethod):
     """Information-gain rewards against an EMA baseline; its settings are an RLPConfig."""
 
+    reward_meaning = "information gain of the thought (nats)"
+
     config_class = RLPConfig
 
     def thought_format(self, lm, tokenizer) -> ThoughtFormat:

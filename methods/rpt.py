@@ -377,6 +377,8 @@ class RPTConfig:
 class RPT(MetaThinkingMethod):
     """Next-token reasoning with GRPO; its settings are an RPTConfig."""
 
+    reward_meaning = "prediction reward (prefix match with the true continuation)"
+
     config_class = RPTConfig
 
     def wrap(self, lm, tokenizer) -> RPTModel:

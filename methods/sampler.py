@@ -128,14 +128,15 @@ def _draw(logits: torch.Tensor, temperature: float, seed: int, keys: torch.Tenso
 @torch.no_grad()
 def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperature: float, thought_budget: int,
            close_id: int | None, max_prediction_tokens: int, stop_ids: list[int], pad_id: int,
-           repeats: int = 1, min_thought_tokens: int = 0, synced: bool = False) -> Samples:
+           repeats: int = 1, min_thought_tokens: int = 0, synced: bool = False, banned_ids: tuple[int, ...] = ()) -> Samples:
     """`repeats` rollouts of each prompt (rows prompt-major: prompt i's are rows i*repeats ..),
     one key per row; temperature 0 is greedy. Each prompt is read once and its KV cache shared
     by its rollouts (not copied, where the model runs on tokreason's attention). A stop token
     ends a prediction and is part of it. Finished rollouts leave the batch (whole groups where
     the prompt's cache is shared): they stop costing compute. The host is asked only whether
     every row is done, once per token. synced (a sharded model: every forward is collective):
-    the loop runs until every process's rows are done, so all run the same forwards."""
+    the loop runs until every process's rows are done, so all run the same forwards. banned_ids
+    are never drawn (the thought tokens where an answer is text)."""
     device = lm.get_input_embeddings().weight.device
     ids, mask = _prompt_batch(prompts, pad_id, device)
     rows = len(prompts) * repeats
@@ -151,6 +152,8 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
     for step in range(limit):
         if close_id is not None and min_thought_tokens:  # no closing before the thought has this many tokens
             logits[:, close_id] = torch.where(state.thought_len < min_thought_tokens, float("-inf"), logits[:, close_id])
+        if banned_ids:
+            logits[:, list(banned_ids)] = float("-inf")
         token, logprob = _draw(logits, temperature, seed, key_t, step)
         token, chosen, predicting = state.advance(token, logits, close_id, thought_budget, max_prediction_tokens, stops,
                                                  pad_id, step, limit if close_id is None else None)

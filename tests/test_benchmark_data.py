@@ -262,9 +262,9 @@ def test_limit_takes_the_first_records_in_file_order(tmp_path):
     assert len(from_file("gpqa", path, limit=100).examples) == len(GPQA)
     datasets.Dataset.from_list(GPQA).to_parquet(str(tmp_path / "gpqa.parquet"))
     assert len(from_file("gpqa", tmp_path / "gpqa.parquet", limit=2).examples) == 2
-    # a bad line past the limit is never read
+    # a bad line past the limit is still found: the whole file is checked once
     (tmp_path / "long.jsonl").write_text(json.dumps(GSM8K[0]) + "\n{not json\n")
-    assert len(from_file("gsm8k", tmp_path / "long.jsonl", limit=1).examples) == 1
+    assert "line 2: not valid JSON" in error_of("gsm8k", tmp_path / "long.jsonl", limit=1)
 
 
 def test_ids_fall_back_to_positions_when_own_ids_repeat(tmp_path):
@@ -280,6 +280,16 @@ def test_missing_field_names_the_first_bad_line_and_the_field(tmp_path):
     path.write_text(json.dumps(GSM8K[0]) + "\n\n" + json.dumps(bad) + "\n" + json.dumps({"answer": "#### 1"}) + "\n")
     assert error_of("gsm8k", path) == (
         f"gsm8k file {path} line 3: missing field 'answer' (gsm8k records need: question, answer)")
+
+
+@pytest.mark.parametrize("limit", [None, 4, 20])
+def test_the_whole_file_is_checked_whatever_the_limit(tmp_path, limit):
+    path = tmp_path / "test.jsonl"
+    lines = [json.dumps(GSM8K[0])] * 6 + [json.dumps({"question": "No answer?"})] + [json.dumps(GSM8K[0])] * 3
+    path.write_text("\n".join(lines) + "\n")
+    assert error_of("gsm8k", path, limit=limit).startswith(f"gsm8k file {path} line 7: missing field 'answer'")
+    path.write_text("\n".join(lines[:6] + lines[7:]) + "\n")  # without the bad line, the limit cuts as before
+    assert len(from_file("gsm8k", path, limit=limit).examples) == min(limit or 9, 9)
 
 
 @pytest.mark.parametrize("name, record, problem", [

@@ -34,8 +34,15 @@ def test_help_and_info(cli):
 
 @pytest.mark.slow
 def test_train_writes_a_complete_run_dir_and_repeats_exactly(cli, tmp_path):
-    cli("train", *FAST, "run_dir=a")
+    proc = cli("train", *FAST, "run_dir=a")
     run = tmp_path / "a"
+    # what a user sees: no library warnings, no progress bar off a terminal, one line per logged step
+    assert "Warning" not in proc.stderr and "\r" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    log = (run / "train.log").read_text()
+    assert "\r" not in log and [line.split("step ")[1].split(" |")[0] for line in log.splitlines()
+                                 if "] - step " in line] == ["2/6", "4/6", "6/6"]
+    assert "training draws up to 1536 tokens from a corpus of" in log and "validation: 8 windows" in log
+    assert proc.stdout.strip().splitlines()[-1].startswith("cpt seed 0: 6 steps")
     for name in RUN_FILES:
         assert (run / name).is_file(), name
     for name in CHECKPOINT_FILES:
@@ -174,7 +181,14 @@ def _error(proc: subprocess.CompletedProcess) -> str:
     (["method=foo"], "unknown method 'foo'; valid: cpt"),
     (["data=foo"], "unknown data 'foo'; valid: hf, synthetic, text"),
     (["trainer.lr=="], "malformed override 'trainer.lr=='"),
-    (["trainer.nope=1"], "Could not override 'trainer.nope'"),
+    (["trainer.nope=1"], "unknown key 'trainer.nope'; valid keys of trainer: "),
+    (["trainer.schedular=cosine"], "did you mean trainer.scheduler"),
+    (["trainer.lr="], "trainer.lr is empty: expected a number (default "),
+    (["trainer.lr=abc"], "trainer.lr='abc' is not valid: expected a number (default "),
+    (["trainer.max_steps=abc"], "trainer.max_steps='abc' is not valid: expected an integer (default "),
+    (["trainer.max_steps=2.5"], "trainer.max_steps=2.5 is not valid: expected an integer"),
+    (["trainer.progress_bar=maybe"], "trainer.progress_bar='maybe' is not valid: expected true or false"),
+    (["eval.think=on"], "eval.think='on' is not valid: expected a list ([a,b])"),
     (["trainer.batch_size=0"], "trainer.batch_size=0 is not valid; it must be at least 1"),
     (["trainer.precision=fp8"], "trainer.precision='fp8' is not valid; valid: auto, fp32, bf16"),
     (["model=hf", "model.name_or_path=/no/such/model"], "model.name_or_path='/no/such/model' is not an existing folder"),
@@ -192,6 +206,8 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(cli, tmp_path, overrid
     (b"", [], "has no text (the corpus is empty)"),
     (b"fine text\n\n\xc3\x28 broken", [], "is not UTF-8 text: byte 0xc3 at offset 11"),
     (b"Ann has 3 apples.\n\n" * 200, ["data.seq_len=1000"], "data.seq_len=1000 is above the model's context of 128 tokens"),
+    (b"".join(b"Ann has %d apples.\n\n" % i for i in range(40)), ["data.val_fraction=0.01"],
+     "data.val_fraction=0.01 gives no validation window of seq_len=64 tokens"),
 ])
 def test_bad_corpus_is_a_one_line_error_and_writes_nothing(cli, tmp_path, content, overrides, message):
     (tmp_path / "corpus.txt").write_bytes(content)
@@ -222,3 +238,38 @@ def test_finished_run_is_left_alone_and_another_config_is_refused(cli, tmp_path)
     assert (tmp_path / "r" / "summary.json").read_bytes() == summary
     proc = cli("train", *FAST, "trainer.max_steps=3", "trainer.lr=0.5", "run_dir=r", check=False)
     assert "was started with trainer.lr=0.001, not 0.5" in _error(proc)
+
+
+def test_help_shows_the_examples_whole_and_no_type_tags(cli):
+    for command in ("eval", "train", "compare", "smoke"):
+        text = cli(command, "--help").stdout
+        assert "<bool>" not in text, text
+    assert "eval.think=[off]" in " ".join(cli("eval", "--help").stdout.split())
+
+
+def test_run_names_say_which_preset_ran():
+    from tokreason.experiments.launch.compose import compose_config
+
+    assert compose_config(["method=rpt_tiny"]).run_name == "rpt_tiny-seed0"
+    assert compose_config(["method=quiet_star_tiny", "seed=3"]).run_dir.endswith("_quiet_star_tiny-seed3")
+    assert compose_config(["method=cpt"]).run_name == "cpt-seed0"
+    assert compose_config(["method=rlp"]).run_name == "rlp-seed0"
+
+
+@pytest.mark.slow
+def test_smoke_checks_every_method_and_names_a_failing_one(cli, tmp_path):
+    proc = cli("smoke", *TINY_MODEL, *SMALL_SYNTHETIC, "output_root=out")
+    lines = [line for line in proc.stdout.splitlines() if line.split(" ")[0] in ("ok", "FAIL")]
+    assert [line.split()[:2] for line in lines] == [["ok", m] for m in ("cpt", "quiet_star_tiny", "rpt_tiny", "rlp_tiny")]
+    assert "smoke passed: 4 methods" in proc.stdout
+    [root] = (tmp_path / "out" / "smoke").iterdir()
+    assert sorted(p.name for p in root.iterdir()) == ["cpt", "quiet_star_tiny", "rlp_tiny", "rpt_tiny"]
+
+    # a learning rate too small to move a float32 weight: the model does not change, the method is named, exit 1
+    bad = cli("smoke", *TINY_MODEL, *SMALL_SYNTHETIC, "output_root=bad", "smoke.methods=[cpt]", "trainer.lr=1e-30",
+              "trainer.weight_decay=0.0", check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "FAIL  cpt" in bad.stdout and "the trained model's weights equal the base model's" in bad.stdout
+    assert bad.stderr.strip().startswith("error: smoke failed for cpt;")
+    refused = cli("smoke", *TINY_MODEL, "trainer.lr=0.0", check=False)  # bad input: exit 2 before any run
+    assert refused.returncode == 2 and "trainer.lr=0.0 is not valid" in refused.stderr

@@ -71,7 +71,7 @@ def test_compare_runs_every_method_in_one_group_and_reports_them(cli, tmp_path):
     assert {read_offline_run(r)["group"] for r in runs} == {f"compare-{root.name}"}
     report = (root / "report.md").read_text()
     assert "budget: steps" in report and "| cpt |" in report and "| rpt |" in report
-    for image in ("deltas.png", "curves.png"):
+    for image in ("headline.png", "curves.png"):
         assert (root / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # `tokreason report` rebuilds the same report from the run dirs alone
     before = report

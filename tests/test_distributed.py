@@ -99,7 +99,7 @@ def test_a_process_with_no_position_to_learn_keeps_in_step_with_the_others(tmp_p
     assert len(steps) == 3 and all(0 < r["train/positions"] for r in steps)
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert {r["think"] for r in summary["eval"]["rows"]} == {"off", "on"} and summary["next_token_accuracy"]["easy"]["n"]
+    assert {r["think"] for r in summary["eval"]["rows"]} == {"off", "on", "oracle"} and summary["next_token_accuracy"]["easy"]["n"]
 
 
 def _children(pid: int) -> list[int]:

@@ -133,12 +133,23 @@ REQUESTS = [("Let x = 4. Then y = x + 3. y is", " 7"), ("What is 2 + 2? The answ
             ("Ann has 3 apples.", " She"), ("Which is smaller, 48 or 73? The smaller one is", " 48")]
 
 
+def text_logits(logits, tokenizer):
+    """The rule every text metric follows: the thought tokens get no probability (never text)."""
+    from tokreason.methods.thoughts import thought_tokens
+
+    tokens = thought_tokens(tokenizer)
+    if tokens is not None:
+        logits = logits.clone()
+        logits[..., list(tokens.ids)] = float("-inf")
+    return logits
+
+
 @torch.no_grad()
 def reference_loglikelihood(lm, tokenizer, context, continuation):
     scorer = PlainScorer(lm, tokenizer)
     ctx, cont = scorer.encode_pair(context, continuation)
     ids = torch.tensor([ctx + cont])
-    logprobs = F.log_softmax(lm(input_ids=ids).logits[0].float(), -1)
+    logprobs = F.log_softmax(text_logits(lm(input_ids=ids).logits[0].float(), tokenizer), -1)
     lp = [logprobs[len(ctx) - 1 + i, tok] for i, tok in enumerate(cont)]
     greedy = all(int(logprobs[len(ctx) - 1 + i].argmax()) == tok for i, tok in enumerate(cont))
     return float(sum(lp)), greedy
@@ -184,7 +195,7 @@ def test_thought_scorer_thinks_greedily_then_scores_after_the_thought(tiny):
                 break
             thought.append(token)
         full = torch.tensor([ids + thought + [end] + cont])
-        logprobs = F.log_softmax(lm(input_ids=full).logits[0].float(), -1)
+        logprobs = F.log_softmax(text_logits(lm(input_ids=full).logits[0].float(), tokenizer), -1)  # the answer is text
         offset = len(ids) + len(thought) + 1
         ref = sum(float(logprobs[offset - 1 + i, t]) for i, t in enumerate(cont))
         assert score == pytest.approx(ref, abs=1e-4)
@@ -219,10 +230,15 @@ def test_train_ends_with_the_table_and_eval_reproduces_it(cli, tmp_path):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     rows = summary["eval"]["rows"]
     assert {r["benchmark"] for r in rows} == {"synth_in", "synth_longer", "synth_more_steps", "synth_unseen_format", "heldout"}
-    assert {r["think"] for r in rows} == {"off"}  # cpt does not think
+    assert {r["think"] for r in rows} == {"off", "oracle"}  # cpt does not think
+    log = (tmp_path / "r" / "train.log").read_text()
     for r in rows:
+        if r["think"] == "oracle":  # the base given the worked steps: no trained value
+            assert "delta" not in r and r["benchmark"].startswith("synth_")
+            continue
         assert r["delta"] == pytest.approx(r["trained"] - r["base"])
-        assert f"{r['benchmark']:<20} {r['metric']:<28} off" in proc.stdout  # the table is printed
+        line = f"{r['benchmark']:<20} {r['metric']:<28} off"
+        assert line in proc.stdout and line in log  # the table is printed and kept in train.log
     logged = read_offline_run(tmp_path / "r")
     deltas = {k: v for k, v in logged["summary"].items() if k.startswith("delta/")}
     assert deltas == pytest.approx(wandb_deltas(summary["eval"]))
@@ -231,8 +247,8 @@ def test_train_ends_with_the_table_and_eval_reproduces_it(cli, tmp_path):
     again = cli("eval", "run=r", *EVAL_SMALL, "logger=none")
     assert "evaluated in" in again.stdout
     rerun = json.loads((tmp_path / "r" / "eval" / "summary.json").read_text())["eval"]["rows"]
-    assert [(r["benchmark"], r["metric"], r["trained"], r["base"]) for r in rerun] == \
-        [(r["benchmark"], r["metric"], pytest.approx(r["trained"], abs=1e-6), pytest.approx(r["base"], abs=1e-6)) for r in rows]
+    assert [(r["benchmark"], r["metric"], r.get("trained"), r["base"]) for r in rerun] == \
+        [(r["benchmark"], r["metric"], pytest.approx(r.get("trained"), abs=1e-6), pytest.approx(r["base"], abs=1e-6)) for r in rows]
 
 
 def test_thinking_methods_report_both_modes(cli, tmp_path):

@@ -173,10 +173,13 @@ def test_generate_until_refuses_anything_but_greedy(lm, tokenizer, kwargs, messa
                                request("generate_until", "the dog", kwargs, idx=1)])
 
 
-def direct_logprob(lm, sequence: list[int], start: int) -> float:
-    """Sum of log p(token | everything before it in `sequence`) for the tokens from `start` on."""
+def direct_logprob(lm, sequence: list[int], start: int, masked: tuple[int, ...] = (2, 3)) -> float:
+    """Sum of log p(token | everything before it in `sequence`) for the tokens from `start` on;
+    the thought tokens (ids 2 and 3 of tokreason's tokenizer) get no probability: never text."""
     with torch.no_grad():
-        logprobs = torch.log_softmax(lm(input_ids=torch.tensor([sequence])).logits[0].float(), -1)
+        logits = lm(input_ids=torch.tensor([sequence])).logits[0].float()
+        logits[:, list(masked)] = float("-inf")
+        logprobs = torch.log_softmax(logits, -1)
     return float(sum(logprobs[t - 1, sequence[t]] for t in range(start, len(sequence))))
 
 
@@ -294,6 +297,8 @@ def test_quiet_star_thinking_runs_multiple_choice_and_rolling(tmp_path, lm, toke
     [rolled] = TokreasonLM(scorer).loglikelihood_rolling([request("loglikelihood_rolling", text)])
     with torch.no_grad():
         logprobs = model.next_token_logprobs(torch.tensor([ids]))[0]
+        logprobs[:, [2, 3]] = float("-inf")  # the thought tokens: never text
+        logprobs = torch.log_softmax(logprobs, -1)
     assert rolled == pytest.approx(float(sum(logprobs[t - 1, ids[t]] for t in range(1, len(ids)))), abs=1e-4)
 
 
@@ -335,3 +340,23 @@ def test_tokreason_lm_eval_command(tmp_path, run_dir, lm, tokenizer):
     bad = subprocess.run([sys.executable, "-m", "tokreason.cli", "lm-eval", "--run", str(run_dir), "--tasks", "tiny_mc",
                           "--think", "on"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no thinking mode" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_loglikelihoods_equal_lm_evals_own_hf_backend(lm, tokenizer):
+    """The same model through lm-eval's HFLM and through the bridge (think off): prompts that end
+    in a space, a newline and a word, and one longer than the model's context."""
+    from lm_eval.models.huggingface import HFLM
+
+    small = LlamaForCausalLM(LlamaConfig(**{**lm.config.to_dict(), "max_position_embeddings": 24})).eval()
+    small.load_state_dict(lm.state_dict())
+    long_context = " ".join(["the cat sat on the mat and the dog ran to the park."] * 4)
+    pairs = [("two plus three is ", "five"), ("is the sky blue?\n", "yes"), ("the cat sat on the", " mat"),
+             ("is the sea dry? ", "no. is the sky blue"), (long_context, " and the dog")]
+    for model in (lm, small):
+        reference = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=model.config.max_position_embeddings)
+        expected = reference.loglikelihood([request("loglikelihood", c, x) for c, x in pairs])
+        scorer = PlainScorer(model, tokenizer)
+        scorer.thought_ids = None  # as for a hub model's tokenizer: no thought tokens (with them, they get no mass)
+        got = TokreasonLM(scorer).loglikelihood([request("loglikelihood", c, x) for c, x in pairs])
+        for (want, want_greedy), (have, have_greedy) in zip(expected, got):
+            assert have == pytest.approx(want, abs=1e-4) and have_greedy == want_greedy

@@ -115,7 +115,7 @@ def test_report_numbers_trace_to_runs(runs, tmp_path):
     assert "- seeds: 0, 1" in md
     assert "- base model: /cache/base/abc" in md
     assert "- budget: steps (no compare budget recorded)" in md
-    spent = {r["variant"]: r for r in tables["header"]}
+    spent = {r["variant"]: r for r in tables["Runs"]}
     assert spent["cpt"] == {"variant": "cpt", "runs": "2", "seeds": "0, 1", "steps": "10", "tokens": "1000",
                             "FLOPs": "1.1000e+09"}
     assert spent["rpt"]["FLOPs"] == "9.0000e+09" and spent["rlp+corrupt=shuffle"]["steps"] == "5"
@@ -160,7 +160,7 @@ def test_report_numbers_trace_to_runs(runs, tmp_path):
     assert jc["rlp+corrupt=shuffle"]["peak_memory_gb"] is None
 
     # images
-    assert "![Benchmark deltas by variant](deltas.png)" in md
+    assert "(headline.png)" in md
     assert "(curves.png)" in md
 
 
@@ -175,7 +175,7 @@ def test_images_are_real_pngs_of_the_fixed_size(runs, tmp_path):
 
     build_report(runs, tmp_path / "out")
     assert IMAGE_SIZE == (1000, 500)
-    for name in ("deltas.png", "curves.png"):
+    for name in ("headline.png", "curves.png"):
         path = tmp_path / "out" / name
         assert png_size(path) == IMAGE_SIZE
         pixels = matplotlib.image.imread(path)
@@ -213,8 +213,8 @@ def test_sweep_dir_with_nested_and_unfinished_runs(tmp_path):
     assert list(found) == [sweep / "cpt" / "0", sweep / "rpt" / "deeper" / "1"]
     assert found.skipped == [unfinished]
     report = build_report(found, tmp_path / "out")
-    assert report["skipped"] == [str(unfinished)]
-    assert f"- skipped (unfinished): {unfinished}" in (tmp_path / "out" / "report.md").read_text()
+    assert report["skipped"] == [f"{unfinished} (unfinished: no summary.json or config.yaml)"]
+    assert f"- skipped: {unfinished} (unfinished: no summary.json or config.yaml)" in (tmp_path / "out" / "report.md").read_text()
     assert find_runs([sweep / "cpt" / "0"]) == [sweep / "cpt" / "0"]  # a run dir itself
 
 
@@ -249,10 +249,10 @@ def test_report_of_real_tiny_runs(cli, tmp_path):
         rows = {(r["benchmark"], r["metric"], r["think"]): r for r in summary["eval"]["rows"]}
         for i, d in enumerate(report["deltas"]):
             key = (d["benchmark"], d["metric"], d["think"])
-            if key in rows:
+            if "delta" in rows.get(key, {}):  # the oracle row is the base's alone
                 assert d["variants"][variant]["mean"] == rows[key]["delta"]
                 assert tables["Benchmark deltas"][i][variant] == f"{rows[key]['delta']:+.4f} ± {rows[key]['se']:.4f}"
-    for name in ("deltas.png", "curves.png"):
+    for name in ("headline.png", "curves.png"):
         assert png_size(tmp_path / "out" / name) == IMAGE_SIZE
 
 
@@ -271,3 +271,35 @@ def test_a_base_that_differs_between_runs_is_not_averaged(tmp_path):
     assert [d["base"] for d in report["deltas"]] == [0.3, 50.0, None] and report["deltas"][2]["base_varies"]
     rows = md_tables((tmp_path / "out" / "report.md").read_text())["Benchmark deltas"]
     assert [r["base"] for r in rows] == ["0.3000", "50.0000", "by method"]
+
+
+def test_runs_that_differ_beyond_the_seed_are_different_variants(tmp_path):
+    write_run(tmp_path / "runs" / "long", "cpt", 0, None, [0.1, -1.0, None], [0.01, 0.1, None], dict(RUNS["cpt0"][5], steps=200))
+    write_run(tmp_path / "runs" / "short", "cpt", 0, None, [0.0, 0.0, None], [0.01, 0.1, None], dict(RUNS["cpt0"][5], steps=2))
+    report = build_report(find_runs([tmp_path / "runs"]), tmp_path / "out")
+    assert sorted(report["variants"]) == ["cpt [trainer.max_steps=200]", "cpt [trainer.max_steps=2]"]
+    assert report["cost"]["cpt [trainer.max_steps=200]"]["steps"] == 200
+
+
+def test_a_repeated_seed_is_not_a_second_sample_and_eval_folders_are_not_runs(tmp_path):
+    import os
+
+    old = write_run(tmp_path / "runs" / "a", *RUNS["cpt0"])
+    new = write_run(tmp_path / "runs" / "b", *RUNS["cpt0"])
+    os.utime(old / "summary.json", (1, 1))
+    (new / "eval").mkdir()
+    (new / "eval" / "summary.json").write_text("{}")  # what `tokreason eval run=b` writes
+    (new / "eval" / "config.yaml").write_text("{}")
+    report = build_report(find_runs([tmp_path / "runs"]), tmp_path / "out")
+    assert report["n_runs"] == 1 and report["cost"]["cpt"]["runs"] == 1
+    [skipped] = report["skipped"]
+    assert skipped.startswith(f"{old} (a second run of cpt seed 0: not an independent sample; kept the newest, {new})")
+
+
+def test_without_evaluations_the_report_says_why_the_table_is_empty(tmp_path):
+    run = write_run(tmp_path / "runs" / "a", "cpt", 0, None, [None, None, None], [None, None, None], RUNS["cpt0"][5])
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["eval"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    build_report(find_runs([tmp_path / "runs"]), tmp_path / "out")
+    assert "No benchmark rows: no run has an evaluation" in (tmp_path / "out" / "report.md").read_text()

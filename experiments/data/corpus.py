@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from tokreason.experiments.data import synthetic
+from tokreason.experiments.data import chains, synthetic
 from tokreason.experiments.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
@@ -169,28 +169,70 @@ def build_corpus(data_cfg: DictConfig, tokenizer, seed: int, rank: int = 0, worl
         raise UserError(f"data.seq_len={seq_len} is too short; it must be at least 2")
     kind = data_cfg.kind
     if kind == "synthetic":
-        return _synthetic_corpus(data_cfg, tokenizer, seed)
-    if kind == "text":
-        return _text_corpus(data_cfg, tokenizer, seed, cache)
-    if kind == "hf":
-        return _datasets_corpus(data_cfg, tokenizer, rank, world)
-    raise UserError(f"unknown data.kind {kind!r}; valid: synthetic, text, hf")
+        corpus = _synthetic_corpus(data_cfg, tokenizer, seed)
+    elif kind == "text":
+        corpus = _text_corpus(data_cfg, tokenizer, seed, cache)
+    elif kind == "hf":
+        corpus = _datasets_corpus(data_cfg, tokenizer, rank, world)
+    else:
+        raise UserError(f"unknown data.kind {kind!r}; valid: synthetic, text, hf")
+    _check_validation(corpus, data_cfg)
+    return corpus
+
+
+VALIDATION_KNOB = {"synthetic": "data.num_val_docs", "text": "data.val_fraction", "hf": "data.val_docs"}
+
+
+def _check_validation(corpus: Corpus, data_cfg: DictConfig) -> None:
+    """No held-out window while data.val_windows asks for some: the run would end with no
+    validation loss and no held-out rows, so it is refused, naming the knob that gives more."""
+    wanted = int(data_cfg.val_windows)
+    if wanted > 0 and len(corpus.val) == 0:
+        knob = VALIDATION_KNOB[str(data_cfg.kind)]
+        raise UserError(f"{knob}={data_cfg.get(knob.split('.', 1)[1])} gives no validation window of seq_len="
+                        f"{int(data_cfg.seq_len)} tokens ({corpus.description}); raise {knob}, or set data.val_windows=0 "
+                        f"to train without a validation loss")
+
+
+WORLDS = ("chains", "families")
+
+
+def chain_corpus_spec(data_cfg) -> chains.ChainSpec:
+    try:
+        return chains.ChainSpec(min_steps=int(data_cfg.min_steps), max_steps=int(data_cfg.max_steps),
+                                min_move=int(data_cfg.min_move), max_move=int(data_cfg.max_move))
+    except ValueError as e:
+        raise UserError(f"data: {e}") from None
+
+
+def synthetic_documents(data_cfg, n: int, split: str) -> list[str]:
+    """n documents of the synthetic world data.world: chains (moves on a ten-hour clock, some
+    documents worked; the embedded laboratory) or families (arithmetic, variables, comparisons, word
+    problems; answers only)."""
+    world, seed = str(data_cfg.get("world", "families")), int(data_cfg.corpus_seed)
+    if world not in WORLDS:
+        raise UserError(f"data.world={world!r} is not valid; valid: {', '.join(WORLDS)}")
+    try:
+        if world == "chains":
+            return chains.generate_documents(seed, n, split, chain_corpus_spec(data_cfg), float(data_cfg.worked_fraction))
+        spec = synthetic.ProblemSpec(min_digits=int(data_cfg.min_digits), max_digits=int(data_cfg.max_digits),
+                                     min_steps=int(data_cfg.min_steps), max_steps=int(data_cfg.max_steps))
+        return synthetic.generate_corpus(seed, n, split, spec)
+    except ValueError as e:
+        raise UserError(f"data: {e}") from None
 
 
 def _synthetic_corpus(data_cfg: DictConfig, tokenizer, seed: int) -> Corpus:
     seq_len, n_val = int(data_cfg.seq_len), int(data_cfg.val_windows)
-    spec = synthetic.ProblemSpec(min_digits=int(data_cfg.min_digits), max_digits=int(data_cfg.max_digits),
-                                 min_steps=int(data_cfg.min_steps), max_steps=int(data_cfg.max_steps))
-    try:
-        train_docs = synthetic.generate_corpus(int(data_cfg.corpus_seed), int(data_cfg.num_train_docs), "train", spec)
-        val_docs = synthetic.generate_corpus(int(data_cfg.corpus_seed), int(data_cfg.num_val_docs), "validation", spec)
-    except ValueError as e:
-        raise UserError(f"data: {e}") from None
+    train_docs = synthetic_documents(data_cfg, int(data_cfg.num_train_docs), "train")
+    val_docs = synthetic_documents(data_cfg, int(data_cfg.num_val_docs), "validation")
     train = pack(train_docs, tokenizer, seq_len)
     if len(train) == 0:
         raise UserError(f"data.num_train_docs={data_cfg.num_train_docs} gives fewer tokens than one window of seq_len={seq_len}")
-    return Corpus(InMemoryWindows(train, seed), pack(val_docs, tokenizer, seq_len)[:n_val],
-                  f"synthetic corpus: {len(train_docs)} documents, {train.numel()} tokens")
+    val = pack(val_docs, tokenizer, seq_len)[:n_val]
+    return Corpus(InMemoryWindows(train, seed), val,
+                  f"synthetic corpus: {len(train_docs)} documents, {train.numel()} tokens; validation: "
+                  f"{len(val_docs)} documents, {len(val)} windows")
 
 
 def _text_corpus(data_cfg: DictConfig, tokenizer, seed: int, cache: Path | None) -> Corpus:
@@ -212,7 +254,8 @@ def _text_corpus(data_cfg: DictConfig, tokenizer, seed: int, cache: Path | None)
         val = pack([d for d, v in zip(docs, is_val) if v], tokenizer, seq_len)
         if len(train) == 0:
             raise UserError(f"data.path={data_cfg.path} has fewer training tokens than one window of seq_len={seq_len}")
-        description = f"{data_cfg.path}: {len(docs)} documents, {train.numel()} training tokens"
+        description = (f"{data_cfg.path}: {len(docs)} documents, {train.numel()} training tokens; validation "
+                       f"(data.val_fraction={frac}): {sum(is_val)} documents, {len(val)} windows")
         if folder is None:
             return Corpus(InMemoryWindows(train, seed), val[:n_val], description)
         _write_packed(folder, train, val, description)

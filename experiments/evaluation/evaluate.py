@@ -11,6 +11,7 @@ method's own). The base model's per-example scores are cached under
 sweep evaluates the base once."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,22 +23,24 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tokreason.experiments.data import synthetic
+from tokreason.experiments.data import chains, synthetic
+from tokreason.experiments.data.corpus import chain_corpus_spec
 from tokreason.experiments.errors import UserError
 from tokreason.experiments.evaluation.next_token import BUCKETS, bucket_positions
 from tokreason.experiments.evaluation.real_tasks import REAL_BENCHMARKS, load_real_benchmark
-from tokreason.experiments.evaluation.synthetic_tasks import SYNTHETIC_SPLITS, synthetic_benchmark
-from tokreason.experiments.evaluation.tasks import Benchmark
+from tokreason.experiments.evaluation.synthetic_tasks import SYNTHETIC_SPLITS, chain_benchmark, synthetic_benchmark
+from tokreason.experiments.evaluation.tasks import Benchmark, Example
 from tokreason.experiments.files import atomic_write_text
 from tokreason.methods import build_method
 from tokreason.methods.inference import PlainScorer
 
 log = logging.getLogger(__name__)
 
-EVAL_VERSION = 1  # bump when a score for the same inputs would change (it is part of the cache key)
+EVAL_VERSION = 2  # bump when a score for the same inputs would change (it is part of the cache key)
 HELDOUT = "heldout"
 KNOWN_BENCHMARKS = (*SYNTHETIC_SPLITS, *REAL_BENCHMARKS, HELDOUT)
 THINK_MODES = ("off", "on")
+ORACLE = "oracle"  # the base model given each problem's worked steps as its thought: what a perfect thought is worth
 
 
 # ----------------------------------------------------------------------------- config
@@ -156,11 +159,17 @@ def load_run_config(run_dir: Path) -> DictConfig:
 def load_benchmark(name: str, cfg: DictConfig) -> Benchmark:
     e = cfg.eval
     limit = int(e.limit) if e.limit is not None else None
+    num = int(e.synthetic.num)
+    if name != "synth_in" and e.synthetic.get("num_shifted") is not None:
+        num = int(e.synthetic.num_shifted)
+    if name in SYNTHETIC_SPLITS and cfg.data.get("world", "families") == "chains":
+        return chain_benchmark(name, chain_corpus_spec(cfg.data), limit or num, int(e.seed),
+                               int(e.synthetic.shift_steps))
     if name in SYNTHETIC_SPLITS:
         d = cfg.data
         corpus = synthetic.ProblemSpec(int(d.get("min_digits", 1)), int(d.get("max_digits", 3)),
                                        int(d.get("min_steps", 1)), int(d.get("max_steps", 3)))
-        return synthetic_benchmark(name, corpus, limit or int(e.synthetic.num), int(e.seed),
+        return synthetic_benchmark(name, corpus, limit or num, int(e.seed),
                                    int(e.synthetic.shift_digits), int(e.synthetic.shift_steps), int(e.synthetic.choices))
     source = OmegaConf.to_container(e.sources[name], resolve=True)
     return load_real_benchmark(name, source, limit, int(e.seed))
@@ -170,8 +179,11 @@ def benchmark_signature(name: str, cfg: DictConfig) -> dict:
     e = cfg.eval
     sig = {"name": name, "limit": e.limit, "seed": int(e.seed), "max_new_tokens": e.get("max_new_tokens")}
     if name in SYNTHETIC_SPLITS:
-        sig.update(synthetic=OmegaConf.to_container(e.synthetic, resolve=True), generator=synthetic.GENERATOR_VERSION,
-                   corpus={k: cfg.data.get(k) for k in ("min_digits", "max_digits", "min_steps", "max_steps")})
+        world = cfg.data.get("world", "families")
+        sig.update(synthetic=OmegaConf.to_container(e.synthetic, resolve=True), world=world,
+                   generator=chains.GENERATOR_VERSION if world == "chains" else synthetic.GENERATOR_VERSION,
+                   corpus={k: cfg.data.get(k) for k in ("min_digits", "max_digits", "min_steps", "max_steps",
+                                                         "min_move", "max_move")})
     elif name == HELDOUT:
         sig.update(heldout=OmegaConf.to_container(e.heldout, resolve=True),
                    data={k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()})
@@ -294,7 +306,7 @@ def table_rows(base: dict, trained: dict | None) -> list[dict]:
         for metric, b_values in metrics.items():
             b, b_se = aggregate(metric, b_values)
             row = {"benchmark": bench, "metric": metric, "think": think, "base": b, "base_se": b_se, "n": len(b_values)}
-            if trained is not None:
+            if trained is not None and (bench, think) in trained:  # the oracle row is the base's alone
                 t_values = trained[(bench, think)].get(metric, [])
                 t, t_se = aggregate(metric, t_values)
                 d, d_se = delta_and_se(metric, b_values, t_values)
@@ -303,9 +315,38 @@ def table_rows(base: dict, trained: dict | None) -> list[dict]:
     return rows
 
 
+def item_values(base: dict, trained: dict | None) -> dict:
+    """Every item's value, base and trained, by "benchmark|think|metric": the paired comparisons
+    between runs (report verdicts) read them from the run's eval_items.json."""
+    out = {}
+    for (bench, think), metrics in base.items():
+        for metric, values in metrics.items():
+            entry = {"base": values}
+            if trained is not None and (bench, think) in trained:
+                entry["trained"] = trained[(bench, think)].get(metric, [])
+            out[f"{bench}|{think}|{metric}"] = entry
+    return out
+
+
+ITEMS_FILE = "eval_items.json"
+
+
+def save_items(folder: Path, table: dict) -> None:
+    """Move the table's per-item values into folder/eval_items.json (merged with what an earlier
+    evaluation of other benchmarks wrote there)."""
+    items = table.pop("items", None)
+    if not items:
+        return
+    path = Path(folder) / ITEMS_FILE
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(items)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(merged))
+
+
 def format_table(rows: list[dict]) -> str:
     has_trained = any("trained" in r for r in rows)
-    head = f"{'benchmark':<20} {'metric':<28} {'think':<5} {'base':>8}"
+    head = f"{'benchmark':<20} {'metric':<28} {'think':<6} {'base':>8}"
     head += f" {'trained':>8} {'delta':>8} {'± se':>7}" if has_trained else f" {'± se':>7}"
     lines = [head + f" {'n':>5}"]
 
@@ -313,7 +354,7 @@ def format_table(rows: list[dict]) -> str:
         return f"{v:>{width}.4f}" if isinstance(v, float) else f"{'n/a':>{width}}"
 
     for r in rows:
-        line = f"{r['benchmark']:<20} {r['metric']:<28} {r['think']:<5} {f(r['base'])}"
+        line = f"{r['benchmark']:<20} {r['metric']:<28} {r['think']:<6} {f(r['base'])}"
         line += f" {f(r.get('trained'))} {f(r.get('delta'))} {f(r.get('se'), 7)}" if has_trained else f" {f(r.get('base_se'), 7)}"
         lines.append(line + f" {r['n']:>5}")
     return "\n".join(lines)
@@ -382,9 +423,10 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
     # are compared on the same positions.
     heldout = None
     if HELDOUT in e.benchmarks and len(val_windows):
-        lm, _ = base_lm()
+        lm, tokenizer = base_lm()
         windows = val_windows[: int(e.heldout.windows)]
-        where, entropy = bucket_positions(lm, windows, int(e.heldout.positions), batch_size=int(e.batch_size))
+        where, entropy = bucket_positions(lm, windows, int(e.heldout.positions), batch_size=int(e.batch_size),
+                                          tokenizer=tokenizer)
         heldout = (windows, where, entropy)
 
     def run_all(scorer, think) -> dict:
@@ -412,6 +454,7 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
             log.info("base scores for think=%s read from the cache", think)
         base.update({(name, think): v for name, v in cached.items()})
 
+    base.update(oracle_values(cfg, benches, cache, fingerprint, base_lm))
     trained = None
     if trained_scorers is not None:
         trained = {}
@@ -419,9 +462,43 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
             scorer = trained_scorers(think)
             trained.update(run_all(scorer, think))
     rows = table_rows(base, trained)
-    return {"rows": rows, "think": modes, "benchmarks": {n: b.description for n, b in benches.items()} |
+    return {"rows": rows, "items": item_values(base, trained), "think": modes, "benchmarks": {n: b.description for n, b in benches.items()} |
             ({HELDOUT: "held-out corpus windows: perplexity, next-token accuracy by entropy bucket"} if heldout else {}),
             "limit": e.limit, "base_model": base_path, "seconds": time.perf_counter() - started}
+
+
+def oracle_benchmark(bench: Benchmark, tokenizer) -> Benchmark | None:
+    """The benchmark with each problem's worked steps as a thought between the markers, then
+    the answer asked for as before (exact match only); None without worked steps or markers."""
+    from tokreason.methods.thoughts import THOUGHT_END, THOUGHT_START
+
+    known = set(tokenizer.get_vocab())
+    if not all(ex.thought and ex.answer for ex in bench.examples) or not {THOUGHT_START, THOUGHT_END} <= known:
+        return None
+    examples = [Example(id=ex.id, prompt=f"{ex.prompt}{THOUGHT_START}{ex.thought}{THOUGHT_END}", answer=ex.answer)
+                for ex in bench.examples]
+    return dataclasses.replace(bench, examples=examples)
+
+
+def oracle_values(cfg: DictConfig, benches: dict, cache: Path, fingerprint: str, base_lm) -> dict:
+    """{(benchmark, "oracle"): values} for the benchmarks whose problems carry worked steps
+    (cached with the base's other scores)."""
+    out = {}
+    for name, bench in benches.items():
+        if not any(ex.thought for ex in bench.examples):
+            continue
+        key = cache_key(fingerprint, benchmark_signature(name, cfg), {"think": ORACLE})
+        values = read_cached(cache, key)
+        if values is None:
+            lm, tokenizer = base_lm()
+            oracle = oracle_benchmark(bench, tokenizer)
+            if oracle is None:
+                log.info("no oracle row for %s: the tokenizer has no thought markers", name)
+                continue
+            values = score_benchmark(oracle, PlainScorer(lm, tokenizer, int(cfg.eval.batch_size)), cfg.eval.get("max_new_tokens"))
+            write_cached(cache, key, values, {"benchmark": name, "think": ORACLE})
+        out[(name, ORACLE)] = values
+    return out
 
 
 def wandb_deltas(table: dict) -> dict[str, float]:

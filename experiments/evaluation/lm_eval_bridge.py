@@ -158,7 +158,8 @@ class TokreasonLM(LM):
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         if not requests:
             return []
-        pairs = [(self._context(context), continuation) for context, continuation in (r.args for r in requests)]
+        moved = [_whitespace_to_continuation(context, continuation) for context, continuation in (r.args for r in requests)]
+        pairs = [(self._context(context), continuation) for context, continuation in moved]
         out = [(float(logprob), bool(greedy)) for logprob, greedy in self.scorer.loglikelihood(pairs)]
         for request, answer in zip(requests, out):
             self.cache_hook.add_partial("loglikelihood", request.args, answer)
@@ -325,3 +326,10 @@ if __name__ == "__main__":
     from tokreason.experiments.evaluation.lm_eval_bridge import main as _main
 
     _main()
+
+
+def _whitespace_to_continuation(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's rule (HFLM._encode_pair): a context's trailing whitespace goes to the start of the
+    continuation before tokenising, so "...is\n" + "Ann" is scored as "...is" + "\nAnn"."""
+    n = len(context) - len(context.rstrip())
+    return (context[:-n], context[-n:] + continuation) if n else (context, continuation)

@@ -16,13 +16,18 @@ BUCKETS = {"easy": 0.5, "medium": 1.0, "hard": 1.5}
 
 @torch.no_grad()
 def bucket_positions(lm, windows: torch.Tensor, positions: int, min_context: int = 8,
-                     batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+                     batch_size: int = 16, tokenizer=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `positions` eligible positions [P, 2] (row, t) whose entropy under `lm` is in
-    the easiest bucket or above (the same set every run), and that entropy [P]."""
+    the easiest bucket or above (the same set every run), and that entropy [P]. With the
+    tokenizer, a position whose next token is a thought token is not eligible (never text)."""
     device = lm_device(lm)
     entropy = torch.cat([position_entropy(lm, windows[b: b + batch_size].to(device)).cpu()
                          for b in range(0, len(windows), batch_size)]) if len(windows) else torch.zeros(0, 0)
     ok = eligible(windows.shape[1], min_context, 1)[None] & (entropy > min(BUCKETS.values()))
+    tokens = thought_tokens(tokenizer) if tokenizer is not None else None
+    if tokens is not None and len(windows):
+        following = torch.cat([windows[:, 1:], windows[:, -1:]], dim=1)  # the last position is never eligible anyway
+        ok &= ~torch.isin(following, torch.tensor(tokens.ids))
     where = ok.nonzero()[:positions]
     return where, entropy[where[:, 0], where[:, 1]]
 
@@ -34,7 +39,7 @@ def next_token_accuracy(lm, tokenizer, windows: torch.Tensor, *, positions: int,
         return {}
     was_training = lm.training
     lm.eval()
-    where, entropy = bucket_positions(lm, windows, positions, min_context, batch_size)
+    where, entropy = bucket_positions(lm, windows, positions, min_context, batch_size, tokenizer)
     standard = PlainScorer(lm, tokenizer, batch_size).next_token_correct(windows, where).float()
     reasoning = None
     if thought_tokens(tokenizer) is not None:

@@ -376,7 +376,8 @@ def read_hub_records(name: str, hub: str, config: str | None, split: str,
 def load_real_benchmark(name: str, source: Mapping, limit: int | None, seed: int = 0) -> Benchmark:
     """Benchmark `name` read from `source`: its `path` (a local file) when set, else
     `datasets.load_dataset(hub, config, split=split)`. `limit`: the first `limit` records in
-    file order (None: all). `seed` only moves GPQA's option shuffle."""
+    file order (None: all); every record is checked whatever the limit, so a bad line is found
+    the first time, not when a later run reads further. `seed` only moves GPQA's option shuffle."""
     if name not in FORMATS:
         raise UserError(unknown_benchmark_message(name))
     if limit is not None and limit < 1:
@@ -386,10 +387,10 @@ def load_real_benchmark(name: str, source: Mapping, limit: int | None, seed: int
     config, split = source.get("config"), str(source.get("split") or "test")
     if path:
         origin = f"file {path}"
-        rows = read_file_records(name, Path(str(path)), limit)
+        rows = read_file_records(name, Path(str(path)), None)
     elif hub:
         origin = f"dataset {hub}" + (f" ({config})" if config else "") + f" split {split}"
-        rows = read_hub_records(name, str(hub), config, split, limit)
+        rows = read_hub_records(name, str(hub), config, split, None)
     else:
         raise UserError(f"{name}: no source; set its path (a local file) or hub (a datasets name or folder)")
     if not rows:
@@ -410,7 +411,7 @@ def load_real_benchmark(name: str, source: Mapping, limit: int | None, seed: int
         ids = [f"{name}-{own}" for own in own_ids]
     else:
         ids = [f"{name}-{i}" for i in range(len(rows))]
-    examples = [Example(id=example_id, **example) for example_id, example in zip(ids, fields)]
+    examples = [Example(id=example_id, **example) for example_id, example in zip(ids, fields)][:limit]
 
     extract = fmt.extract
     if fmt.lettered:

@@ -3,10 +3,11 @@ split, never used by a corpus): in-distribution, and three shifts under which ch
 gains are known to shrink: longer operands, more steps, an unseen surface format."""
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 
-from tokreason.experiments.data import synthetic
+from tokreason.experiments.data import chains, synthetic
 from tokreason.experiments.evaluation.tasks import Benchmark, Example
 
 
@@ -29,6 +30,38 @@ def synthetic_spec(name: str, corpus: synthetic.ProblemSpec, shift_digits: int, 
     if name == "synth_unseen_format":
         return synthetic.ProblemSpec(corpus.min_digits, corpus.max_digits, corpus.min_steps, corpus.max_steps, templates="unseen")
     raise ValueError(f"unknown synthetic benchmark {name!r}; valid: {', '.join(SYNTHETIC_SPLITS)}")
+
+
+CHAIN_SPLITS = {
+    "synth_in": "held-out chains like the corpus's (same moves, chain lengths and surface forms)",
+    "synth_longer": "larger moves than the corpus has (forward/back by more than its max_move)",
+    "synth_more_steps": "longer chains than the corpus has",
+    "synth_unseen_format": "surface forms the corpus never shows",
+}
+
+
+def chain_spec(name: str, corpus: chains.ChainSpec, shift_steps: int) -> chains.ChainSpec:
+    if name == "synth_in":
+        return corpus
+    if name == "synth_longer":
+        if corpus.max_move >= 9:
+            raise ValueError("synth_longer needs moves larger than the corpus's; data.max_move=9 leaves none")
+        return dataclasses.replace(corpus, min_move=corpus.max_move + 1, max_move=9)
+    if name == "synth_more_steps":
+        return dataclasses.replace(corpus, min_steps=corpus.max_steps + 1, max_steps=corpus.max_steps + shift_steps)
+    if name == "synth_unseen_format":
+        return dataclasses.replace(corpus, templates="unseen")
+    raise ValueError(f"unknown synthetic benchmark {name!r}; valid: {', '.join(CHAIN_SPLITS)}")
+
+
+def chain_benchmark(name: str, corpus: chains.ChainSpec, num: int, seed: int, shift_steps: int = 2) -> Benchmark:
+    """`num` held-out chains, asked for the final position directly (exact match of the greedy
+    answer); each carries its worked steps for the oracle row."""
+    problems = chains.generate_chains(seed, num, f"benchmark-{name}", chain_spec(name, corpus, shift_steps))
+    examples = [Example(id=f"{name}-{i}", prompt=c.question, answer=c.answer.strip(), thought=c.thought)
+                for i, c in enumerate(problems)]
+    return Benchmark(name, examples, extract=synthetic_answer, max_new_tokens=4, stop=("\n",), prefix_match=True,
+                     description=CHAIN_SPLITS[name])
 
 
 def synthetic_answer(generated: str) -> str | None:

@@ -21,6 +21,7 @@ class Example:
     choices: tuple[str, ...] = ()    # continuations of the prompt, ranked by log-likelihood
     gold: int | None = None          # index of the right choice
     target: str | None = None        # continuation scored teacher-forced (direct answer)
+    thought: str | None = None       # the worked steps (the embedded world): the oracle row's thought
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,12 @@ def compare_jobs(overrides: list[str]) -> tuple[DictConfig, list[list[str]], Pat
     thinking = [m for m in c.methods if _thinks(compose_config([f"method={m}"]))]
     if c.corrupt and thinking:
         jobs.append([f"method={','.join(thinking)}", f"thought.corrupt={','.join(c.corrupt)}", f"seed={seeds}", *common,
-                     "run_name=${method.name}-corrupt_${thought.corrupt}-seed${seed}", f"hydra.sweep.dir={root}/ablation"])
+                     "run_name=${preset}-corrupt_${thought.corrupt}-seed${seed}", f"hydra.sweep.dir={root}/ablation"])
+    selecting = [m for m in c.methods if "selector" in compose_config([f"method={m}"]).method]
+    if c.get("selectors") and selecting:
+        ablations = ",".join(f"selector_{s}" for s in c.selectors)
+        jobs.append([f"method={','.join(selecting)}", f"ablation={ablations}", f"seed={seeds}", *common,
+                     "run_name=${preset}-${ablation}-seed${seed}", f"hydra.sweep.dir={root}/selectors"])
     return cfg, jobs, root
 
 

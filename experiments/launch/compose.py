@@ -4,6 +4,7 @@ sweep is composed and checked this way before anything is written (errors become
 Config folders of your own (say a `method/my_method.yaml`) join tokreason's through Hydra's
 search path: `hydra.searchpath=[file:///abs/path/to/conf]` on the command line, or the
 environment variable TOKREASON_CONFIG_PATH (folders separated by ':'), which adds that override."""
+import difflib
 import logging
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import tokreason.conf
@@ -58,17 +59,91 @@ def group_options(overrides: list[str] = ()) -> dict[str, list[str]]:
     return {g: sorted(names) for g, names in options.items()}
 
 
+def _is_choice(override) -> bool:
+    """A group choice (model=hf) or a Hydra setting, not a value of the config."""
+    key = override.key_or_group
+    return key.split("/")[0] in GROUPS and "." not in key or key.startswith("hydra")
+
+
+def _type_name(value) -> str | None:
+    """What a value of the default's type must be (None: anything goes)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        return "a list ([a,b])"
+    return None
+
+
+def _fits(value, default) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (list, tuple))
+
+
+def _check_values(parsed: list, reference: DictConfig) -> None:
+    """Every value override of a known key has the default's type: one line naming the key,
+    the value and the type expected, instead of a traceback deep in a run."""
+    for override in parsed:
+        if _is_choice(override) or override.is_delete() or override.is_sweep_override():
+            continue
+        key = override.key_or_group
+        try:
+            default = OmegaConf.select(reference, key, throw_on_missing=False)
+        except OmegaConfBaseException:
+            continue
+        expected = _type_name(default)
+        value = override.value()
+        if expected is not None and not _fits(value, default):
+            shown = "" if value is None else value
+            raise UserError(f"{key}={shown!r} is not valid: expected {expected} (default {default!r})"
+                            if shown != "" else f"{key} is empty: expected {expected} (default {default!r})")
+
+
+def _unknown_key(override: str, reference: DictConfig) -> str | None:
+    """The message for an override of a key the config does not have: the valid keys of its
+    section, the closest first."""
+    key = override.lstrip("+~").split("=", 1)[0]
+    parent, _, leaf = key.rpartition(".")
+    section = OmegaConf.select(reference, parent, throw_on_missing=False) if parent else reference
+    if not isinstance(section, DictConfig) or leaf in section.keys():  # keys(): a ??? value is "not in" a DictConfig
+        return None
+    keys = [str(k) for k in section.keys()]
+    close = difflib.get_close_matches(leaf, keys, n=3)
+    where = f"{parent}." if parent else ""
+    return (f"unknown key {key!r}" + (f"; did you mean {', '.join(where + c for c in close)}?" if close else "")
+            + f"; valid keys of {parent or 'the config'}: {', '.join(sorted(keys))} (+{key}=... adds a new one)")
+
+
 def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     """Compose one job's config, turning Hydra's errors into one-line UserErrors."""
     overrides = with_search_path(overrides)
     parser = OverridesParser.create()
+    parsed = []
     for o in overrides:
         try:
-            parser.parse_override(o)
+            parsed.append(parser.parse_override(o))
         except (OverrideParseException, HydraException):
             raise UserError(f"malformed override {o!r}; expected key=value, +key=value, ++key=value, ~key or group=option") from None
+    choices = [o for o, p in zip(overrides, parsed) if _is_choice(p)]
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            try:
+                reference = compose(config_name="config", overrides=choices)
+            except (ConfigCompositionException, OmegaConfBaseException, ValueError, MissingConfigException):
+                reference = None  # the full composition below names what is wrong
+            if reference is not None:
+                _check_values(parsed, reference)
+                for o, p in zip(overrides, parsed):
+                    if not _is_choice(p) and not (p.is_add() or p.is_force_add()) and (message := _unknown_key(o, reference)):
+                        raise UserError(message)
             cfg = compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
             cfg.run_dir = str(cfg.run_dir)  # resolve ${now:...} once, here
     except MissingConfigException as e:

@@ -17,7 +17,7 @@ EVAL_OVERRIDABLE = ("eval", "logger", "cache_dir", "output_root")
 def run_eval(overrides: list[str]) -> tuple[dict, Path]:
     """Evaluate a run dir's trained model against its base (`run=<dir>`), or, without run=, the
     composed config's model alone. Returns the results table and where it was written."""
-    from tokreason.experiments.evaluation.evaluate import check_eval_config, evaluate, load_exported, load_run_config
+    from tokreason.experiments.evaluation.evaluate import check_eval_config, evaluate, load_exported, load_run_config, save_items
     from tokreason.experiments.models.loading import cache_dir, resolve_model_path
     from tokreason.experiments.reporting.tracking import Tracker, redact
     from tokreason.experiments.training.checks import check_config, quiet_libraries
@@ -58,18 +58,33 @@ def run_eval(overrides: list[str]) -> tuple[dict, Path]:
     try:
         trained = (lambda think: load_exported(run_dir / "model", cfg, think)) if run_dir is not None else None
         table = evaluate(cfg, base_path=base_path, cache=cache_dir(cfg), val_windows=val_windows, trained_scorers=trained)
+        save_items(run_dir if run_dir is not None else out_dir, table)
         logger = OmegaConf.to_container(cfg.logger, resolve=True)
         logger.update(job_type="eval", name=f"{logger.get('name') or 'run'}-eval")
         with Tracker(out_dir, logger, redact(OmegaConf.to_container(cfg, resolve=True))) as tracker:
             tracker.log_summary({"eval": table, "run_dir": str(run_dir) if run_dir else None, "model": base_path})
         if run_dir is not None and (run_dir / "summary.json").exists():  # the run's own summary gets the table too
             summary = json.loads((run_dir / "summary.json").read_text())
-            summary["eval"] = table
+            summary["eval"] = merge_tables(summary.get("eval"), table)
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     finally:
         if lock is not None:
             lock.release()
     return table, out_dir
+
+
+def merge_tables(old: dict | None, new: dict) -> dict:
+    """The run's table after a later evaluation: its rows updated by the new ones (same benchmark,
+    metric and think), rows the new evaluation did not compute kept, new rows added."""
+    if not old or not old.get("rows"):
+        return new
+    key = lambda row: (row.get("benchmark"), row.get("metric"), row.get("think"))
+    rows = {key(r): r for r in old["rows"]}
+    rows.update({key(r): r for r in new["rows"]})
+    merged = {**old, **new, "rows": list(rows.values())}
+    merged["benchmarks"] = {**(old.get("benchmarks") or {}), **(new.get("benchmarks") or {})}
+    merged["think"] = sorted(set(old.get("think") or []) | set(new.get("think") or []), key=["off", "on"].index)
+    return merged
 
 
 def _held_out_windows(cfg: DictConfig, base_path: str):

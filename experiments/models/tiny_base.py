@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tokreason.experiments.data import synthetic
+from tokreason.experiments.data import chains, synthetic
+from tokreason.experiments.data.corpus import synthetic_documents
 from tokreason.experiments.data.tokenizer import train_tokenizer
 from tokreason.experiments.errors import UserError
 from tokreason.methods.thoughts import THOUGHT_END, THOUGHT_START
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def tiny_base_key(model_cfg: DictConfig) -> str:
     recipe = {
-        "generator_version": synthetic.GENERATOR_VERSION,
+        "generator_version": synthetic.GENERATOR_VERSION, "chains_version": chains.GENERATOR_VERSION,
         "architecture": OmegaConf.to_container(model_cfg.architecture, resolve=True),
         "tokenizer": OmegaConf.to_container(model_cfg.tokenizer, resolve=True),
         "bootstrap": OmegaConf.to_container(model_cfg.bootstrap, resolve=True),
@@ -57,7 +58,7 @@ def build_tiny_base(model_cfg: DictConfig, out: Path, key: str) -> None:
     boot, arch = model_cfg.bootstrap, model_cfg.architecture
     started = time.perf_counter()
     log.info("building the tiny base model once (cached in %s)", out.parent)
-    docs = synthetic.generate_corpus(int(boot.corpus_seed), int(boot.num_docs), "pretrain")
+    docs = synthetic_documents(boot, int(boot.num_docs), "pretrain")
     tokenizer = train_tokenizer(docs[: int(model_cfg.tokenizer.train_docs)], int(model_cfg.tokenizer.vocab_size))
     start_id, end_id = tokenizer.convert_tokens_to_ids([THOUGHT_START, THOUGHT_END])
     windows = pack_windows(tokenizer, docs, int(boot.seq_len), empty_thought_rate=float(boot.empty_thought_rate),

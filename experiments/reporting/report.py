@@ -4,9 +4,12 @@ A run dir (written by `tokreason train`) holds `config.yaml` (the resolved confi
 (budget spent, cost and the paired benchmark rows under `eval.rows`) and `metrics.jsonl` (one JSON
 object per logged step). `find_runs` collects finished run dirs; `build_report` writes
 
-  report.md    header (runs, variants, seeds, base model, budget), benchmark deltas, cost, images
-  report.json  every number report.md shows, unrounded
-  deltas.png   grouped bars: delta per benchmark row and variant, error bars = the SE shown
+  report.md    the four verdicts (verdicts.py: paired against CPT on the runs' eval_items.json,
+               95% bootstrap CIs), the headline figure, header (runs, variants, seeds, base model,
+               budget, headroom), the full table of benchmark deltas, cost, curves
+  report.json  every number report.md shows, unrounded; `verdicts`, `headroom` (oracle thought
+               minus base, in-distribution exact match) and `base_accuracy`
+  headline.png each method's exact-match delta against CPT with its 95% CI, in distribution vs shifted
   curves.png   val/loss (held-out NLL: comparable across methods, unlike each method's train/loss)
                and train/reward against train/flops, one line per run
 
@@ -30,6 +33,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tokreason.experiments.errors import UserError
+from tokreason.experiments.reporting.statistics import unpaired_difference
+from tokreason.experiments.reporting.verdicts import CONTROL, IN_DISTRIBUTION, METRIC, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,8 @@ NO_BUDGET = "steps (no compare budget recorded)"
 # method config keys that make an ablation a variant of its own: key -> short label in the name
 # Config keys (dotted) that make a run an ablation of its method, and their label in names.
 BASE_VARIES = "by method"  # the base column when the base's score differs between runs (think on)
-ABLATION_KEYS = {"thought.corrupt": "corrupt"}
+ABLATION_KEYS = {"thought.corrupt": "corrupt", "ablation": "ablation"}
+ITEMS_FILE = "eval_items.json"  # as evaluation.evaluate.ITEMS_FILE (not imported: the report needs no torch)
 
 
 class FoundRuns(list):
@@ -83,6 +89,8 @@ def find_runs(paths: list[Path]) -> FoundRuns:
             {f.parent for name in ("summary.json", "config.yaml") for f in root.rglob(name)
              if not any(part.startswith(".") for part in f.parent.relative_to(root).parts)})
         for run in candidates:
+            if run.name == "eval" and _is_run_dir(run.parent):
+                continue  # `tokreason eval run=<dir>` writes here: part of its run, not a run
             (runs if _is_run_dir(run) else skipped)[run] = None
     for run in skipped:
         log.warning("skipped unfinished run dir (no summary.json or config.yaml): %s", run)
@@ -102,6 +110,55 @@ def variant_name(config: dict) -> str:
         if value not in (None, False, "", "none"):
             name += f"+{label}={value}"
     return name
+
+
+# Config keys that do not make two runs different variants: the seed, where a run is written and
+# how it is watched (its ablation keys are in its name already).
+SAME_VARIANT = ("seed", "run_dir", "run_name", "output_root", "cache_dir", "logger", "trainer.resume",
+                "trainer.progress_bar", "compare.root", "model.name_or_path", "hydra", *ABLATION_KEYS)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out if out or not prefix else {prefix[:-1]: {}}
+
+
+def _signature(config: dict) -> dict:
+    flat = {k[:-1]: v for k, v in _flatten(config).items()}
+    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in SAME_VARIANT)}
+
+
+def _split_variants(runs: list[dict]) -> None:
+    """Runs of one name whose configs differ in more than the seed are different variants: each
+    gets the differing values in its name ("cpt [trainer.max_steps=2]")."""
+    by_name: dict[str, list[dict]] = {}
+    for run in runs:
+        by_name.setdefault(run["variant"], []).append(run)
+    for group in by_name.values():
+        keys = sorted({k for run in group for k in run["signature"]})
+        differing = [k for k in keys if len({json.dumps(run["signature"].get(k), sort_keys=True) for run in group}) > 1]
+        if not differing:
+            continue
+        for run in group:
+            shown = ", ".join(f"{k}={run['signature'].get(k, MISSING)}" for k in differing[:3])
+            run["variant"] += f" [{shown}{', …' if len(differing) > 3 else ''}]"
+
+
+def _drop_duplicate_seeds(runs: list[dict]) -> tuple[list[dict], list[str]]:
+    """One run per (variant, seed): a second run of the same seed is no independent sample. The
+    newest is kept; the others are listed as skipped, with why."""
+    kept: dict[tuple, dict] = {}
+    for run in sorted(runs, key=lambda r: (Path(r["run_dir"]) / "summary.json").stat().st_mtime
+                      if (Path(r["run_dir"]) / "summary.json").exists() else 0.0):
+        kept[(run["variant"], str(run["seed"]))] = run  # later (newer) replaces earlier
+    chosen = {id(r) for r in kept.values()}
+    skipped = [f"{r['run_dir']} (a second run of {r['variant']} seed {r['seed']}: not an independent sample; "
+               f"kept the newest, {kept[(r['variant'], str(r['seed']))]['run_dir']})" for r in runs if id(r) not in chosen]
+    return [r for r in runs if id(r) in chosen], skipped
 
 
 def _read_json(path: Path) -> dict:
@@ -131,12 +188,13 @@ def _load_run(run_dir: Path) -> dict:
     summary = _read_json(run_dir / "summary.json")
     model = summary.get("model") or (config.get("model") or {}).get("name_or_path") \
         or (config.get("model") or {}).get("kind")
-    return {"run_dir": str(run_dir), "variant": variant_name(config),
+    return {"run_dir": str(run_dir), "variant": variant_name(config), "signature": _signature(config),
             "method": summary.get("method", (config.get("method") or {}).get("name")),
             "seed": summary.get("seed", config.get("seed")),
             "budget": (config.get("compare") or {}).get("budget"),
             "model": None if model is None else str(model),
-            "summary": summary, "metrics": _read_metrics(run_dir / "metrics.jsonl")}
+            "summary": summary, "metrics": _read_metrics(run_dir / "metrics.jsonl"),
+            "items": _read_json(run_dir / ITEMS_FILE) if (run_dir / ITEMS_FILE).is_file() else {}}
 
 
 def _mean(values: list) -> float | None:
@@ -146,6 +204,10 @@ def _mean(values: list) -> float | None:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
 
 
 def _fmt(template: str, value: float | None) -> str:
@@ -240,27 +302,32 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=DPI, format="png")
 
 
-def _plot_deltas(deltas: list[dict], variants: list[str], path: Path) -> None:
-    # Perplexity's deltas (tens of units) would flatten the accuracies' (fractions): the table has them.
-    deltas = [d for d in deltas if d["metric"] != "perplexity"]
+def _plot_headline(found: list[dict], path: Path) -> None:
+    """Each method's exact-match delta against CPT (points, 95% CI bars): in distribution and shifted."""
+    q1 = [v for v in found if v["number"] == 1]
+    methods = sorted({v["method"] for v in q1})
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    colours = _colours(variants)
-    width = 0.8 / max(len(variants), 1)
-    for i, variant in enumerate(variants):
-        cells = [d["variants"][variant] for d in deltas]
-        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(deltas))]
-        ax.bar(xs, [c["mean"] if c["mean"] is not None else 0.0 for c in cells], width,
-               yerr=[c["se"] if c["se"] is not None else 0.0 for c in cells],
-               color=colours[variant], label=variant, capsize=2)
+    for offset, setting, colour in ((-0.12, "in distribution", "C0"), (0.12, "under shift", "C1")):
+        cells = [(i, v) for i, m in enumerate(methods) for v in q1 if v["method"] == m and v["setting"] == setting]
+        if cells:
+            ys = [100 * v["delta"] for _, v in cells]
+            err = [[100 * (v["delta"] - v["ci_low"]) for _, v in cells], [100 * (v["ci_high"] - v["delta"]) for _, v in cells]]
+            ax.errorbar([i + offset for i, _ in cells], ys, yerr=err, fmt="o", capsize=6, color=colour, label=setting)
+            based = [(i, v) for i, v in cells if v.get("base_delta") is not None]
+            if based:  # what the untrained base already had, thinking the same way
+                ax.scatter([i + offset + 0.06 for i, _ in based], [100 * v["base_delta"] for _, v in based], marker="x",
+                           color="grey", zorder=3, label="untrained base, thinking" if setting == "in distribution" else None)
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(deltas)))
-    ax.set_xticklabels([f"{d['benchmark']}/{d['metric']}/{d['think']}" for d in deltas],
-                       rotation=70, ha="right", fontsize=6)
-    ax.set_ylabel("delta (trained − base)")
-    ax.set_title("Benchmark deltas (error bars: SE; perplexity in the table)" if deltas else "Benchmark deltas: no eval rows in any run")
-    if variants and deltas:
-        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(methods)))
+    ax.set_xticklabels(methods)
+    ax.set_xlim(-0.6, max(len(methods), 1) - 0.4)
+    ax.set_ylabel(f"{METRIC} delta vs {CONTROL} (points)")
+    if methods:
+        ax.set_title(f"Each method against {CONTROL} on the same items (95% paired bootstrap CI)")
+        ax.legend()
+    else:
+        ax.set_title(f"No method to compare with {CONTROL}: the runs have no paired per-item scores")
     _save(fig, path)
 
 
@@ -292,16 +359,70 @@ def _plot_curves(runs: list[dict], variants: list[str], path: Path) -> None:
     _save(fig, path)
 
 
+def _base_value(runs: list[dict], benchmark: str, think: str) -> float | None:
+    """The base model's exact match on a benchmark (the mean over runs: the same base scores it)."""
+    return _mean([row.get("base") for run in runs for row in (run["summary"].get("eval") or {}).get("rows") or []
+                  if (row.get("benchmark"), row.get("metric"), row.get("think")) == (benchmark, METRIC, think)])
+
+
+SIGNAL = "train/reward"  # what it means, each method says (Method.reward_meaning, in summary.json)
+
+
+def _signals(runs: list[dict]) -> list[dict]:
+    """Per run that logs train/reward: its mean over the first and the second half of the logged
+    steps, and the change with a 95% bootstrap CI (is the method's learning signal moving?)."""
+    out = []
+    for run in runs:
+        values = [m[SIGNAL] for m in sorted(run["metrics"], key=lambda m: m.get("step", 0)) if m.get(SIGNAL) is not None]
+        if len(values) < 4:
+            continue
+        half = len(values) // 2
+        d = unpaired_difference(values[half:], values[:half])
+        out.append({"run_dir": run["run_dir"], "variant": run["variant"], "seed": run["seed"],
+                    "meaning": run["summary"].get("reward_meaning") or SIGNAL, "early": _mean(values[:half]),
+                    "late": _mean(values[half:]), "change": d.delta, "ci_low": d.ci_low, "ci_high": d.ci_high,
+                    "logged": len(values), "moved": ("up" if d.ci_low > 0 else "down") if d.significant else "no"})
+    return out
+
+
+def _signal_lines(signals: list[dict]) -> list[str]:
+    if not signals:
+        return []
+    lines = ["## Learning signals", "",
+             f"Each thinking run's {SIGNAL}, the mean over the first and the second half of its logged steps; the "
+             "change with a 95% bootstrap CI over the logged values.", "",
+             "| variant | seed | signal | logged | early | late | change (95% CI) | moved |", "|---|---|---|---|---|---|---|---|"]
+    for g in signals:
+        lines.append(f"| {g['variant']} | {g['seed']} | {g['meaning']} | {g['logged']} | {g['early']:.4f} | {g['late']:.4f} | "
+                     f"{g['change']:+.4f} ({g['ci_low']:+.4f} to {g['ci_high']:+.4f}) | {g['moved']} |")
+    return lines + [""]
+
+
+def _verdict_lines(report: dict) -> list[str]:
+    lines = ["## Verdicts", ""]
+    figure = [f"![Each method against {CONTROL}, in distribution and shifted]({report['images']['headline']})", ""]
+    if not report["verdicts"]:
+        return lines + [f"No verdict: no method and {CONTROL} share evaluated items (each run's eval_items.json, "
+                        f"written by the end-of-run evaluation; eval=none writes none).", "", *figure]
+    for v in report["verdicts"]:
+        lines.append(f"{v['number']}. {v['sentence']}")
+    headroom, base = report["headroom"], report["base_accuracy"]
+    if headroom is not None:
+        lines += ["", f"Headroom: a perfect thought (the worked steps, the oracle row) lifts the base's "
+                      f"{IN_DISTRIBUTION[0]} {METRIC} from {100 * base:.1f}% by {100 * headroom:+.1f} points."]
+    return lines + ["", *figure]
+
+
 def _markdown(report: dict) -> str:
     variants = report["variants"]
-    lines = ["# Comparison report", "",
+    lines = ["# Comparison report", "", *_verdict_lines(report), "## Runs", "",
              f"- runs: {report['n_runs']}",
              f"- variants: {', '.join(variants)}",
              f"- seeds: {', '.join(str(s) for s in report['seeds'])}",
              f"- base model: {', '.join(report['base_models']) or MISSING}",
              f"- budget: {report['budget']}"]
-    if report["skipped"]:
-        lines.append(f"- skipped (unfinished): {', '.join(report['skipped'])}")
+    for skipped in report["skipped"]:
+        lines.append(f"- skipped: {skipped}")
     lines += ["", "Budget spent per variant (mean over its runs):", "",
               "| variant | runs | seeds | steps | tokens | FLOPs |", "|---|---|---|---|---|---|"]
     for v in variants:
@@ -315,11 +436,14 @@ def _markdown(report: dict) -> str:
               "(each run's summary.json has its own).", "",
               "| benchmark | metric | think | base | " + " | ".join(variants) + " |",
               "|---|---|---|---|" + "---|" * len(variants)]
+    if not report["deltas"]:
+        lines += ["", "No benchmark rows: no run has an evaluation in its summary.json (trained with eval=none, or its "
+                      "evaluation failed); `tokreason eval run=<run dir>` evaluates a finished run."]
     for d in report["deltas"]:
         base = BASE_VARIES if d.get("base_varies") else _fmt(VALUE_FORMAT, d["base"])
         lines.append(f"| {d['benchmark']} | {d['metric']} | {d['think']} | {base} | "
                      + " | ".join(_delta_cell(d["variants"][v]) for v in variants) + " |")
-    lines += ["", "## Cost", "",
+    lines += ["", *_signal_lines(report["signals"]), "## Cost", "",
               "Means over each variant's runs; per-token values are train FLOPs (or seconds) per corpus token, "
               "per run then averaged; × cpt = ratio to the cpt variant.", "",
               "| variant | FLOPs | wall time (s) | peak memory (GB) | FLOPs / token | s / token "
@@ -331,8 +455,7 @@ def _markdown(report: dict) -> str:
                      f"{_fmt(MEMORY_FORMAT, c['peak_memory_gb'])} | {_fmt(SCI_FORMAT, c['flops_per_token'])} | "
                      f"{_fmt(SCI_FORMAT, c['seconds_per_token'])} | {_fmt(RATIO_FORMAT, c['flops_per_token_vs_cpt'])} | "
                      f"{_fmt(RATIO_FORMAT, c['seconds_per_token_vs_cpt'])} |")
-    lines += ["", "## Images", "",
-              f"![Benchmark deltas by variant]({report['images']['deltas']})", "",
+    lines += ["", "## Training curves", "",
               f"![Training curves: val/loss and train/reward against train/flops]({report['images']['curves']})", ""]
     return "\n".join(lines)
 
@@ -345,6 +468,9 @@ def build_report(run_dirs: list[Path], out_dir: Path, skipped: list[Path] | None
     if not run_dirs:
         raise UserError("no run dirs to report on")
     runs = [_load_run(Path(d)) for d in run_dirs]
+    _split_variants(runs)
+    runs, duplicates = _drop_duplicate_seeds(runs)
+    skipped = [f"{p} (unfinished: no summary.json or config.yaml)" for p in skipped] + duplicates
     variants = sorted({r["variant"] for r in runs}, key=lambda v: (v != "cpt", v))  # cpt, the control, first
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -354,15 +480,20 @@ def build_report(run_dirs: list[Path], out_dir: Path, skipped: list[Path] | None
         "seeds": sorted({r["seed"] for r in runs}, key=str),
         "base_models": sorted({r["model"] for r in runs if r["model"] is not None}),
         "budget": _budget(runs),
-        "skipped": [str(p) for p in skipped],
+        "skipped": skipped,
         "runs": [{k: r["run_dir"] if k == "run_dir" else r[k] for k in ("run_dir", "variant", "method", "seed")}
                  for r in runs],
+        "verdicts": verdicts(runs),
+        "base_accuracy": _base_value(runs, IN_DISTRIBUTION[0], "off"),
+        "headroom": _difference(_base_value(runs, IN_DISTRIBUTION[0], "oracle"),
+                                           _base_value(runs, IN_DISTRIBUTION[0], "off")),
+        "signals": _signals(runs),
         "deltas": _deltas(runs, variants),
         "cost": _cost(runs, variants),
-        "images": {"deltas": "deltas.png", "curves": "curves.png"},
+        "images": {"headline": "headline.png", "curves": "curves.png"},
         "image_size": list(IMAGE_SIZE),
     }
-    _plot_deltas(report["deltas"], variants, out_dir / report["images"]["deltas"])
+    _plot_headline(report["verdicts"], out_dir / report["images"]["headline"])
     _plot_curves(runs, variants, out_dir / report["images"]["curves"])
     (out_dir / "report.md").write_text(_markdown(report))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))

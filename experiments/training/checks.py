@@ -28,13 +28,23 @@ def quiet_libraries() -> None:
     logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
 
+SELECTOR_ABLATION = "selector_"  # ablation=selector_<name>: the method's position selector set to <name>
+
+
 def method_section(cfg: DictConfig) -> dict:
-    """The run's `method` section, with the top-level ablation knob thought.corrupt added as the
-    `thought_corrupt` setting every thinking method takes."""
+    """The run's `method` section, with the top-level ablation knobs applied: thought.corrupt
+    added as the `thought_corrupt` setting every thinking method takes, and
+    ablation=selector_<name> as the `selector` of a method that selects positions (RPT, RLP)."""
     section = OmegaConf.to_container(cfg.method, resolve=True)
     corrupt = (cfg.get("thought") or {}).get("corrupt", "none")
     if corrupt != "none":
         section["thought_corrupt"] = corrupt
+    ablation = str(cfg.get("ablation") or "none")
+    if ablation != "none":
+        if not ablation.startswith(SELECTOR_ABLATION) or "selector" not in section:
+            raise UserError(f"ablation={ablation!r} is not valid for method={section.get('name')}; valid: none"
+                            + (", selector_<selector> (top_fraction, all, random, entropy)" if "selector" in section else ""))
+        section["selector"] = ablation[len(SELECTOR_ABLATION):]
     return section
 
 

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from transformers import get_scheduler
 
 from tokreason.experiments.data.corpus import BatchStream, build_corpus
 from tokreason.experiments.errors import UserError
-from tokreason.experiments.evaluation.evaluate import eval_enabled, evaluate, make_scorer, think_modes
+from tokreason.experiments.evaluation.evaluate import eval_enabled, evaluate, format_table, make_scorer, save_items, think_modes
 from tokreason.experiments.evaluation.next_token import next_token_accuracy
 from tokreason.experiments.models.loading import cache_dir, load_model_and_tokenizer, load_model_config, resolve_model_path
 from tokreason.experiments.reporting.tracking import Tracker, redact
@@ -38,6 +39,7 @@ from tokreason.experiments.training.stopping import Interrupted, StopRequested
 from tokreason.methods.lm import context_length, mean_nll
 
 log = logging.getLogger(__name__)
+LOGGED = ("train/loss", "train/reward", "train/lr")  # the per-step log line's metrics (all go to metrics.jsonl)
 
 
 def budget_spent(state: dict, t: DictConfig) -> bool:
@@ -151,6 +153,21 @@ class TrainingRun:
                 (self.run_dir / "config.yaml").write_text(yaml.safe_dump(redact(self.config), sort_keys=False))
         self.build_optimizer()
         self.restore()
+        if self.main:
+            self.log_epochs()
+
+    def log_epochs(self) -> None:
+        """How much of the corpus the run will read: a small corpus read several times over is said."""
+        t = self.t
+        planned = int(t.max_steps) * self.tokens_per_step
+        if t.get("max_tokens"):
+            planned = min(planned, int(t.max_tokens))
+        try:
+            available = len(self.corpus.train) * self.seq_len
+        except TypeError:  # a streamed corpus: its length is not known in advance
+            return
+        log.info("training draws up to %d tokens from a corpus of %d training tokens (%.2f epochs); validation: %d windows",
+                 planned, available, planned / max(1, available), len(self.corpus.val))
 
     def build_model(self) -> None:
         """The LM, wrapped by the method, and the FLOP counter on it and its companions."""
@@ -237,7 +254,8 @@ class TrainingRun:
         t = self.t
         with self.tracker:  # an exception (an interruption too) marks the W&B run failed and closes the files
             self.val_loss = self.validate() if self.checkpoint is None else self.state.get("val_loss")
-            progress = tqdm(total=int(t.max_steps), initial=self.step, disable=not (self.main and t.progress_bar),
+            # the bar on a terminal only: in a log file its carriage returns are noise (log_line writes one line per logged step)
+            progress = tqdm(total=int(t.max_steps), initial=self.step, disable=not (self.main and t.progress_bar and sys.stderr.isatty()),
                             desc=self.cfg.method.name, unit="step", dynamic_ncols=True)
             self.model.train()
             with StopRequested() as stop:
@@ -318,6 +336,8 @@ class TrainingRun:
         if torch.cuda.is_available():
             timing["time/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         self.tracker.log(self.step, metrics, timing)
+        shown = " | ".join(f"{k[len('train/'):]} {v:.4g}" for k, v in metrics.items() if k in LOGGED)
+        log.info("step %d/%d | %s | %.0f tokens/s", self.step, int(self.t.max_steps), shown, timing["time/tokens_per_second"])
         window.clear()
 
     def validate(self) -> float | None:
@@ -366,7 +386,8 @@ class TrainingRun:
             self.unsharded(full_state_dict(self.model))  # every process joins the gather
         self.accelerator.wait_for_everyone()  # the last collective of the run
         summary = {
-            "method": cfg.method.name, "seed": int(cfg.seed), "steps": self.step, "tokens": state["tokens"],
+            "method": cfg.method.name, "preset": str(cfg.get("preset") or cfg.method.name),
+            "reward_meaning": self.method.reward_meaning, "seed": int(cfg.seed), "steps": self.step, "tokens": state["tokens"],
             "flops": state["flops"], "train_loss": state.get("last_train_loss"), "val_loss": self.val_loss,
             "val_perplexity": math.exp(min(self.val_loss, 50.0)) if self.val_loss is not None else None,
             "train_seconds": state["train_seconds"], "bootstrap_seconds": self.bootstrap_seconds,
@@ -396,6 +417,8 @@ class TrainingRun:
             self.export()
         if eval_enabled(self.cfg):
             out["eval"] = self.run_evaluation()
+            save_items(self.run_dir, out["eval"])  # per-item values beside the summary, for paired comparisons
+            log.info("evaluation (%.0f s):\n%s", out["eval"]["seconds"], format_table(out["eval"]["rows"]))  # console and train.log
         return out
 
     def unsharded(self, full: dict) -> None:

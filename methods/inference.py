@@ -157,6 +157,7 @@ class PlainScorer:
     def window_nll(self, windows: torch.Tensor) -> torch.Tensor | None:
         """Mean NLL of each held-out window's next tokens [N]."""
         nll = []
+        thought_ids = torch.tensor(self.thought_ids.ids if self.thought_ids else [], dtype=torch.long, device=self.device)
         for b in range(0, len(windows), self.batch_size):
             ids = windows[b: b + self.batch_size].to(self.device)
             n, length = ids.shape
@@ -165,8 +166,7 @@ class PlainScorer:
             targets = ids[rows, cols + 1]
             logprobs, _ = self.target_scores(ids, rows, cols, targets)
             # a thought token in the text (a worked document's markers) is not text: not scored
-            text = ~torch.isin(targets, torch.tensor(self.thought_ids.ids if self.thought_ids else [], device=self.device,
-                                                     dtype=targets.dtype))
+            text = ~torch.isin(targets, thought_ids.to(targets.dtype))
             logprobs = torch.where(text, logprobs, torch.zeros_like(logprobs)).view(n, length - 1)
             nll.append(-logprobs.sum(-1) / text.view(n, length - 1).sum(-1).clamp(min=1))
         return torch.cat(nll).cpu()

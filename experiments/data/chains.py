@@ -22,8 +22,9 @@ import hashlib
 import random
 from dataclasses import dataclass
 
+from tokreason.methods.thoughts import THOUGHT_END, THOUGHT_START
+
 GENERATOR_VERSION = 1  # bump whenever the generated text changes (it is part of cache keys)
-THOUGHT_START, THOUGHT_END = "<|startofthought|>", "<|endofthought|>"  # as tokreason.methods.thoughts
 MOVES = ("forward", "back", "double")
 
 

@@ -470,10 +470,9 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
 def oracle_benchmark(bench: Benchmark, tokenizer) -> Benchmark | None:
     """The benchmark with each problem's worked steps as a thought between the markers, then
     the answer asked for as before (exact match only); None without worked steps or markers."""
-    from tokreason.methods.thoughts import THOUGHT_END, THOUGHT_START
+    from tokreason.methods.thoughts import THOUGHT_END, THOUGHT_START, thought_tokens
 
-    known = set(tokenizer.get_vocab())
-    if not all(ex.thought and ex.answer for ex in bench.examples) or not {THOUGHT_START, THOUGHT_END} <= known:
+    if not all(ex.thought and ex.answer for ex in bench.examples) or thought_tokens(tokenizer) is None:
         return None
     examples = [Example(id=ex.id, prompt=f"{ex.prompt}{THOUGHT_START}{ex.thought}{THOUGHT_END}", answer=ex.answer)
                 for ex in bench.examples]

@@ -135,10 +135,12 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig
     choices = [o for o, p in zip(overrides, parsed) if _is_choice(p)]
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-            try:
-                reference = compose(config_name="config", overrides=choices)
-            except (ConfigCompositionException, OmegaConfBaseException, ValueError, MissingConfigException):
-                reference = None  # the full composition below names what is wrong
+            reference = None
+            if len(choices) < len(overrides):  # values to check against the defaults of the chosen groups
+                try:
+                    reference = compose(config_name="config", overrides=choices)
+                except (ConfigCompositionException, OmegaConfBaseException, ValueError, MissingConfigException):
+                    pass  # the full composition below names what is wrong
             if reference is not None:
                 _check_values(parsed, reference)
                 for o, p in zip(overrides, parsed):

@@ -33,6 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tokreason.experiments.errors import UserError
+from tokreason.experiments.files import flatten
 from tokreason.experiments.reporting.statistics import unpaired_difference
 from tokreason.experiments.reporting.verdicts import CONTROL, IN_DISTRIBUTION, METRIC, verdicts
 
@@ -118,18 +119,8 @@ SAME_VARIANT = ("seed", "run_dir", "run_name", "output_root", "cache_dir", "logg
                 "trainer.progress_bar", "compare.root", "model.name_or_path", "hydra", *ABLATION_KEYS)
 
 
-def _flatten(tree, prefix: str = "") -> dict:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out = {}
-    for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}{key}."))
-    return out if out or not prefix else {prefix[:-1]: {}}
-
-
 def _signature(config: dict) -> dict:
-    flat = {k[:-1]: v for k, v in _flatten(config).items()}
-    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in SAME_VARIANT)}
+    return {k: v for k, v in flatten(config).items() if not any(k == p or k.startswith(p + ".") for p in SAME_VARIANT)}
 
 
 def _split_variants(runs: list[dict]) -> None:
@@ -152,8 +143,7 @@ def _drop_duplicate_seeds(runs: list[dict]) -> tuple[list[dict], list[str]]:
     """One run per (variant, seed): a second run of the same seed is no independent sample. The
     newest is kept; the others are listed as skipped, with why."""
     kept: dict[tuple, dict] = {}
-    for run in sorted(runs, key=lambda r: (Path(r["run_dir"]) / "summary.json").stat().st_mtime
-                      if (Path(r["run_dir"]) / "summary.json").exists() else 0.0):
+    for run in sorted(runs, key=lambda r: (Path(r["run_dir"]) / "summary.json").stat().st_mtime):  # finished: it exists
         kept[(run["variant"], str(run["seed"]))] = run  # later (newer) replaces earlier
     chosen = {id(r) for r in kept.values()}
     skipped = [f"{r['run_dir']} (a second run of {r['variant']} seed {r['seed']}: not an independent sample; "

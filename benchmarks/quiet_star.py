@@ -6,14 +6,16 @@ The shape of the issue's official-code measurement: a tiny random Mistral (vocab
 128, 4 layers, 4 heads, intermediate 512), 4 windows, n_ahead 12 / talk 4 / passes 2, one
 optimizer step (forward, backward, AdamW). Then the fused path alone at longer windows, to see
 how its peak memory grows with L. Every configuration runs in its own process: its peak RSS
-(the process's whole peak, Python and torch included) is its own; a step is timed after one
-warm-up step.
+(the process's whole peak, Python and torch included) is its own; after one warm-up step, the
+median of --steps timed steps is printed, and its ratio to the median of the plain steps timed
+between them in the same process (this machine's speed drifts between processes).
 
     python benchmarks/quiet_star.py [--lengths 128 256 512] [--sweep 256 512 1024 2048] [--steps 2]
 """
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -21,44 +23,67 @@ import time
 # The issue's measurement of the official code (ezelikman/quiet-star) on this 2-core CPU, same
 # shape: seconds per step and peak GB by window length (printed beside ours; not re-measured).
 OFFICIAL = {128: (2.18, 2.98), 256: (6.40, 5.84), 512: (20.9, 11.45)}
+PLAIN_PER_STEP = 5  # plain steps (~0.1 s each) timed before each timed step, in the same process
 
 
 def one(method: str, attention: str, length: int, steps: int) -> dict:
+    """Time `method`'s step (quiet_star with `attention`, or floor) and, interleaved with it in
+    the same process, a plain step on 4 windows of the same model shape: PLAIN_PER_STEP plain
+    steps before each timed step, so both see the same machine state."""
+    import torch
+
+    from tokreason.experiments.data.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(["Ann has 3 apples --- and 4 pears."] * 50, 300)
+    plain = stepper("cpt", "-", length, tokenizer)
+    subject = stepper(method, attention, length, tokenizer)
+    plain(), subject()  # warm-up (allocations, kernels)
+    plain_times, times = [], []
+    for _ in range(steps):
+        plain_times += [plain() for _ in range(PLAIN_PER_STEP)]
+        times.append(subject())
+    return {"seconds": statistics.median(times), "plain_seconds": statistics.median(plain_times),
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def stepper(method: str, attention: str, length: int, tokenizer):
+    """A function that runs one timed optimizer step of `method` on its own random Mistral and
+    returns its seconds. floor: a plain step over as many tokens as the thought pass feeds
+    (2 passes x (text + 10 thought + 4 talk steps) = 30x the 4 windows)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from tokreason.experiments.data.tokenizer import train_tokenizer
     from tokreason.methods.cpt import CPT
     from tokreason.methods.quiet_star import QuietStar
 
     torch.manual_seed(0)
-    tokenizer = train_tokenizer(["Ann has 3 apples --- and 4 pears."] * 50, 300)
     lm = MistralForCausalLM(MistralConfig(vocab_size=514, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
                                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
                                           sliding_window=None))
     options = dict(attention="fast", checkpoint_mlp=True) if attention == "fast+mlp" else dict(attention=attention)
-    method_obj = CPT() if method == "cpt" else QuietStar(n_ahead=12, n_ahead_talk=4, n_passes=2, **options)
+    method_obj = QuietStar(n_ahead=12, n_ahead_talk=4, n_passes=2, **options) if method == "quiet_star" else CPT()
     model = method_obj.wrap(lm, tokenizer)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    batch = {"input_ids": torch.randint(4, 514, (4, length))}
+    batch = {"input_ids": torch.randint(4, 514, (4 * (30 if method == "floor" else 1), length))}
 
-    def run() -> None:
+    def run() -> float:
+        started = time.perf_counter()
         method_obj.step(model, batch, lambda loss: loss.backward())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - started
 
-    run()  # warm-up (allocations, kernels)
-    started = time.perf_counter()
-    for _ in range(steps):
-        run()
-    seconds = (time.perf_counter() - started) / steps
-    return {"seconds": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return run
 
 
 def measure(method: str, attention: str, length: int, steps: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--one", method, attention, str(length), "--steps", str(steps)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ratio(result: dict) -> float:
+    return result["seconds"] / result["plain_seconds"]
 
 
 def main() -> None:
@@ -74,17 +99,20 @@ def main() -> None:
     print("one optimizer step: random Mistral (vocab 514, hidden 128, 4 layers), 4 windows, n_ahead 12 / talk 4 / passes 2")
     print("  official: the issue's measurement of ezelikman/quiet-star (same shape, this CPU); dense: its attention here")
     print("  fused: method.attention=fast (default); +mlp: and method.checkpoint_mlp=true")
+    print("  floor: a plain step over the thought pass's tokens (2 passes x 15 steps = 30x the windows), no thought attention")
+    print("  x plain: against the plain steps timed between its steps in the same process (plain s: the floor's)")
     columns = (("dense", "dense"), ("fused", "fast"), ("fused+mlp", "fast+mlp"))
-    print(f"{'L':>5} {'plain s':>8} | {'official s':>10} {'GB':>6} | "
+    print(f"{'L':>5} {'plain s':>8} {'floor s (x plain)':>18} | {'official s':>10} {'GB':>6} | "
           + " | ".join(f"{name + ' s (x plain)':>20} {'GB':>5} {'vs off.':>7}" for name, _ in columns))
     for length in args.lengths:
-        plain = measure("cpt", "-", length, args.steps)
+        floor = measure("floor", "-", length, args.steps)
         official = OFFICIAL.get(length)
-        line = f"{length:>5} {plain['seconds']:>8.3f} | " + (f"{official[0]:>10.2f} {official[1]:>6.2f}" if official else f"{'n/a':>10} {'':>6}")
+        line = (f"{length:>5} {floor['plain_seconds']:>8.3f} {floor['seconds']:>10.2f} ({ratio(floor):>4.1f}x) | "
+                + (f"{official[0]:>10.2f} {official[1]:>6.2f}" if official else f"{'n/a':>10} {'':>6}"))
         for _, attention in columns:
             r = measure("quiet_star", attention, length, args.steps)
             speed = f"{official[0] / r['seconds']:>6.2f}x" if official else f"{'n/a':>7}"
-            line += f" | {r['seconds']:>11.2f} ({r['seconds'] / plain['seconds']:>4.0f}x) {r['peak_gb']:>5.2f} {speed}"
+            line += f" | {r['seconds']:>11.2f} ({ratio(r):>5.1f}x) {r['peak_gb']:>5.2f} {speed}"
         print(line)
     if args.sweep:
         print("\nthe fused path (with checkpoint_mlp) at longer windows: peak GB, and its growth per doubling of L")

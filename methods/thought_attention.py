@@ -8,9 +8,11 @@ every layer and step for the backward pass. Here (FusedThoughtAttention) the tex
 step's keys stay apart in a ThoughtCache, the scores of a chunk of queries against the causal
 text and against their own thought share one softmax, and nothing of size L x L is kept: the
 backward pass recomputes each chunk from the saved log-sum-exp (as flash attention does), so
-memory grows linearly in L. `dense` is the official growing-mask computation, kept as the
-reference the fused path is tested and benchmarked against (models with attention dropout in
-training use it too).
+memory grows linearly in L. On CPU the text part runs in PyTorch's own flash-attention kernel
+(its log-sum-exp merged with the thought part's; its backward given the merged output and
+log-sum-exp returns exactly the text part of the gradient). `dense` is the official growing-mask
+computation, kept as the reference the fused path is tested and benchmarked against (models
+with attention dropout in training use it too).
 
 Sliding-window models (Mistral): a thought token at thought step k sits at position t + k, and
 sees exactly what the same token would see in a plain causal sequence: text keys j <= t with
@@ -30,6 +32,7 @@ from tokreason.methods.shared_prefix import shared_prefix_attention
 
 THOUGHT_ATTENTION = "tokreason_thoughts"
 QUERY_CHUNK = 128  # queries per chunk of the fused attention: its transient scores are [.., 128, L] at a time
+TEXT_KERNEL = True  # on CPU, the text part by PyTorch's flash-attention kernel (off: the chunked path, as elsewhere)
 
 
 def thought_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
@@ -141,34 +144,26 @@ class ThoughtCache:
 
 class FusedThoughtAttention(torch.autograd.Function):
     """Causal text plus each position's own thought, one softmax. The text part is computed in
-    chunks of queries, the own-thought part (one key per step and query) for all queries at
-    once; neither the forward nor the backward keeps a score matrix: the backward recomputes
-    each chunk's scores from the queries, keys and the saved log-sum-exp, as flash attention
-    does. Grouped-query heads read their shared key head by broadcasting: no copy per head.
+    chunks of queries (on CPU by PyTorch's flash-attention kernel, merged with the rest by
+    log-sum-exp), the own-thought part (one key per step and query) for all queries at once;
+    neither the forward nor the backward keeps a score matrix: the backward recomputes each
+    chunk's scores from the queries, keys and the saved log-sum-exp, as flash attention does. Grouped-query heads read their shared key head by broadcasting: no copy per head.
     Shapes: q [B, H, L, D]; text k/v [B, KH, T, D]; each step's k/v [B, KH, L, D]."""
 
     @staticmethod
     def forward(ctx, q, text_k, text_v, scale, window, chunk, *thought):
         steps = len(thought) // 2
         own_k, own_v = thought[:steps], thought[steps:]
-        kh, length = text_k.shape[1], q.shape[2]
+        kh = text_k.shape[1]
         qg = q.unflatten(1, (kh, q.shape[1] // kh))  # [B, KH, g, L, D], a view
         sd = _own_scores(qg, own_k, steps, scale, window)  # [B, KH, g, L, steps]
-        out = qg.new_empty(*qg.shape[:-1], text_v.shape[-1], dtype=torch.float32)
-        lse = qg.new_empty(qg.shape[:-1], dtype=torch.float32)
-        for a in range(0, length, chunk):
-            e = min(length, a + chunk)
-            st = _text_scores(qg[..., a:e, :], text_k, a, e, steps, scale, window)
-            m = torch.maximum(st.amax(-1), sd[..., a:e, :].amax(-1))
-            pt, pd = torch.exp(st - m[..., None]), torch.exp(sd[..., a:e, :] - m[..., None])
-            z = pt.sum(-1) + pd.sum(-1)
-            o = (pt.to(text_v.dtype) @ text_v[:, :, None, :e]).float()
-            for i, v in enumerate(own_v):
-                o += pd[..., i, None] * v[:, :, None, a:e].float()
-            out[..., a:e, :] = o / z[..., None]
-            lse[..., a:e] = m + torch.log(z)
+        kernel = _text_kernel(q, steps, window)
+        if kernel is not None:
+            out, lse = _kernel_forward(kernel, q, qg, text_k, text_v, sd, own_v, scale)
+        else:
+            out, lse = _chunked_forward(qg, text_k, text_v, sd, own_v, scale, window, chunk)
         ctx.save_for_backward(q, text_k, text_v, out, lse, *thought)
-        ctx.scale, ctx.window, ctx.chunk = scale, window, chunk
+        ctx.scale, ctx.window, ctx.chunk, ctx.kernel = scale, window, chunk, kernel
         return out.to(q.dtype).flatten(1, 2)
 
     @staticmethod
@@ -176,7 +171,7 @@ class FusedThoughtAttention(torch.autograd.Function):
         q, text_k, text_v, out, lse, *thought = ctx.saved_tensors
         steps, scale = len(thought) // 2, ctx.scale
         own_k, own_v = thought[:steps], thought[steps:]
-        kh, length = text_k.shape[1], q.shape[2]
+        kh = text_k.shape[1]
         qg, dog = q.unflatten(1, (kh, q.shape[1] // kh)), dout.unflatten(1, (kh, q.shape[1] // kh))
         delta = (dog.float() * out).sum(-1)  # [B, KH, g, L]
         # the own-thought part, all queries at once: p = exp(s - lse), ds = p (dp - delta)
@@ -186,17 +181,85 @@ class FusedThoughtAttention(torch.autograd.Function):
         dq = sum(dsd[..., i, None] * k[:, :, None].float() for i, k in enumerate(own_k)) * scale
         grads_k = [((dsd[..., i, None] * qg).sum(2) * scale).to(k.dtype) for i, k in enumerate(own_k)]
         grads_v = [(pd[..., i, None] * dog).sum(2).to(v.dtype) for i, v in enumerate(own_v)]
-        dtk, dtv = torch.zeros_like(text_k, dtype=torch.float32), torch.zeros_like(text_v, dtype=torch.float32)
-        for a in range(0, length, ctx.chunk):  # the text part, chunk by chunk
-            e = min(length, a + ctx.chunk)
-            qc, doc = qg[..., a:e, :], dog[..., a:e, :]
-            pt = torch.exp(_text_scores(qc, text_k, a, e, steps, scale, ctx.window) - lse[..., a:e, None])
-            dst = pt * ((doc @ text_v[:, :, None, :e].transpose(-1, -2)).float() - delta[..., a:e, None])
-            dq[..., a:e, :] += (dst.to(q.dtype) @ text_k[:, :, None, :e]).float() * scale
-            dtk[:, :, :e] += (dst.to(q.dtype).transpose(-1, -2) @ qc).float().sum(2) * scale
-            dtv[:, :, :e] += (pt.to(dout.dtype).transpose(-1, -2) @ doc).float().sum(2)
+        if ctx.kernel is not None:
+            dtq, dtk, dtv = _kernel_backward(ctx.kernel, dout, q, text_k, text_v, out, lse, scale)
+            dq += dtq.unflatten(1, (kh, q.shape[1] // kh)).float()
+        else:
+            dtk, dtv = _chunked_text_backward(qg, dog, text_k, text_v, lse, delta, dq, steps, scale, ctx.window,
+                                              ctx.chunk)
         return (dq.to(q.dtype).flatten(1, 2), dtk.to(text_k.dtype), dtv.to(text_v.dtype), None, None, None,
                 *grads_k, *grads_v)
+
+
+def _chunked_forward(qg, text_k, text_v, sd, own_v, scale, window, chunk):
+    """Both parts in one softmax, chunk by chunk of queries: (out [B, KH, g, L, D], lse [B, KH, g, L]),
+    float32."""
+    steps, length = len(own_v), qg.shape[-2]
+    out = qg.new_empty(*qg.shape[:-1], text_v.shape[-1], dtype=torch.float32)
+    lse = qg.new_empty(qg.shape[:-1], dtype=torch.float32)
+    for a in range(0, length, chunk):
+        e = min(length, a + chunk)
+        st = _text_scores(qg[..., a:e, :], text_k, a, e, steps, scale, window)
+        m = torch.maximum(st.amax(-1), sd[..., a:e, :].amax(-1))
+        pt, pd = torch.exp(st - m[..., None]), torch.exp(sd[..., a:e, :] - m[..., None])
+        z = pt.sum(-1) + pd.sum(-1)
+        o = (pt.to(text_v.dtype) @ text_v[:, :, None, :e]).float()
+        for i, v in enumerate(own_v):
+            o += pd[..., i, None] * v[:, :, None, a:e].float()
+        out[..., a:e, :] = o / z[..., None]
+        lse[..., a:e] = m + torch.log(z)
+    return out, lse
+
+
+def _chunked_text_backward(qg, dog, text_k, text_v, lse, delta, dq, steps, scale, window, chunk):
+    """The text part's gradients chunk by chunk (scores recomputed from the saved lse); adds
+    the queries' share into dq and returns the text keys' and values' (float32)."""
+    dtk, dtv = torch.zeros_like(text_k, dtype=torch.float32), torch.zeros_like(text_v, dtype=torch.float32)
+    for a in range(0, qg.shape[-2], chunk):
+        e = min(qg.shape[-2], a + chunk)
+        qc, doc = qg[..., a:e, :], dog[..., a:e, :]
+        pt = torch.exp(_text_scores(qc, text_k, a, e, steps, scale, window) - lse[..., a:e, None])
+        dst = pt * ((doc @ text_v[:, :, None, :e].transpose(-1, -2)).float() - delta[..., a:e, None])
+        dq[..., a:e, :] += (dst.to(qg.dtype) @ text_k[:, :, None, :e]).float() * scale
+        dtk[:, :, :e] += (dst.to(qg.dtype).transpose(-1, -2) @ qc).float().sum(2) * scale
+        dtv[:, :, :e] += (pt.to(dog.dtype).transpose(-1, -2) @ doc).float().sum(2)
+    return dtk, dtv
+
+
+def _text_kernel(q, steps: int, window: int | None) -> dict | None:
+    """The settings of PyTorch's CPU flash-attention kernel for the text part (causal, or a
+    window mask), or None where the chunked path is used: off the CPU, with TEXT_KERNEL off,
+    or where a query sees no text key at all (a window no longer than the thought step)."""
+    if not TEXT_KERNEL or q.device.type != "cpu" or (window is not None and steps >= window):
+        return None
+    if window is None:
+        return {"is_causal": True}
+    text, _ = visible_keys(q.shape[2], q.shape[2], steps, window, q.device)
+    return {"is_causal": False, "attn_mask": torch.zeros(text.shape, dtype=q.dtype).masked_fill(~text, float("-inf"))}
+
+
+def _kernel_forward(kernel, q, qg, text_k, text_v, sd, own_v, scale):
+    """The text part by the kernel (its output and log-sum-exp over the text keys), merged with
+    the own-thought part by log-sum-exp: out = e^(lse_text - lse) out_text + sum_i e^(s_i - lse) v_i."""
+    out_text, lse_text = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, text_k, text_v, 0.0, scale=scale, **kernel)
+    kh = text_k.shape[1]
+    lse_text = lse_text.float().unflatten(1, (kh, q.shape[1] // kh))
+    lse = torch.logaddexp(lse_text, sd.logsumexp(-1))
+    out = torch.exp(lse_text - lse)[..., None] * out_text.unflatten(1, (kh, q.shape[1] // kh)).float()
+    for i, v in enumerate(own_v):
+        out += torch.exp(sd[..., i] - lse)[..., None] * v[:, :, None].float()
+    return out, lse
+
+
+def _kernel_backward(kernel, dout, q, text_k, text_v, out, lse, scale):
+    """The text part's gradients by the kernel's backward, given the merged output and
+    log-sum-exp: it then reads the text's probabilities under the whole softmax, exp(s - lse),
+    and delta = rowsum(dout * out) of the whole output, so what it returns is exactly the text
+    part of the gradient."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        dout.contiguous(), q, text_k, text_v, out.to(q.dtype).flatten(1, 2), lse.flatten(1, 2), 0.0,
+        scale=scale, **kernel)
 
 
 def _own_scores(qg, own_k, steps: int, scale: float, window: int | None) -> torch.Tensor:

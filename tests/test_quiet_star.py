@@ -321,9 +321,9 @@ def test_the_official_loss_composition_on_a_hand_computed_case(tokenizer, policy
 
 @pytest.mark.parametrize("form", ["official", "paper"])
 def test_chunked_attention_heads_and_checkpointed_steps_change_nothing(tokenizer, monkeypatch, form):
-    """The fused attention in chunks of 3 queries, the heads in chunks of one row, every step
-    activation-checkpointed and every MLP recomputed: the same loss and gradients as the dense
-    reference path."""
+    """The fused attention in chunks of 3 queries (its text part chunked too, as off the CPU),
+    the heads in chunks of one row, every step activation-checkpointed and every MLP recomputed:
+    the same loss and gradients as the dense reference path."""
     import tokreason.methods.lm as lm_module
     import tokreason.methods.thought_attention as attention_module
 
@@ -337,6 +337,7 @@ def test_chunked_attention_heads_and_checkpointed_steps_change_nothing(tokenizer
     reference = grads(model)
     model.config.attention = "fast"
     monkeypatch.setattr(attention_module, "QUERY_CHUNK", 3)
+    monkeypatch.setattr(attention_module, "TEXT_KERNEL", False)
     monkeypatch.setattr(lm_module, "HEAD_CHUNK", 5)
     model.checkpoint_steps = True
     from tokreason.methods.lm import checkpoint_mlps
@@ -347,3 +348,34 @@ def test_chunked_attention_heads_and_checkpointed_steps_change_nothing(tokenizer
     torch.testing.assert_close(loss, dense_loss, atol=1e-5, rtol=1e-5)
     for k, g in grads(model).items():
         torch.testing.assert_close(g, reference[k], atol=1e-5, rtol=1e-3, msg=k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", [None, 20, 3])  # none; wider than the thought; no text key left at step 3
+@pytest.mark.parametrize("key_heads", [4, 2])
+def test_the_text_kernel_and_the_chunked_text_path_agree(monkeypatch, dtype, window, key_heads):
+    """On CPU the text part runs in PyTorch's flash-attention kernel, merged with the own-thought
+    part by log-sum-exp (its backward given the merged output and log-sum-exp); elsewhere in
+    chunks. Same outputs and gradients, grouped-query heads and windows included."""
+    import tokreason.methods.thought_attention as attention_module
+
+    def run(kernel: bool):
+        monkeypatch.setattr(attention_module, "TEXT_KERNEL", kernel)
+        draw = torch.Generator().manual_seed(0)
+
+        def leaf(heads):
+            return torch.randn(2, heads, 37, 8, generator=draw).to(dtype).requires_grad_()
+
+        inputs = [leaf(4), leaf(key_heads), leaf(key_heads)] + [leaf(key_heads) for _ in range(6)]  # q, text k/v, 3 steps
+        out = attention_module.FusedThoughtAttention.apply(*inputs[:3], 0.35, window, 16, *inputs[3:])
+        out.backward(torch.randn(out.shape, generator=draw).to(dtype))
+        return out.detach().float(), [x.grad.float() for x in inputs]
+
+    (out, grads_kernel), (reference, grads_chunked) = run(True), run(False)
+    monkeypatch.setattr(attention_module, "TEXT_KERNEL", True)
+    uses_kernel = attention_module._text_kernel(torch.empty(2, 4, 37, 8), 3, window) is not None
+    assert uses_kernel == (window != 3)  # a window of 3 leaves a step-3 query no text key: chunked
+    tolerance = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(out, reference, **tolerance)
+    for got, expected in zip(grads_kernel, grads_chunked):
+        torch.testing.assert_close(got, expected, **tolerance)

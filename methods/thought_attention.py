@@ -232,7 +232,7 @@ def _text_kernel(q, steps: int, window: int | None) -> dict | None:
     or where a query sees no text key at all (a window no longer than the thought step)."""
     if not TEXT_KERNEL or q.device.type != "cpu" or (window is not None and steps >= window):
         return None
-    if window is None:
+    if window is None or q.shape[2] - 1 + steps < window:  # the window binds nowhere (Mistral-7B: 4096 at L=256)
         return {"is_causal": True}
     text, _ = visible_keys(q.shape[2], q.shape[2], steps, window, q.device)
     return {"is_causal": False, "attn_mask": torch.zeros(text.shape, dtype=q.dtype).masked_fill(~text, float("-inf"))}

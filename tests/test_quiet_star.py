@@ -351,7 +351,7 @@ def test_chunked_attention_heads_and_checkpointed_steps_change_nothing(tokenizer
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("window", [None, 20, 3])  # none; wider than the thought; no text key left at step 3
+@pytest.mark.parametrize("window", [None, 64, 20, 3])  # none; wider than all; binding; no text key left at step 3
 @pytest.mark.parametrize("key_heads", [4, 2])
 def test_the_text_kernel_and_the_chunked_text_path_agree(monkeypatch, dtype, window, key_heads):
     """On CPU the text part runs in PyTorch's flash-attention kernel, merged with the own-thought

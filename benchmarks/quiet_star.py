@@ -29,9 +29,8 @@ PLAIN_PER_STEP = 5  # plain steps (~0.1 s each) timed before each timed step, in
 def one(method: str, attention: str, length: int, steps: int) -> dict:
     """Time `method`'s step (quiet_star with `attention`, or floor) and, interleaved with it in
     the same process, a plain step on 4 windows of the same model shape: PLAIN_PER_STEP plain
-    steps before each timed step, so both see the same machine state."""
-    import torch
-
+    steps before each timed step, so both see the same machine state (the peak RSS then includes
+    the plain model's weights and AdamW state, about 18 MB)."""
     from tokreason.experiments.data.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(["Ann has 3 apples --- and 4 pears."] * 50, 300)

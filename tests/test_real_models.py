@@ -64,3 +64,30 @@ def test_a_failed_evaluation_is_one_line_keeps_the_training_and_the_same_command
     assert "train/loss" not in (run / "metrics.jsonl").read_text()[len(trained):]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and {r["benchmark"] for r in summary["eval"]["rows"]} == {"gsm8k"}
+
+
+@pytest.mark.slow
+def test_a_thinking_run_on_the_embedded_world_reads_its_markers_as_its_thought_tokens(cli, tmp_path):
+    """The embedded world's text holds the thought markers; a thinking method's run on an HF model
+    whose tokenizer lacks them (and whose embeddings have no spare rows) tokenizes them as the
+    thought tokens it added. The base must read those held-out windows (given the tokens as
+    training gave them: this once died with an IndexError in every thinking method), and
+    `tokreason eval run=...` must tokenize them as the run did: the same held-out values again."""
+    from conftest import SMALL_SYNTHETIC
+
+    folder = hf_folder(tmp_path / "hub_model", "llama", tied=False)
+    out = cli("smoke", "model=hf", f"model.name_or_path={folder}", *SMALL_SYNTHETIC, "smoke.methods=[cpt,rpt_tiny]",
+              "output_root=out").stdout
+    assert "smoke passed: 2 methods" in out
+    [root] = (tmp_path / "out" / "smoke").iterdir()
+    run = root / "rpt_tiny"
+
+    def heldout(summary: dict) -> dict:
+        return {(r["metric"], r["think"]): (r["base"], r["trained"]) for r in summary["eval"]["rows"]
+                if r["benchmark"] == "heldout"}
+
+    at_the_end = heldout(json.loads((run / "summary.json").read_text()))
+    assert at_the_end[("perplexity", "off")][0] is not None
+    cli("eval", f"run={run}", "eval.benchmarks=[heldout]", "eval.heldout.windows=2", "eval.heldout.positions=4",
+        "eval.batch_size=4")
+    assert heldout(json.loads((run / "summary.json").read_text())) == at_the_end

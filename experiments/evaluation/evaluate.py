@@ -425,9 +425,18 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
     if HELDOUT in e.benchmarks and len(val_windows):
         lm, tokenizer = base_lm()
         windows = val_windows[: int(e.heldout.windows)]
+        base_reads_run_tokens(lm, tokenizer, windows, cfg)
         where, entropy = bucket_positions(lm, windows, int(e.heldout.positions), batch_size=int(e.batch_size),
                                           tokenizer=tokenizer)
         heldout = (windows, where, entropy)
+
+    def signature(name: str) -> dict:
+        """A held-out score depends on the windows' very tokens (a thinking run's tokenizer turns
+        marker strings in the text into its thought tokens; a cpt run's does not)."""
+        sig = benchmark_signature(name, cfg)
+        if name == HELDOUT:
+            sig["windows_sha256"] = hashlib.sha256(heldout[0].contiguous().cpu().numpy().tobytes()).hexdigest()
+        return sig
 
     def run_all(scorer, think) -> dict:
         out = {}
@@ -439,7 +448,7 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
 
     base: dict = {}
     for think in sorted(modes, key=THINK_MODES.index):
-        keys = {name: cache_key(fingerprint, benchmark_signature(name, cfg), think_signature(cfg, think))
+        keys = {name: cache_key(fingerprint, signature(name), think_signature(cfg, think))
                 for name in [*benches, *([HELDOUT] if heldout is not None else [])]}
         cached = {name: read_cached(cache, k) for name, k in keys.items()}
         if any(v is None for v in cached.values()):
@@ -465,6 +474,23 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
     return {"rows": rows, "items": item_values(base, trained), "think": modes, "benchmarks": {n: b.description for n, b in benches.items()} |
             ({HELDOUT: "held-out corpus windows: perplexity, next-token accuracy by entropy bucket"} if heldout else {}),
             "limit": e.limit, "base_model": base_path, "seconds": time.perf_counter() - started}
+
+
+def base_reads_run_tokens(lm, tokenizer, windows: torch.Tensor, cfg: DictConfig) -> None:
+    """The held-out windows are the run's tokens. A thinking method added the thought tokens to
+    its tokenizer before the corpus was tokenized, so marker strings in the text (the embedded
+    world has them) are those tokens; a base whose tokenizer lacks them gets them the same way
+    (methods.thoughts.add_thought_tokens: no random draw), so it reads the windows as training
+    started. Ids still beyond its tokenizer are refused."""
+    from tokreason.methods.thoughts import DEFAULT_META_INIT, add_thought_tokens
+
+    if not len(windows) or int(windows.max()) < len(tokenizer):
+        return
+    add_thought_tokens(lm, tokenizer, cfg.method.get("meta_init", DEFAULT_META_INIT))
+    if int(windows.max()) >= len(tokenizer):
+        raise ValueError(f"the held-out windows hold token id {int(windows.max())}, beyond the base model's "
+                         f"tokenizer ({len(tokenizer)} tokens with the thought tokens); evaluate against the base "
+                         "the run started from (model.name_or_path)")
 
 
 def oracle_benchmark(bench: Benchmark, tokenizer) -> Benchmark | None:

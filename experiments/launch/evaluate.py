@@ -51,7 +51,10 @@ def run_eval(overrides: list[str]) -> tuple[dict, Path]:
         raise UserError("eval.benchmarks is empty (eval=none); choose benchmarks, e.g. eval=default")
 
     base_path = resolve_model_path(cfg.model, cache_dir(cfg))
-    val_windows = _held_out_windows(cfg, base_path) if "heldout" in cfg.eval.benchmarks else None
+    # A run's held-out windows are tokenized as the run tokenized them (its exported tokenizer,
+    # with the thought tokens a thinking method added), so they are the end-of-run evaluation's.
+    tokens_from = str(run_dir / "model") if run_dir is not None else base_path
+    val_windows = _held_out_windows(cfg, tokens_from) if "heldout" in cfg.eval.benchmarks else None
     lock = RunDirLock(run_dir) if run_dir is not None else None
     if lock is not None:
         lock.acquire()  # not while a training run is writing this dir
@@ -87,8 +90,8 @@ def merge_tables(old: dict | None, new: dict) -> dict:
     return merged
 
 
-def _held_out_windows(cfg: DictConfig, base_path: str):
+def _held_out_windows(cfg: DictConfig, tokenizer_path: str):
     from tokreason.experiments.data.corpus import build_corpus
     from tokreason.experiments.models.loading import load_tokenizer
 
-    return build_corpus(cfg.data, load_tokenizer(cfg.model, base_path), int(cfg.seed)).val
+    return build_corpus(cfg.data, load_tokenizer(cfg.model, tokenizer_path), int(cfg.seed)).val

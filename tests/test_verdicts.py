@@ -73,6 +73,15 @@ def test_an_indistinguishable_method_names_the_smallest_detectable_difference(fo
     assert f"the smallest difference this comparison could detect is {100 * v['detectable']:.1f} points" in v["sentence"]
 
 
+def test_problems_that_never_differ_are_not_said_to_detect_a_zero_difference():
+    """A base at 0% whose training changed no answer: every pair is equal, the interval is
+    [0, 0], and "the smallest difference it could detect is 0.0 points" would be false."""
+    [v] = [v for v in verdicts([run("cpt", "cpt", "off", 0, 0), run("rpt", "rpt", "on", 0, 0)])
+           if v["number"] == 1 and v["setting"] == "in distribution"]
+    assert v["answer"] == "no difference detectable" and v["detectable"] == 0
+    assert "every problem scored the same for both" in v["sentence"] and "could detect" not in v["sentence"]
+
+
 def test_the_shifted_setting_pools_the_shifted_splits(found):
     v = pick(found, 1, "rlp", "under shift")
     assert v["delta"] == pytest.approx(0.025) and v["items"] == 3 * N

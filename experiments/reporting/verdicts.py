@@ -79,7 +79,7 @@ def _sentence(subject: str, d: Difference, better: str, worse: str, same: str) -
     if d.detectable == 0:  # every pair of items scored alike (a base at 0%, say): nothing varies to detect
         return ("no difference detectable",
                 f"{subject}: no difference detectable: every problem scored the same for both ({same}), so these "
-                "problems cannot tell them apart; a stronger base model or harder-to-saturate problems can.")
+                "problems cannot tell them apart (a base that neither always fails nor always solves them can).")
     return ("no difference detectable",
             f"{subject}: no difference detectable, {interval(d)}; the smallest difference this comparison could "
             f"detect is {100 * d.detectable:.1f} points ({same}).")

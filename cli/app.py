@@ -123,7 +123,7 @@ def compare(overrides: Annotated[list[str] | None, typer.Argument(metavar="OVERR
 
 
 @app.command()
-def report(paths: Annotated[list[str], typer.Argument(metavar="OVERRIDES", help="Run dirs, or sweep dirs holding run dirs.", show_default=False)],
+def report(paths: Annotated[list[str], typer.Argument(metavar="PATHS", help="Run dirs, or sweep dirs holding run dirs.", show_default=False)],
            out: Annotated[str | None, typer.Option(help="Where report.md and its images go (default: the sweep dir given, else ./report).")] = None):
     """Rebuild the comparison report (report.md + PNGs) from run dirs alone, without W&B."""
     from pathlib import Path

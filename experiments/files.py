@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 
+ITEMS_FILE = "eval_items.json"  # a run's per-item evaluation values (written by evaluation, read by the report)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so readers see the old or the new file, never half of one: a temp
     file in the same folder, flushed to disk, then os.replace. (Not mkstemp: its 0600 mode

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from tokreason.methods.lm import chunked, context_length, hidden_states, lm_device, output_head
 from tokreason.methods.sampler import sample
-from tokreason.methods.thoughts import MetaFormat, ThoughtFormat, mask_thought_logits, thought_tokens
+from tokreason.methods.thoughts import MetaFormat, ThoughtFormat, is_thought_token, mask_thought_logits, thought_tokens
 from tokreason.methods.token_bytes import token_byte_table
 from tokreason.methods.verifier import Rollouts, continuation_at, prediction_bytes, prefix_match_reward
 
@@ -157,7 +157,6 @@ class PlainScorer:
     def window_nll(self, windows: torch.Tensor) -> torch.Tensor | None:
         """Mean NLL of each held-out window's next tokens [N]."""
         nll = []
-        thought_ids = torch.tensor(self.thought_ids.ids if self.thought_ids else [], dtype=torch.long, device=self.device)
         for b in range(0, len(windows), self.batch_size):
             ids = windows[b: b + self.batch_size].to(self.device)
             n, length = ids.shape
@@ -166,7 +165,7 @@ class PlainScorer:
             targets = ids[rows, cols + 1]
             logprobs, _ = self.target_scores(ids, rows, cols, targets)
             # a thought token in the text (a worked document's markers) is not text: not scored
-            text = ~torch.isin(targets, thought_ids.to(targets.dtype))
+            text = ~is_thought_token(targets, self.thought_ids)
             logprobs = torch.where(text, logprobs, torch.zeros_like(logprobs)).view(n, length - 1)
             nll.append(-logprobs.sum(-1) / text.view(n, length - 1).sum(-1).clamp(min=1))
         return torch.cat(nll).cpu()

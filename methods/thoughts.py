@@ -80,6 +80,13 @@ def mask_thought_logits(logits: torch.Tensor, tokens: ThoughtTokens | None) -> t
     return logits
 
 
+def is_thought_token(ids: torch.Tensor, tokens: ThoughtTokens | None) -> torch.Tensor:
+    """Where ids are meta-tokens (all False without them): positions no text metric scores."""
+    if tokens is None:
+        return torch.zeros_like(ids, dtype=torch.bool)
+    return torch.isin(ids, torch.tensor(tokens.ids, dtype=ids.dtype, device=ids.device))
+
+
 def meta_prompt(context: list[int], tokens: ThoughtTokens) -> list[int]:
     """The meta template's prompt: the context, then <start> (the thought follows)."""
     return [*context, tokens.start]

@@ -30,7 +30,7 @@ from tokreason.experiments.evaluation.next_token import BUCKETS, bucket_position
 from tokreason.experiments.evaluation.real_tasks import REAL_BENCHMARKS, load_real_benchmark
 from tokreason.experiments.evaluation.synthetic_tasks import SYNTHETIC_SPLITS, chain_benchmark, synthetic_benchmark
 from tokreason.experiments.evaluation.tasks import Benchmark, Example
-from tokreason.experiments.files import atomic_write_text
+from tokreason.experiments.files import ITEMS_FILE, atomic_write_text
 from tokreason.methods import build_method
 from tokreason.methods.inference import PlainScorer
 
@@ -328,9 +328,6 @@ def item_values(base: dict, trained: dict | None) -> dict:
     return out
 
 
-ITEMS_FILE = "eval_items.json"
-
-
 def save_items(folder: Path, table: dict) -> None:
     """Move the table's per-item values into folder/eval_items.json (merged with what an earlier
     evaluation of other benchmarks wrote there)."""
@@ -429,14 +426,13 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
         where, entropy = bucket_positions(lm, windows, int(e.heldout.positions), batch_size=int(e.batch_size),
                                           tokenizer=tokenizer)
         heldout = (windows, where, entropy)
+        # a held-out score depends on the windows' very tokens (a thinking run's tokenizer turns
+        # marker strings in the text into its thought tokens; a cpt run's does not)
+        windows_digest = hashlib.sha256(windows.contiguous().cpu().numpy().tobytes()).hexdigest()
 
     def signature(name: str) -> dict:
-        """A held-out score depends on the windows' very tokens (a thinking run's tokenizer turns
-        marker strings in the text into its thought tokens; a cpt run's does not)."""
         sig = benchmark_signature(name, cfg)
-        if name == HELDOUT:
-            sig["windows_sha256"] = hashlib.sha256(heldout[0].contiguous().cpu().numpy().tobytes()).hexdigest()
-        return sig
+        return sig | {"windows_sha256": windows_digest} if name == HELDOUT else sig
 
     def run_all(scorer, think) -> dict:
         out = {}

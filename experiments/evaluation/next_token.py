@@ -9,7 +9,7 @@ import torch
 from tokreason.methods.inference import PlainScorer, ThoughtScorer
 from tokreason.methods.lm import lm_device
 from tokreason.methods.selectors import eligible, position_entropy
-from tokreason.methods.thoughts import thought_tokens
+from tokreason.methods.thoughts import is_thought_token, thought_tokens
 
 BUCKETS = {"easy": 0.5, "medium": 1.0, "hard": 1.5}
 
@@ -24,10 +24,9 @@ def bucket_positions(lm, windows: torch.Tensor, positions: int, min_context: int
     entropy = torch.cat([position_entropy(lm, windows[b: b + batch_size].to(device)).cpu()
                          for b in range(0, len(windows), batch_size)]) if len(windows) else torch.zeros(0, 0)
     ok = eligible(windows.shape[1], min_context, 1)[None] & (entropy > min(BUCKETS.values()))
-    tokens = thought_tokens(tokenizer) if tokenizer is not None else None
-    if tokens is not None and len(windows):
+    if tokenizer is not None and len(windows):
         following = torch.cat([windows[:, 1:], windows[:, -1:]], dim=1)  # the last position is never eligible anyway
-        ok &= ~torch.isin(following, torch.tensor(tokens.ids))
+        ok &= ~is_thought_token(following, thought_tokens(tokenizer))
     where = ok.nonzero()[:positions]
     return where, entropy[where[:, 0], where[:, 1]]
 

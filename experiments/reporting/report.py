@@ -33,7 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tokreason.experiments.errors import UserError
-from tokreason.experiments.files import flatten
+from tokreason.experiments.files import ITEMS_FILE, flatten
 from tokreason.experiments.reporting.statistics import unpaired_difference
 from tokreason.experiments.reporting.verdicts import CONTROL, IN_DISTRIBUTION, METRIC, verdicts
 
@@ -56,7 +56,6 @@ NO_BUDGET = "steps (no compare budget recorded)"
 # Config keys (dotted) that make a run an ablation of its method, and their label in names.
 BASE_VARIES = "by method"  # the base column when the base's score differs between runs (think on)
 ABLATION_KEYS = {"thought.corrupt": "corrupt", "ablation": "ablation"}
-ITEMS_FILE = "eval_items.json"  # as evaluation.evaluate.ITEMS_FILE (not imported: the report needs no torch)
 
 
 class FoundRuns(list):

@@ -41,7 +41,7 @@ def one(method: str, length: int) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tokreason.experiments.data.tokenizer import train_tokenizer
-    from tokreason.methods import build_method
+    from tokreason.methods import LocalBackward, build_method
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def one(method: str, length: int) -> dict:
     batch = {"input_ids": torch.randint(4, 300, (s["batch"], length))}
     for _ in range(2):  # the second step is the steady state: AdamW's moments exist during its backward
         started = time.perf_counter()
-        algo.step(model, batch, lambda loss: loss.backward())
+        algo.step(model, batch, LocalBackward())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started

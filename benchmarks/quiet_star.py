@@ -52,6 +52,7 @@ def stepper(method: str, attention: str, length: int, tokenizer):
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
+    from tokreason.methods import LocalBackward
     from tokreason.methods.cpt import CPT
     from tokreason.methods.quiet_star import QuietStar
 
@@ -67,7 +68,7 @@ def stepper(method: str, attention: str, length: int, tokenizer):
 
     def run() -> float:
         started = time.perf_counter()
-        method_obj.step(model, batch, lambda loss: loss.backward())
+        method_obj.step(model, batch, LocalBackward())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - started

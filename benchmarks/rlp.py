@@ -18,6 +18,7 @@ def one(method: str, group: int, budget: int, steps: int) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tokreason.experiments.data.tokenizer import train_tokenizer
+    from tokreason.methods import LocalBackward
     from tokreason.methods.cpt import CPT
     from tokreason.methods.rlp import RLP
     from tokreason.methods.rpt import RPT
@@ -31,10 +32,10 @@ def one(method: str, group: int, budget: int, steps: int) -> dict:
     if method == "cpt":
         algo, model = CPT(), lm
     elif method == "rlp":
-        algo = RLP(group_size=group, thought_budget=budget, positions_per_window=1)
+        algo = RLP(template="meta", group_size=group, thought_budget=budget, positions_per_window=1)
         model = algo.wrap(lm, tokenizer)
     else:
-        algo = RPT(group_size=group, thought_budget=budget, selector="random", positions_per_window=1, proxy_model="self")
+        algo = RPT(template="meta", group_size=group, thought_budget=budget, selector="random", positions_per_window=1, proxy_model="self")
         model = algo.wrap(lm, tokenizer)
     if cuda:
         model.cuda()
@@ -44,7 +45,7 @@ def one(method: str, group: int, budget: int, steps: int) -> dict:
     total = 0.0
     for i in range(steps + 1):  # the first is a warm-up
         started = time.perf_counter()
-        algo.step(model, {"input_ids": windows}, lambda loss: loss.backward())
+        algo.step(model, {"input_ids": windows}, LocalBackward())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         algo.after_optimizer_step(model)

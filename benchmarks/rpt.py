@@ -15,6 +15,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tokreason.experiments.data.tokenizer import train_tokenizer
+from tokreason.methods import LocalBackward
 from tokreason.methods.cpt import CPT
 from tokreason.methods.rpt import RPT
 from tokreason.methods.sampler import sample
@@ -59,15 +60,15 @@ def main() -> None:
     print(f"  speed-up: {(batched_tokens / batched_s) / (loop_tokens / loop_s):.1f}x (goal >= 5x)")
 
     windows = torch.randint(4, len(tokenizer), (4, 128), device=device)
-    rpt = RPT(group_size=args.group, thought_budget=args.budget, selector="random", positions_per_window=2, max_prediction_tokens=4)
+    rpt = RPT(template="meta", group_size=args.group, thought_budget=args.budget, selector="random", positions_per_window=2, max_prediction_tokens=4)
     model = rpt.wrap(lm, tokenizer).train()
     timings = {}
-    for name, method, module in (("cpt", CPT(), lm), ("rpt", rpt, model)):
+    for name, method, module in (("cpt", CPT(), CPT().wrap(lm, tokenizer)), ("rpt", rpt, model)):
         optimizer = torch.optim.AdamW(module.parameters(), lr=1e-5)
         for i in range(3):
             if i == 1:
                 started = time.perf_counter()
-            method.step(module, {"input_ids": windows}, lambda loss: loss.backward())
+            method.step(module, {"input_ids": windows}, LocalBackward())
             optimizer.step()
             optimizer.zero_grad()
         timings[name] = (time.perf_counter() - started) / 2

@@ -7,7 +7,7 @@ and `step`. The machinery calls, in this order:
     method = MyMethod(**settings)               # settings from method.* (ValueError: a bad value)
     method.check_window(seq_len, context)       # before loading anything (ValueError: too long)
     model = method.wrap(lm, tokenizer)          # the trained module (default: the LM itself)
-    method.companion_models(model)              # frozen copies beside it (FLOPs; must follow the device)
+    method.companions(model)                    # frozen models beside it (FLOPs, sharding, devices)
     method.checkpoint_objects(model)            # extra state saved in every checkpoint
     method.enable_activation_checkpointing(model)   # when trainer.activation_checkpointing
     per optimizer step, per micro-batch:
@@ -20,20 +20,55 @@ and `step`. The machinery calls, in this order:
     method.think_scorer(lm, tokenizer, ...)     # its own inference, on the base or the trained model
     method.think_settings(thought_budget)       # what decides those scores besides the weights
 
+The bases to build from: `Method` (this file), `MetaThinkingMethod` (thinking.py: thinks once,
+`<start> thought <end>`, before it predicts) and `RolloutMethod` (rollout.py: samples rollouts,
+then learns from them in micro-batches; RPT and RLP). The settings a thinking method shares
+are dataclasses its config composes (settings.py: thoughts, position selectors, micro-batches).
+
 No file outside `methods/` names a method: whether it thinks, how it is scored with thinking on
 and how its export is reloaded are answered here. Register a built-in with `@register_method`;
 a method in another package is named by `_target_` in its YAML (see registry.py)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Protocol
 
 import torch
 from torch import nn
 
-Backward = Callable[[torch.Tensor], None]
+# The ablations a method may take (its `ablations`): the corruption of the thought it conditions
+# on (thought.corrupt, setting thought_corrupt) and where it learns (ablation=selector_<name>,
+# setting selector). A run asking a method for one it does not take is refused.
+CORRUPTION, SELECTOR = "thought.corrupt", "selector"
+
+
+class Backward(Protocol):
+    """What `Method.step` is given to back-propagate a loss with. `backward(loss)` adds the
+    loss's gradients (scaled for gradient accumulation; call it once, or once per chunk of
+    work: the gradients add up). `with backward.accumulate(): ...` around a chunk's forward
+    and backward keeps its gradients on this process (no reduction across processes, under DDP
+    or FSDP) until a later backward outside it: a step of several chunks reduces once."""
+
+    def __call__(self, loss: torch.Tensor) -> None: ...
+
+    def accumulate(self) -> AbstractContextManager: ...
+
+
+class LocalBackward:
+    """A Backward for one process (tests, benchmarks, a loop of your own): fn(loss), or
+    loss.backward(); accumulate() changes nothing (there is nothing to reduce)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], None] | None = None):
+        self.fn = fn or (lambda loss: loss.backward())
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.fn(loss)
+
+    def accumulate(self) -> AbstractContextManager:
+        return nullcontext()
 
 
 @dataclass
@@ -41,14 +76,26 @@ class NoSettings:
     """A method without settings of its own."""
 
 
+@dataclass(frozen=True)
+class Companion:
+    """A frozen model a method keeps beside its LM (a proxy, a reference, an EMA): out of the
+    optimizer and the gradient. It follows the trained module's device (follow_device; else it
+    stays in host memory: under FSDP its shards stay there and are gathered to the device for
+    its forwards) and dtype (follow_dtype; an EMA keeps float32 so tiny updates are not
+    rounded away). Sharded like the LM under FSDP; counted in FLOPs when of the LM's shape."""
+
+    model: nn.Module
+    follow_dtype: bool = True
+    follow_device: bool = True
+
+
 class MethodModule(nn.Module):
     """The trained module of a method that keeps models beside its LM (`self.lm`, trained).
-    `companions()` lists the frozen ones (a proxy, a reference, an EMA) as (model, follow_dtype):
-    they stay out of parameters(), the optimizer and the gradient, yet follow this module
-    wherever it moves (.to, .cuda, accelerate's prepare): to its device, and to its dtype when
-    follow_dtype (an EMA keeps float32 so that tiny updates are not rounded away)."""
+    `companions()` lists the frozen ones; they stay out of parameters(), the optimizer and the
+    gradient, yet follow this module wherever it moves (.to, .cuda, accelerate's prepare) as
+    their Companion says."""
 
-    def companions(self) -> list[tuple[nn.Module, bool]]:
+    def companions(self) -> list[Companion]:
         return []
 
     def language_nll(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -61,11 +108,13 @@ class MethodModule(nn.Module):
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
         target = fn(torch.zeros((), dtype=torch.float32))  # where (and as what) a float tensor goes
-        for model, follow_dtype in self.companions():
-            if follow_dtype:
-                model._apply(fn)
-            else:
-                model.to(target.device)
+        for companion in self.companions():
+            if companion.follow_dtype and companion.follow_device:
+                companion.model._apply(fn)
+            elif companion.follow_device:
+                companion.model.to(target.device)
+            elif companion.follow_dtype:
+                companion.model.to(target.dtype)
         return self
 
 
@@ -75,6 +124,7 @@ class Method(ABC):
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = NoSettings
     thinks: ClassVar[bool] = False  # evaluated with thinking on as well (think_scorer)
+    ablations: ClassVar[tuple[str, ...]] = ()  # CORRUPTION, SELECTOR: the ablations its settings take and its step honours
     reward_meaning: ClassVar[str | None] = None  # what its logged `reward` is (the report's learning-signal table)
     # Whether a layer's keys and values receive gradients from later forwards (a KV cache kept
     # with gradients, Quiet-STaR's thought steps): a sharded (FSDP2) layer then keeps its weights
@@ -101,20 +151,19 @@ class Method(ABC):
     # ------------------------------------------------------------------ set up
     def wrap(self, lm: nn.Module, tokenizer) -> nn.Module:
         """The module the optimizer trains: the LM itself, or the LM plus the method's own parts
-        (it must hold the LM as `.lm`). Called once, before the optimizer and the checkpoint
-        are loaded; raise ValueError for a model the method cannot take."""
+        (a MethodModule holding the LM as `.lm`). Called once, before the optimizer and the
+        checkpoint are loaded; raise ValueError for a model the method cannot take."""
         return lm
 
     def language_model(self, model: nn.Module) -> nn.Module:
         """The causal LM inside the trained module (what is exported and evaluated)."""
-        return getattr(model, "lm", model)
+        return model.lm if isinstance(model, MethodModule) else model
 
-    def companion_models(self, model: nn.Module) -> list[nn.Module]:
-        """Models the method keeps beside the trained one (a proxy, a reference, an EMA): out of
-        the optimizer and the gradient, on the trained model's device (a MethodModule moves
-        them with itself). Their forwards are training compute; those of the LM's shape are
-        counted in the FLOPs."""
-        return [m for m, _ in model.companions()] if isinstance(model, MethodModule) else []
+    def companions(self, model: nn.Module) -> list[Companion]:
+        """The frozen models the method keeps beside the trained one (a MethodModule's
+        `companions()`): their forwards are training compute, those of the LM's shape counted
+        in the FLOPs; under FSDP they are sharded like the LM."""
+        return model.companions() if isinstance(model, MethodModule) else []
 
     def checkpoint_objects(self, model: nn.Module) -> list:
         """Objects with state_dict()/load_state_dict() saved in every checkpoint and restored on
@@ -129,9 +178,12 @@ class Method(ABC):
     # ------------------------------------------------------------------ training
     @abstractmethod
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], backward: Backward) -> dict:
-        """One micro-batch (batch["input_ids"]: windows [B, L]): call `backward(loss)` once, or
-        once per chunk of work (the gradients add up), and return scalar metrics to log. Every
-        step should log the same keys (processes average them together)."""
+        """One micro-batch (batch["input_ids"]: windows [B, L]; batch["window_index"]: their
+        places in the global order, what random draws are keyed by: keys.py): call
+        `backward(loss)` once, or once per chunk of work (the gradients add up; see Backward for
+        reducing once), and return scalar metrics to log. Every step should log the same keys
+        (processes average them together). `model` is the trained module as the runner holds
+        it (under DDP its wrapper: parallel.unwrap reaches the module)."""
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         """Called after every optimizer step (e.g. an EMA update)."""
@@ -160,122 +212,3 @@ class Method(ABC):
     def check_eval(self, think_modes: list[str]) -> None:
         """Raise ValueError when the method cannot be evaluated in these think modes (checked
         before training starts)."""
-
-
-class MetaThinkingMethod(Method):
-    """A method that thinks once with the meta template, `<start> thought <end>`, before it
-    predicts (RPT, RLP, and a method of your own): evaluated with thinking on by a greedy thought
-    of at most `thought_budget` tokens (its config's, unless eval.thought_budget says otherwise).
-    Its config needs `thought_budget` (and may have `min_thought_tokens`, `meta_init`)."""
-
-    thinks = True
-
-    def add_thought_tokens(self, lm, tokenizer):
-        """The thought tokens, added as training adds them (the base is scored the same way)."""
-        from tokreason.methods.thoughts import DEFAULT_META_INIT, add_thought_tokens
-
-        return add_thought_tokens(lm, tokenizer, getattr(self.config, "meta_init", DEFAULT_META_INIT))
-
-    def thought_format(self, lm, tokenizer):
-        """Where a thought sits (methods/thoughts.py): the meta template, its tokens added."""
-        from tokreason.methods.thoughts import MetaFormat
-
-        return MetaFormat(self.add_thought_tokens(lm, tokenizer))
-
-    def think_scorer(self, lm, tokenizer, *, batch_size: int, thought_budget: int | None = None, model=None):
-        from tokreason.methods.inference import ThoughtScorer
-
-        thought_format = self.thought_format(lm, tokenizer)  # a base model starts where training starts
-        settings = self.think_settings(thought_budget)
-        return ThoughtScorer(lm, tokenizer, settings["thought_budget"], settings["min_thought_tokens"], batch_size,
-                             thought_format)
-
-    def think_settings(self, thought_budget: int | None = None) -> dict:
-        return {"template": getattr(self.config, "template", "meta"),
-                "system_prompt": getattr(self.config, "system_prompt", None),
-                "thought_budget": int(thought_budget or self.config.thought_budget),
-                "min_thought_tokens": int(getattr(self.config, "min_thought_tokens", 0)),
-                "meta_init": getattr(self.config, "meta_init", None)}
-
-
-def window_keys(batch: dict) -> torch.Tensor:
-    """The global index of every window of a batch (BatchStream's "window_index"; 0.. when absent):
-    what rollout randomness is keyed by, rather than by the process's rank."""
-    ids = batch["input_ids"]
-    return batch.get("window_index", torch.arange(len(ids))).to(ids.device)
-
-
-def rollout_keys(windows: torch.Tensor, where: torch.Tensor, group: int) -> list[int]:
-    """One sampler key per rollout: rollout g of position (row, t) of global window w."""
-    w = windows[where[:, 0]].tolist()
-    return [((wi * 1_000_003 + t) * 257 + g) & 0xFFFFFFFF for wi, t in zip(w, where[:, 1].tolist()) for g in range(group)]
-
-
-def world() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
-def collective_device() -> torch.device:
-    """Where a collective's tensors live: the GPU under NCCL, else the CPU."""
-    if torch.distributed.is_initialized() and torch.distributed.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def global_sum(value: torch.Tensor | float) -> torch.Tensor:
-    """`value` summed over every process (itself when there is one), on the CPU."""
-    value = torch.as_tensor(value, dtype=torch.float32)
-    if world() > 1:
-        value = value.detach().to(collective_device()).clone()
-        torch.distributed.all_reduce(value)
-    return value.cpu()
-
-
-def global_max(value: int) -> int:
-    """The largest `value` over the processes (itself when there is one)."""
-    if world() == 1:
-        return int(value)
-    t = torch.tensor([float(value)], device=collective_device())
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return int(t.item())
-
-
-def run_micro_batches(model, slices: list, backward: Backward) -> dict:
-    """The update of a rollout batch in micro-batches: model(phase="update", rows=s) for each
-    slice, each back-propagated on its own (their losses are normalised by the whole batch, so
-    the gradients add up). Every process runs as many forward/backward passes as the busiest
-    one (phase="skip": a zero loss), so data-parallel and sharded training stay in step; a
-    process with nothing to update logs the skip's metrics."""
-    passes = max(global_max(len(slices)), 1)
-    totals: dict = {}
-    for i in range(passes):
-        loss, metrics = model(phase="update", rows=slices[i]) if i < len(slices) else model(phase="skip")
-        backward(loss)
-        if i < len(slices) or not slices:
-            for key, value in metrics.items():
-                totals[key] = totals.get(key, 0.0) + float(value) if i < len(slices) else float(value)
-    return totals
-
-
-def per_process(count: torch.Tensor | float) -> torch.Tensor:
-    """A loss normaliser for data-parallel training: the whole batch's `count` (summed over the
-    processes) divided by their number. Gradients are averaged over processes, so sum_local /
-    per_process(count) gives every process's share of the global mean: W processes of batch b
-    train as one of batch W*b."""
-    return global_sum(count) / world()
-
-
-def step_seed() -> tuple[int, int]:
-    """(seed, rank) for a step's rollouts: a fresh seed from the global RNG (which checkpoints
-    save, so a resumed run draws what an uninterrupted one would), and the process rank, which
-    keeps processes' draws apart."""
-    seed = int(torch.randint(0, 2**31 - 1, (1,)))
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    return seed, rank
-
-
-def skipped_loss(lm: nn.Module, metric_names) -> tuple[torch.Tensor, dict]:
-    """A micro-batch with nothing to learn from: a zero loss that touches every parameter (so
-    every process back-propagates through the same graph), every metric 0, counted as skipped."""
-    zero = sum(p.sum() for p in lm.parameters() if p.requires_grad) * 0.0
-    return zero, {**{k: 0.0 for k in metric_names}, "skipped_batch": 1.0}

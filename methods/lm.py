@@ -1,8 +1,6 @@
 """What the methods and scorers ask of any causal LM, in one place."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 
@@ -19,23 +17,6 @@ def context_length(config) -> int | None:
 
 def lm_device(lm) -> torch.device:
     return lm.get_input_embeddings().weight.device
-
-
-@contextmanager
-def gathered(module):
-    """`module`'s own weights whole for calls that bypass its forward (a frozen companion's
-    backbone and head, the policy's outside a training step) when it is FSDP-sharded; nothing
-    otherwise. Without gradient only."""
-    from torch.distributed.fsdp import FSDPModule
-
-    if not isinstance(module, FSDPModule):
-        yield module
-        return
-    module.unshard()
-    try:
-        yield module
-    finally:
-        module.reshard()
 
 
 def hidden_states(lm, **inputs) -> torch.Tensor:
@@ -123,14 +104,16 @@ def chunked(fn, *tensors: torch.Tensor, chunk: int | None = None, width: int = 1
 def head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
                   masked_ids=(), chunk: int | None = None) -> torch.Tensor:
     """log softmax(head(hidden) / temperature)[target] at every row of hidden [.., H], targets
-    [..], the `masked_ids` removed from the distribution: chunked, never a full [.., V] float32
-    log-softmax, and with gradients only `hidden` is kept for backward (the logits are recomputed)."""
-    masked = list(masked_ids)
+    [..], the `masked_ids` (ids, or a tensor of them on hidden's device: no host copy) removed
+    from the distribution: chunked, never a full [.., V] float32 log-softmax, and with gradients
+    only `hidden` is kept for backward (the logits are recomputed)."""
+    masked = masked_ids if isinstance(masked_ids, torch.Tensor) else torch.tensor(list(masked_ids), dtype=torch.long)
+    masked = masked.to(hidden.device) if len(masked) else None
 
     def rows(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         logits = head(h).float()
-        if masked:
-            logits = logits.index_fill(-1, torch.tensor(masked, device=logits.device), float("-inf"))
+        if masked is not None:
+            logits = logits.index_fill(-1, masked, float("-inf"))
         return token_logprobs(logits, t, temperature)
 
     return chunked(rows, hidden, targets, chunk=chunk, width=getattr(head, "vocab_size", 1))

@@ -20,11 +20,12 @@ def reinforce_loss(token_logprobs: torch.Tensor, advantages: torch.Tensor, mask:
     return -(advantages.detach() * per_thought * weights).sum() / weights.sum().clamp(min=1)
 
 
-def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-6, unbiased: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO's group z-score A = (r - mean_G) / (std_G + eps), and which groups have no spread
-    (all rewards equal: their advantages are exactly 0, so they carry no gradient)."""
+    (all rewards equal: their advantages are exactly 0, so they carry no gradient). unbiased:
+    the group's std with Bessel's correction (1 / (G - 1), as verl computes it), else 1 / G."""
     mean = rewards.mean(dim=-1, keepdim=True)
-    std = rewards.std(dim=-1, unbiased=False, keepdim=True)
+    std = rewards.std(dim=-1, unbiased=unbiased, keepdim=True)
     flat = (rewards == rewards[:, :1]).all(dim=-1)
     advantages = torch.where(flat[:, None], torch.zeros_like(rewards), (rewards - mean) / (std + eps))
     return advantages, flat

@@ -28,7 +28,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
-from tokreason.methods.base import Method, MethodModule, step_seed, window_keys
+from tokreason.methods.base import CORRUPTION, Method, MethodModule
+from tokreason.methods.keys import step_seed, window_keys
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
 from tokreason.methods.inference import PlainScorer
 from tokreason.methods.lm import checkpoint_mlps, chunked, fits_one_chunk, context_length, head_logprobs, output_head, token_logprobs
@@ -41,6 +42,7 @@ from tokreason.methods.thoughts import add_thought_tokens, mask_thought_logits
 from tokreason.methods.verifier import Continuation, Rollouts, continuation_log_likelihood
 
 FORMS = ("official", "paper")
+ATTENTIONS = ("fast", "chunked", "dense")
 FLASH_ONLY = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
 
 
@@ -56,13 +58,14 @@ class QuietStarConfig:
     clamp_negative_advantages: bool = True
     meta_init: str = "---"          # start/end embeddings start from this string's first token
     meta_grad_scale: float = 100.0  # stored as e/scale, used as scale*p: gradient x scale (under Adam ~ lr x scale)
-    attention: str = "fast"         # fast: causal text + own-thought diagonal | dense: the official growing mask
+    attention: str = "fast"         # fast: the fused thought attention, a kernel where the device has one | chunked: the
+                                    # fused attention without a kernel (the reference) | dense: the official growing mask
     checkpoint_mlp: bool = False    # recompute every layer's MLP in the backward pass: most of a step's activations
     thought_corrupt: str = "none"   # the ablation: none | shuffle | random (see forward)
 
     def __post_init__(self):
         one_of(self, "form", FORMS)
-        one_of(self, "attention", ("fast", "dense"))
+        one_of(self, "attention", ATTENTIONS)
         check_corruption(self.thought_corrupt)
         if self.n_ahead < 3:
             raise ValueError(f"method.n_ahead={self.n_ahead} is too small; it must be at least 3 (base pass, <start>, <end>)")
@@ -120,6 +123,8 @@ class QuietStarModel(MethodModule):
         if not init_ids:
             raise ValueError(f"method.meta_init={config.meta_init!r} encodes to no token; give a non-empty string")
         self.meta_ids = add_thought_tokens(lm, tokenizer, config.meta_init).ids
+        # on the model's device once: a thought step masks them without a host-to-device copy
+        self.register_buffer("meta_index", torch.tensor(self.meta_ids), persistent=False)
         # never drawn into a random (corrupted) thought; nor beyond the tokenizer's vocabulary
         self.forbidden_ids = [*self.meta_ids, tokenizer.eos_token_id, tokenizer.pad_token_id]
         self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])
@@ -139,16 +144,17 @@ class QuietStarModel(MethodModule):
         return output_head(self.lm)
 
     # ------------------------------------------------------------------ the thought pass
-    def think(self, ids: torch.Tensor, talk: int, greedy: bool = False, dense: bool | None = None,
+    def think(self, ids: torch.Tensor, talk: int, greedy: bool = False, attention: str | None = None,
               thoughts: torch.Tensor | None = None, noise: tuple[int, torch.Tensor] | None = None) -> ThoughtPass:
         """Thoughts at every position of ids [N, L] in one batched, KV-cached pass: one forward
         for the text, then one per thought token and per talk token, each over all L positions.
         `thoughts` [N, L, m] replays given thought tokens instead of sampling. `noise` (seed,
-        keys [N, L]) makes each position's draws a function of its key (the global RNG otherwise)."""
+        keys [N, L]) makes each position's draws a function of its key (the global RNG otherwise).
+        `attention`: the thought attention (method.attention unless given)."""
         c = self.config
         n, length = ids.shape
         embed = self.lm.get_input_embeddings()
-        step = self._stepper(ids, (c.attention == "dense") if dense is None else dense)
+        step = self._stepper(ids, attention or c.attention)
         base_hidden = step(None, 0)
         meta = (self.meta * c.meta_grad_scale).to(base_hidden.dtype)
         x = meta[0].expand(n, length, -1)
@@ -175,7 +181,7 @@ class QuietStarModel(MethodModule):
                            torch.stack(thought_ids, -1) if thought_ids else empty,
                            torch.stack(policy_logprobs, -1) if policy_logprobs else empty.float())
 
-    def _stepper(self, ids: torch.Tensor, dense: bool):
+    def _stepper(self, ids: torch.Tensor, attention: str):
         """step(inputs, s): the backbone over the text (s = 0, inputs None) or over one new token
         at every position (thought/talk step s, at positions t + s), through a ThoughtCache. With
         checkpoint_steps each step is activation-checkpointed: its forward runs again in the
@@ -190,7 +196,7 @@ class QuietStarModel(MethodModule):
             if offset == 0:
                 return backbone(input_ids=ids, position_ids=positions, cache=cache, use_cache=True).last_hidden_state
             return backbone(inputs_embeds=inputs, position_ids=positions + offset, cache=cache, use_cache=True,
-                            attention_mask=no_mask, thought_text_len=length, thought_dense=dense,
+                            attention_mask=no_mask, thought_text_len=length, thought_mode=attention,
                             thought_cache=cache).last_hidden_state
 
         def step(inputs, offset: int):
@@ -209,15 +215,15 @@ class QuietStarModel(MethodModule):
         c, head = self.config, self.head
         if not fits_one_chunk(hidden[..., :1].numel(), head.vocab_size):
             token = given if given is not None else self.draw(hidden, greedy, uniform)
-            return token, head_logprobs(head, hidden, token, c.reinforce_temperature, self.meta_ids)
-        logits = head(hidden).float().index_fill(-1, torch.tensor(self.meta_ids, device=hidden.device), float("-inf"))
+            return token, head_logprobs(head, hidden, token, c.reinforce_temperature, self.meta_index)
+        logits = head(hidden).float().index_fill(-1, self.meta_index, float("-inf"))
         token = given if given is not None else self._pick(logits.detach(), greedy, uniform)
         return token, token_logprobs(logits, token, c.reinforce_temperature)
 
     @torch.no_grad()
     def draw(self, hidden: torch.Tensor, greedy: bool, uniform: torch.Tensor | None = None) -> torch.Tensor:
         """A thought token at every position (meta-tokens are never thought), in chunks of positions."""
-        masked = torch.tensor(self.meta_ids, device=hidden.device)
+        masked = self.meta_index
         if uniform is None:
             uniform = torch.rand(hidden.shape[:-1], device=hidden.device)
         return chunked(lambda h, u: self._pick(self.head(h).float().index_fill(-1, masked, float("-inf")), greedy, u),
@@ -462,6 +468,7 @@ class QuietStar(Method):
 
     config_class = QuietStarConfig
     thinks = True
+    ablations = (CORRUPTION,)  # it thinks at every position by construction: no selector
     cross_forward_gradients = True  # the thought steps read earlier steps' keys with gradients
 
     def wrap(self, lm, tokenizer) -> QuietStarModel:

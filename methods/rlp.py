@@ -25,20 +25,27 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tokreason.methods.base import (MetaThinkingMethod, MethodModule, per_process, rollout_keys, run_micro_batches,
-                                    skipped_loss, step_seed, window_keys, world)
-from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
-from tokreason.methods.lm import gathered, head_logprobs, hidden_states, output_head
+from tokreason.methods.base import CORRUPTION, SELECTOR, Companion
+from tokreason.methods.corruption import corrupt_thoughts, corruption_generator
+from tokreason.methods.keys import rollout_keys, step_seed
+from tokreason.methods.lm import head_logprobs, hidden_states, lm_device, output_head
+from tokreason.methods.parallel import gathered
 from tokreason.methods.policy import behaviour_logprobs_from_hidden, clipped_surrogate
 from tokreason.methods.registry import register_method
+from tokreason.methods.rollout import RolloutBatch, RolloutMethod, RolloutModule
+from tokreason.methods.sampler import sample, sample_in_batches
+from tokreason.methods.settings import MicroBatchSettings, SelectorSettings, ThoughtSettings, at_least, one_of
 from tokreason.methods.thought_attention import use_tokreason_attention
-from tokreason.methods.sampler import Samples, sample, sample_in_batches
-from tokreason.methods.selectors import SELECTORS, choose_positions
-from tokreason.methods.settings import at_least, one_of, thought_lengths
 from tokreason.methods.thoughts import ChatFormat, ThoughtFormat
 from tokreason.methods.verifier import Continuation, Rollouts, information_gain
 
 ADVANTAGES = ("group", "ema")
+# The paper's system turn (v2 section 10), as conf/method/rlp.yaml writes it.
+SYSTEM_PROMPT = ('You are a continuation-and-reasoning assistant. You receive the prefix of a context, problem, '
+                 'solution, or derivation. First, briefly think between <think> and </think> about what should come '
+                 'next. Then, after </think>, continue the text in the SAME style as the prefix (notation, LaTeX, '
+                 'tone), focusing on the next few steps rather than jumping to a final boxed answer. Do not restate '
+                 'the question or add meta commentary; simply continue the content.')
 
 
 def rlp_advantages(rewards: torch.Tensor, kind: str = "group") -> torch.Tensor:
@@ -54,7 +61,9 @@ class EMA:
     """An exponential moving average of a model's weights, kept outside the trained module (so
     the optimizer, DDP and `prepare` never see it) and checkpointed through state_dict. In
     float32 by default whatever the model's dtype: with bf16 weights, (1 - 0.999) * (live - ema)
-    is mostly rounded away and the EMA stops moving (a frozen baseline)."""
+    is mostly rounded away and the EMA stops moving (a frozen baseline). Sharded (FSDP) like the
+    model, it is updated shard by shard: each process moves its own shard of the EMA toward its
+    own shard of the live weights, wherever each lives (an EMA kept in host memory included)."""
 
     def __init__(self, lm: nn.Module, decay: float, device: str | None = None, dtype: torch.dtype | None = torch.float32):
         self.decay = decay
@@ -67,7 +76,8 @@ class EMA:
     @torch.no_grad()
     def update(self, lm: nn.Module) -> None:
         for ema, live in zip(self.model.parameters(), lm.parameters()):
-            ema.lerp_(live.detach().to(ema.device, ema.dtype), 1 - self.decay)  # ema = d*ema + (1-d)*live
+            ema, live = _local(ema), _local(live.detach())
+            ema.lerp_(live.to(ema.device, ema.dtype), 1 - self.decay)  # ema = d*ema + (1-d)*live
 
     def state_dict(self) -> dict:
         return self.model.state_dict()
@@ -76,9 +86,20 @@ class EMA:
         self.model.load_state_dict(state)
 
 
-class RLPModel(MethodModule):
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded (DTensor) parameter, the tensor itself otherwise."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+class RLPModel(RolloutModule):
     """The policy LM (trained) and its EMA copy (the reward's baseline, not trained, in float32
     unless method.ema_dtype=model; on the policy's device unless method.ema_device=cpu)."""
+
+    count_names = ("rows", "tokens")
+    metric_names = ("loss", "reward", "reward_std", "advantage_abs", "s_pred", "s_ema", "clip_fraction", "thought_length",
+                    "thought_closed", "positions")
 
     def __init__(self, lm, tokenizer, config: "RLPConfig", thought_format: ThoughtFormat):
         super().__init__()
@@ -88,60 +109,30 @@ class RLPModel(MethodModule):
         self.ema = EMA(lm, config.ema_decay, "cpu" if config.ema_device == "cpu" else None,
                        torch.float32 if config.ema_dtype == "float32" else None)  # from the first weights
         self.last_timing: dict[str, float] = {}  # seconds per phase of the last step (benchmarks read it)
-        self.batch: "ThoughtBatch | None" = None  # the step's batch, between its phases
-        self.synced = False  # sharded (FSDP): every process must run the same forwards (the runner sets it)
 
-    def companions(self) -> list:
-        return [] if self.config.ema_device == "cpu" else [(self.ema.model, self.config.ema_dtype == "model")]
-
-    def positions(self, ids: torch.Tensor, seed: int = 0, windows: torch.Tensor | None = None) -> torch.Tensor:
-        m = self.config
-        return choose_positions(self.lm, ids, selector=m.selector, per_window=m.positions_per_window,
-                                threshold=m.entropy_threshold, fraction=m.top_fraction, min_context=m.min_context,
-                                min_continuation=m.target_tokens, seed=seed, windows=windows)
-
-    def forward(self, input_ids: torch.Tensor | None = None, phase: str = "step", rows: slice = slice(None),
-                window_index: torch.Tensor | None = None):
-        """One step through the trained module (so DDP/FSDP see every forward): "rollout"
-        (call without gradient): positions, thoughts, S_EMA into self.batch (None: no position);
-        "update": rows of it (whole groups) -> (loss, metrics), normalised by the whole batch so
-        that micro-batches add up; "skip": a zero loss on every parameter; "step": all at once."""
-        if phase == "rollout":
-            self.batch = self.rollout_batch(input_ids, window_index)
-            # the loss's normalisers: every process joins this one collective every step, batch or not
-            local = [len(self.batch.full), self.batch.sampled.sum().item()] if self.batch is not None else [0.0, 0.0]
-            rows, tokens = per_process(torch.tensor(local, dtype=torch.float32)).tolist()
-            if self.batch is not None:
-                self.batch.rows, self.batch.tokens = max(rows, 1e-6), max(tokens, 1e-6)
-            return self.batch is not None
-        if phase == "update":
-            return self.update(self.batch, rows)
-        if phase == "skip" or not self.forward(input_ids, phase="rollout", window_index=window_index):
-            return skipped_loss(self.lm, METRICS)
-        return self.update(self.batch, slice(None))
+    def companions(self) -> list[Companion]:
+        return [Companion(self.ema.model, follow_dtype=self.config.ema_dtype == "model",
+                          follow_device=self.config.ema_device != "cpu")]
 
     @torch.no_grad()
-    def rollout_batch(self, input_ids: torch.Tensor, windows: torch.Tensor | None = None) -> "ThoughtBatch | None":
+    def rollout(self, input_ids: torch.Tensor, windows: torch.Tensor) -> "ThoughtBatch | None":
+        """Positions, G thoughts each, and S_EMA (None when no position has enough context and
+        continuation: the step is skipped, and counted)."""
         m, g = self.config, self.config.group_size
         clock = time.perf_counter()
-        windows = windows if windows is not None else torch.arange(len(input_ids), device=input_ids.device)
         seed, rank = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
-        where = self.positions(input_ids, seed, windows)
-        dummy = len(where) == 0 and self.synced  # sharded: think anyway (the same forwards), learn nothing
-        if len(where) == 0 and not dummy:  # no position with enough context and continuation: skipped, counted
+        where = m.choose(self.lm, input_ids, min_continuation=m.target_tokens, seed=seed, windows=windows)
+        if len(where) == 0:
             return None
-        if dummy:
-            where = torch.tensor([[0, max(0, input_ids.shape[1] - 1 - m.target_tokens)]], dtype=torch.long)
         rows, ts = where[:, 0], where[:, 1]
-        n, k, pad = len(where), m.target_tokens, self.tokenizer.pad_token_id or 0
+        k, pad = m.target_tokens, self.tokenizer.pad_token_id or 0
         prompts = [self.format.prompt(input_ids[r, : t + 1].tolist()) for r, t in where.tolist()]
         was_training = self.lm.training
         self.lm.eval()
         samples = sample_in_batches(self.lm, prompts, sampler=sample, rollouts_per_call=m.sample_batch_size, repeats=g,
                                     keys=rollout_keys(windows, where, g), seed=seed, temperature=m.temperature,
                                     thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens,
-                                    close_id=self.end_id, max_prediction_tokens=0, stop_ids=[], pad_id=pad,
-                                    synced=self.synced)
+                                    close_id=self.end_id, max_prediction_tokens=0, stop_ids=[], pad_id=pad)
         self.lm.train(was_training)
         sampled_at = time.perf_counter()
         targets = torch.stack([input_ids[rows, ts + 1 + j] for j in range(k)], dim=-1)  # [n, k]
@@ -153,17 +144,16 @@ class RLPModel(MethodModule):
             thought = corrupt_thoughts(samples.tokens, samples.thought_len, m.thought_corrupt, corruption_generator(seed, rank),
                                        self.vocab_size, [*self.format.markers, self.tokenizer.eos_token_id, pad])
         batch = ThoughtBatch.build(samples, thought, targets, self.s_ema(input_ids, rows, ts, targets), g)
-        if dummy:
-            batch.sampled &= False
-            batch.stats.update(positions=0.0, skipped_batch=1.0)
         self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
         return batch
 
     def s_ema(self, input_ids, rows, ts, targets) -> torch.Tensor:
         """The EMA's log p of the true targets on the plain context [n] (summed over them): its
-        hidden states over the windows, the head only where the targets are predicted."""
+        hidden states over the windows, the head only where the targets are predicted. A sharded
+        EMA computes where the policy does (its shards are gathered there, from host memory when
+        it is kept there); an unsharded one where its weights are."""
         ema = self.ema.model
-        device = next(ema.parameters()).device
+        device = lm_device(self.lm) if _sharded(ema) else next(ema.parameters()).device
         hidden = hidden_states(ema, input_ids=input_ids.to(device))
         at = torch.stack([ts + j for j in range(targets.shape[1])], -1).to(device)  # [n, k]
         picked = hidden[rows.to(device)[:, None], at]  # [n, k, H]
@@ -186,15 +176,12 @@ class RLPModel(MethodModule):
             target_hidden = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
             s_pred = head_logprobs(head, target_hidden, batch.targets[rows]).sum(-1).view(-1, g)
         groups = slice(rows.start // g if rows.start else None, rows.stop // g if rows.stop else None)
-        whole = {} if rows == slice(None) and world() == 1 else dict(  # normalised by the whole batch's counts
-            rows=batch.rows, tokens=batch.tokens, positions=len(batch.s_ema))
-        loss, metrics = self.objective(thought_lp, batch.sampled[rows], s_pred, batch.s_ema[groups], **whole)
-        if rows == slice(None):
-            metrics.update(batch.stats)
-        return loss, metrics
+        # the loss normalised by the whole batch (every process), the metrics by this process's positions
+        return self.objective(thought_lp, batch.sampled[rows], s_pred, batch.s_ema[groups], rows=batch.totals["rows"],
+                              tokens=batch.totals["tokens"], positions=len(batch.s_ema))
 
     def objective(self, thought_logprobs: torch.Tensor, thought_mask: torch.Tensor, s_pred: torch.Tensor,
-                  s_ema: torch.Tensor, rows: int | None = None, tokens=None, positions: int | None = None):
+                  s_ema: torch.Tensor, rows: float | None = None, tokens=None, positions: float | None = None):
         """Reward, advantage and the clipped surrogate on the thought tokens [n*G, T]. s_pred
         [n, G]: log p of the true target tokens after each thought (summed over them); s_ema
         [n]: the EMA's log p of them on the plain context. rows / tokens / positions: the whole
@@ -215,24 +202,27 @@ class RLPModel(MethodModule):
                       "s_ema": s_ema.sum() / positions, "clip_fraction": clip_fraction}
 
 
-@dataclass
-class ThoughtBatch:
-    """RLP's rollout batch between its phases: rows [prompt | thought, close | targets] (prompts
-    left-padded; rows prompt-major, G per position), what the update needs to score them, and
-    the batch's logged statistics."""
+def _sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
 
-    full: torch.Tensor        # [R, P + T + k]
-    mask: torch.Tensor        # [R, P + T + k] 1 on real tokens
-    positions: torch.Tensor   # [R, P + T + k] position ids
-    width: int                # P, the prompts' padded width
-    thought: torch.Tensor     # [R, T] the thought tokens (corrupted in the ablation), close included
-    sampled: torch.Tensor     # [R, T] tokens the policy drew (the loss's)
-    score_at: torch.Tensor    # [R, k] where each target is predicted (right after the row's close)
-    targets: torch.Tensor     # [R, k] the true next tokens
-    s_ema: torch.Tensor       # [n]
-    stats: dict
-    rows: float = 0.0         # rollouts, over all processes, per process (set by the rollout phase)
-    tokens: float = 0.0       # thought tokens in the loss, the same
+    return isinstance(model, FSDPModule)
+
+
+@dataclass
+class ThoughtBatch(RolloutBatch):
+    """RLP's rollout batch between its phases: rows [prompt | thought, close | targets] (prompts
+    left-padded; rows prompt-major, G per position), what the update needs to score them."""
+
+    full: torch.Tensor = None        # [R, P + T + k]
+    mask: torch.Tensor = None        # [R, P + T + k] 1 on real tokens
+    positions: torch.Tensor = None   # [R, P + T + k] position ids
+    width: int = 0                   # P, the prompts' padded width
+    thought: torch.Tensor = None     # [R, T] the thought tokens (corrupted in the ablation), close included
+    sampled: torch.Tensor = None     # [R, T] tokens the policy drew (the loss's)
+    score_at: torch.Tensor = None    # [R, k] where each target is predicted (right after the row's close)
+    targets: torch.Tensor = None     # [R, k] the true next tokens
+    s_ema: torch.Tensor = None       # [n]
+    group: int = 1                   # G, rollouts per position
 
     @classmethod
     def build(cls, samples, thought: torch.Tensor, targets: torch.Tensor, s_ema: torch.Tensor, group: int) -> "ThoughtBatch":
@@ -248,35 +238,33 @@ class ThoughtBatch:
             full[r, end:end + k] = repeated[r]
         stats = {"thought_length": samples.thought_len.float().mean(), "thought_closed": samples.closed.float().mean(),
                  "positions": float(len(targets)), "skipped_batch": 0.0}
-        return cls(full, mask, (mask.cumsum(-1) - 1).clamp(min=0), width, thought, samples.sampled,
-                   width - 1 + lengths[:, None] + torch.arange(k, device=thought.device)[None], repeated, s_ema, stats)
+        return cls(stats, full=full, mask=mask, positions=(mask.cumsum(-1) - 1).clamp(min=0), width=width, thought=thought,
+                   sampled=samples.sampled,
+                   score_at=width - 1 + lengths[:, None] + torch.arange(k, device=thought.device)[None],
+                   targets=repeated, s_ema=s_ema, group=group)
 
-    def micro_batches(self, size: int | None, group: int) -> list[slice]:
+    def counts(self) -> dict[str, float]:
+        return {"rows": float(len(self.full)), "tokens": float(self.sampled.sum())}
+
+    def micro_batches(self, size: int | None) -> list[slice]:
         """Row slices of whole groups (a group's rewards make its advantages), about `size` rows each."""
-        rows = len(self.full)
+        rows, group = len(self.full), self.group
         size = max(group, (size or rows) // group * group)
         return [slice(a, min(rows, a + size)) for a in range(0, rows, size)]
 
 
-# Every step logs the same keys (a skipped batch too), so processes can average them together.
-METRICS = ("loss", "reward", "reward_std", "advantage_abs", "s_pred", "s_ema", "clip_fraction", "thought_length",
-           "thought_closed", "positions")
-
-
 @dataclass
-class RLPConfig:
-    template: str = "meta"      # meta: context <start> thought <end> | chat: a system turn, <think>..</think>
-    system_prompt: str | None = None  # chat: the system turn (conf/method/rlp.yaml has the paper's)
+class RLPConfig(ThoughtSettings, SelectorSettings, MicroBatchSettings):
+    """RLP's settings: its own below, and the shared thoughts, selector and micro-batches
+    (settings.py). The defaults are conf/method/rlp.yaml's, the paper's (a test holds them equal)."""
+
+    template: str = "chat"      # chat: a system turn, <think>..</think> | meta: context <start> thought <end>
+    system_prompt: str | None = SYSTEM_PROMPT  # chat: the system turn
     group_size: int = 16
-    temperature: float = 1.0
-    thought_budget: int = 64
-    min_thought_tokens: int = 0
+    temperature: float = 0.7
+    thought_budget: int = 2048
+    min_thought_tokens: int = 1
     target_tokens: int = 1
-    selector: str = "random"
-    positions_per_window: int | None = 1
-    entropy_threshold: float = 1.0
-    top_fraction: float = 0.2
-    min_context: int = 8
     ema_decay: float = 0.999
     ema_device: str = "model"
     ema_dtype: str = "float32"
@@ -284,40 +272,35 @@ class RLPConfig:
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     loss_aggregation: str = "thought"  # thought: 1/|c| per thought, then the mean over thoughts (Eq. 8) | token
-    update_batch_size: int | None = None  # rollouts per micro-batch of the update, whole groups (null: all at once)
-    sample_batch_size: int | None = None  # rollouts per sampler call (null: all at once)
-    thought_corrupt: str = "none"  # the ablation: none | shuffle | random (see forward)
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"method.ema_decay={self.ema_decay} is not valid; it must be in (0, 1)")
         at_least(self, ["group_size"], 2, "; the group baseline needs at least 2 thoughts")
         one_of(self, "advantage", ADVANTAGES)
-        check_corruption(self.thought_corrupt)
         one_of(self, "ema_device", ("model", "cpu"))
         one_of(self, "ema_dtype", ("float32", "model"))
         one_of(self, "loss_aggregation", ("thought", "token"))
         one_of(self, "template", ("meta", "chat"))
-        one_of(self, "selector", SELECTORS)
-        thought_lengths(self)
         at_least(self, ["target_tokens"], 1)
-        for key in ("update_batch_size", "sample_batch_size"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be at least 1, or null for all at once")
 
 
 @register_method("rlp")
-class RLP(MetaThinkingMethod):
+class RLP(RolloutMethod):
     """Information-gain rewards against an EMA baseline; its settings are an RLPConfig."""
 
     reward_meaning = "information gain of the thought (nats)"
-
     config_class = RLPConfig
+    ablations = (CORRUPTION, SELECTOR)
 
     def thought_format(self, lm, tokenizer) -> ThoughtFormat:
         if self.config.template == "chat":
             return ChatFormat(tokenizer, self.config.system_prompt)
         return super().thought_format(lm, tokenizer)
+
+    def format_settings(self) -> dict:
+        return {"template": self.config.template, "system_prompt": self.config.system_prompt}
 
     def wrap(self, lm, tokenizer) -> RLPModel:
         use_tokreason_attention(lm)  # G rollouts read their prompt's KV cache once (shared_prefix.py)
@@ -338,13 +321,3 @@ class RLP(MetaThinkingMethod):
 
     def after_optimizer_step(self, model: RLPModel) -> None:
         model.ema.update(model.lm)
-
-    def step(self, model, batch, backward):
-        """Thoughts and S_EMA without gradient, then the update in micro-batches of whole groups
-        (about update_batch_size rollouts each), each back-propagated on its own."""
-        raw = getattr(model, "module", model)  # the module (under DDP) holds the batch
-        with torch.no_grad():
-            has_rollouts = model(input_ids=batch["input_ids"], phase="rollout", window_index=window_keys(batch))
-        slices = raw.batch.micro_batches(self.config.update_batch_size, self.config.group_size) if has_rollouts else []
-        totals = run_micro_batches(model, slices, backward)  # each normalised by the whole batch: they add up
-        return {**totals, **raw.batch.stats} if has_rollouts else totals

@@ -22,16 +22,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tokreason.methods.base import (MetaThinkingMethod, MethodModule, per_process, rollout_keys, run_micro_batches,
-                                    skipped_loss, step_seed, window_keys)
-from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
-from tokreason.methods.lm import gathered, hidden_states, output_head
+from tokreason.methods.base import CORRUPTION, SELECTOR, Companion
+from tokreason.methods.corruption import corrupt_thoughts, corruption_generator
+from tokreason.methods.keys import rollout_keys, step_seed
+from tokreason.methods.lm import hidden_states, output_head
+from tokreason.methods.parallel import gathered, rank
 from tokreason.methods.policy import behaviour_logprobs_from_hidden, clipped_surrogate, grpo_advantages, kl_penalty
 from tokreason.methods.registry import register_method
-from tokreason.methods.thought_attention import use_tokreason_attention
+from tokreason.methods.rollout import RolloutBatch, RolloutMethod, RolloutModule
 from tokreason.methods.sampler import Samples, sample, sample_in_batches
-from tokreason.methods.selectors import SELECTORS, choose_positions
-from tokreason.methods.settings import at_least, one_of, positive, thought_lengths
+from tokreason.methods.settings import (MicroBatchSettings, SelectorSettings, ThoughtSettings, at_least, one_of,
+                                        positive)
+from tokreason.methods.thought_attention import use_tokreason_attention
 from tokreason.methods.thoughts import chat_prompt_ids, meta_prompt
 from tokreason.methods.token_bytes import token_byte_table
 from tokreason.methods.verifier import (Rollouts, conditional_dense_reward, continuation_at, dense_reward, first_token_reward,
@@ -56,9 +58,12 @@ def boxed_prediction(text: str) -> str | None:
     return last_boxed(text, after="</think>", strip=False)
 
 
-class RPTModel(MethodModule):
+class RPTModel(RolloutModule):
     """The policy LM (trained) with what RPT needs around it: the tokenizer's byte table, the
     proxy for position selection, the frozen reference when a KL term is asked for."""
+
+    count_names = ("tokens",)
+    metric_names = METRICS
 
     def __init__(self, lm, tokenizer, config: "RPTConfig", tokens=None):
         super().__init__()
@@ -90,74 +95,39 @@ class RPTModel(MethodModule):
         self._reference = [copy.deepcopy(lm).eval().requires_grad_(False)] if config.kl_beta > 0 else []
         self._proxy = []
         self.last_timing: dict[str, float] = {}
-        self._replay: "RolloutBatch | None" = None  # a rollout batch kept for its remaining epochs
-        self.batch: "RolloutBatch | None" = None  # the step's rollout batch, between its phases
-        self.synced = False  # sharded (FSDP): every process must run the same forwards (the runner sets it)
+        self._replay: "RPTBatch | None" = None  # a rollout batch kept for its remaining epochs
 
     def set_proxy(self, proxy) -> None:
         self._proxy = [proxy.eval().requires_grad_(False)]
 
-    def companions(self) -> list:
-        return [(m, True) for m in (*self._reference, *self._proxy)]
-
-    # -------------------------------------------------------------- positions and prompts
-    def positions(self, ids: torch.Tensor, seed: int = 0, windows: torch.Tensor | None = None) -> torch.Tensor:
-        m = self.config
-        return choose_positions(self._proxy[0] if self._proxy else self.lm, ids, selector=m.selector,
-                                per_window=m.positions_per_window, threshold=m.entropy_threshold, fraction=m.top_fraction,
-                                min_context=m.min_context, min_continuation=1, top_k=m.entropy_top_k,
-                                renormalize=m.entropy_renormalize, seed=seed, windows=windows)
+    def companions(self) -> list[Companion]:
+        return [Companion(m) for m in (*self._reference, *self._proxy)]
 
     def prompt(self, context: list[int]) -> list[int]:
         if self.config.template == "meta":
             return meta_prompt(context, self.tokens)
         return chat_prompt_ids(self.tokenizer, BOXED_PROMPT + self.tokenizer.decode(context))
 
-    # -------------------------------------------------------------- one GRPO step
-    def forward(self, input_ids: torch.Tensor | None = None, phase: str = "step", rows: slice = slice(None),
-                window_index: torch.Tensor | None = None):
-        """One GRPO step through the trained module (so DDP/FSDP see every forward):
-        phase="rollout": positions, rollouts, rewards, advantages (call without gradient) into
-        self.batch (None when no position qualifies); "update": the clipped surrogate on `rows`
-        of self.batch -> (loss, metrics), each normalised by the whole batch's counts so that
-        micro-batches add up; "skip": a zero loss on every parameter; "step": all at once (a
-        kept batch's next epoch first). The batch stays on the module, not in the call's
-        arguments: a wrapper that moves arguments between devices would copy it."""
-        if phase == "rollout":
-            self.batch = self._replay if self._replay is not None else self.rollout_batch(input_ids, window_index)
-            # the loss's normaliser: every process joins this one collective every step, batch or not
-            count = per_process(self.batch.token_mask.sum().float() if self.batch is not None else 0.0)
-            if self.batch is not None:
-                self.batch.count = count.clamp(min=1e-6).to(self.batch.tokens.device)
-            return self.batch is not None
-        if phase == "update":
-            return self.update(self.batch, rows)
-        if phase == "skip":
-            return skipped_loss(self.lm, METRICS)
-        if not self.forward(input_ids, phase="rollout", window_index=window_index):
-            return skipped_loss(self.lm, METRICS)
-        loss, metrics = self.update(self.batch, slice(None))
-        self.finish_epoch(self.batch)
-        return loss, metrics
-
+    # -------------------------------------------------------------- the rollout phase
     @torch.no_grad()
-    def rollout_batch(self, input_ids: torch.Tensor, windows: torch.Tensor | None = None) -> "RolloutBatch | None":
+    def rollout(self, input_ids: torch.Tensor, windows: torch.Tensor) -> "RPTBatch | None":
+        """A kept batch's next epoch, or: positions, rollouts, rewards and GRPO advantages (None
+        when no position qualifies: the step is skipped, and counted)."""
+        if self._replay is not None:
+            return self._replay
         m = self.config
         clock = time.perf_counter()
-        windows = windows if windows is not None else torch.arange(len(input_ids), device=input_ids.device)
         seed, _ = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
-        where = self.positions(input_ids, seed, windows)
-        dummy = len(where) == 0 and self.synced  # sharded: roll out anyway (the same forwards), learn nothing
-        if len(where) == 0 and not dummy:  # nothing to learn here: the step is skipped (and counted)
+        where = m.choose(self._proxy[0] if self._proxy else self.lm, input_ids, min_continuation=1, seed=seed,
+                         windows=windows)
+        if len(where) == 0:
             return None
-        if dummy:
-            where = torch.tensor([[0, input_ids.shape[1] - 2]], dtype=torch.long)
         prompts = [self.prompt(input_ids[row, : t + 1].tolist()) for row, t in where.tolist()]
-        samples = self.rollout(prompts, rollout_keys(windows, where, m.group_size), seed)
+        samples = self.sample_rollouts(prompts, rollout_keys(windows, where, m.group_size), seed)
         sampled_at = time.perf_counter()
         rewards, predictions = self.rewards(samples, input_ids, where)
-        advantages, flat = grpo_advantages(rewards)
-        token_mask = samples.sampled.clone() & (not dummy)
+        advantages, flat = grpo_advantages(rewards, unbiased=m.group_std == "unbiased")
+        token_mask = samples.sampled.clone()
         if m.dynamic_sampling and int(self.optimizer_steps) >= m.dynamic_sampling_from_step:
             token_mask &= ~flat.repeat_interleave(m.group_size)[:, None]  # DAPO: groups without spread leave the loss
         meta = m.template == "meta"
@@ -166,31 +136,31 @@ class RPTModel(MethodModule):
                  "format_failures": sum(p is None for p in predictions) / len(predictions),
                  "thought_length": samples.thought_len.float().mean() if meta else samples.sampled.sum(-1).float().mean(),
                  "thought_closed": samples.closed.float().mean() if meta else 1.0,
-                 "positions": 0.0 if dummy else float(len(prompts)), "skipped_batch": float(dummy)}
+                 "positions": float(len(prompts)), "skipped_batch": 0.0}
         # seconds per phase of the last step (benchmarks read it); scoring: the rewards
         self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
-        return RolloutBatch(torch.cat([samples.prompt_ids, samples.tokens], dim=1), samples.prompt_mask, samples.tokens,
-                            token_mask, advantages.view(-1), stats, epochs_left=m.epochs - 1)
+        return RPTBatch(stats, full=torch.cat([samples.prompt_ids, samples.tokens], dim=1), prompt_mask=samples.prompt_mask,
+                        tokens=samples.tokens, token_mask=token_mask, advantages=advantages.view(-1),
+                        epochs_left=m.epochs - 1)
 
-    def finish_epoch(self, batch: "RolloutBatch") -> None:
+    def after_update(self, batch: "RPTBatch") -> None:
         """After an update over all of a batch's rows: keep it for its next epoch, or let it go."""
         batch.epochs_left -= 1
         self._replay = batch if batch.epochs_left >= 0 else None
 
-    def rollout(self, prompts: list[list[int]], keys: list[int], seed: int) -> Samples:
+    def sample_rollouts(self, prompts: list[list[int]], keys: list[int], seed: int) -> Samples:
         """G rollouts of every prompt (noise keyed by `keys`, one per rollout). meta: a thought
         (closed at thought_budget), then up to max_prediction_tokens predicted tokens; boxed: a
         free response (thinking, </think>, the answer) of up to response_budget tokens, ending at
         EOS."""
         m, group = self.config, self.config.group_size
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         was_training = self.lm.training
         self.lm.eval()
         try:
             if m.thought_corrupt != "none":
-                return self.corrupted_samples(prompts, keys, seed, rank, self.pad_id)
+                return self.corrupted_samples(prompts, keys, seed, rank(), self.pad_id)
             common = dict(sampler=sample, rollouts_per_call=m.sample_batch_size, repeats=group, keys=keys, seed=seed,
-                          temperature=m.temperature, pad_id=self.pad_id, synced=self.synced)
+                          temperature=m.temperature, pad_id=self.pad_id)
             if m.template == "meta":
                 return sample_in_batches(self.lm, prompts, thought_budget=m.thought_budget, close_id=self.end_id,
                                          min_thought_tokens=m.min_thought_tokens, stop_ids=self.stop_ids,
@@ -232,7 +202,7 @@ class RPTModel(MethodModule):
         corrupted tokens. No global RNG is drawn: the corruption's and the prediction's noise
         come from the step's seed."""
         m, group = self.config, self.config.group_size
-        thoughts = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature, synced=self.synced,
+        thoughts = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
                           thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens, close_id=self.end_id,
                           max_prediction_tokens=0, stop_ids=[], pad_id=pad)
         generator = corruption_generator(seed, rank)
@@ -243,8 +213,7 @@ class RPTModel(MethodModule):
         followed = [prompts[r // group] + rows[r][:k] for r, k in enumerate(closed_len.tolist())]
         # With close_id=None the sampler has no thought phase and `thought_budget` is its whole
         # limit: it predicts up to max_prediction_tokens tokens, ending early at a stop token.
-        predicted = sample(self.lm, followed, keys=keys, synced=self.synced,
-                           seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+        predicted = sample(self.lm, followed, keys=keys, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
                            temperature=m.temperature, thought_budget=m.max_prediction_tokens, close_id=None,
                            max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
         # Per row [corrupted thought, <end>, prediction (stop token included), pad ..] after the
@@ -259,11 +228,13 @@ class RPTModel(MethodModule):
         return Samples(tokens[:, :width], chosen[:, :width], thoughts.thought_len, thoughts.closed, predicted.prediction,
                        predicted.first_logprob, thoughts.prompt_ids, thoughts.prompt_mask)
 
-    def update(self, batch: "RolloutBatch", rows: slice):
+    # -------------------------------------------------------------- the update
+    def update(self, batch: "RPTBatch", rows: slice):
         """The clipped surrogate on rows of a rollout batch: log-probs of the sampled tokens
         under the distribution they were drawn from, with gradients, the head applied only at
         the rollout's positions and in chunks. The first epoch is exactly on-policy (ratio 1);
-        its log-probs are kept as the reference of later epochs."""
+        its log-probs are kept as the reference of later epochs. Normalised by the whole
+        batch's tokens (batch.totals)."""
         m = self.config
         full, prompt_mask, tokens = batch.full[rows], batch.prompt_mask[rows], batch.tokens[rows]
         width = prompt_mask.shape[1]
@@ -276,7 +247,7 @@ class RPTModel(MethodModule):
         old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[rows]
         if batch.epochs_left > 0:
             batch.keep_old_logprobs(rows, old)
-        token_mask, count = batch.token_mask[rows], batch.token_count()
+        token_mask, count = batch.token_mask[rows], batch.totals["tokens"]
         loss, clip_fraction = clipped_surrogate(logprobs, old, batch.advantages[rows], token_mask, m.clip_eps_low,
                                                 m.clip_eps_high, tokens=count)
         metrics = {"policy_loss": loss.detach(), "clip_fraction": clip_fraction, "kl": 0.0}
@@ -290,29 +261,25 @@ class RPTModel(MethodModule):
             kl = kl_penalty(logprobs, ref_lp, token_mask, tokens=count)
             loss = loss + m.kl_beta * kl
             metrics["kl"] = kl.detach()
-        return loss, {**metrics, "loss": loss.detach(), **(batch.stats if rows == slice(None) else {})}
+        return loss, {**metrics, "loss": loss.detach()}
 
 
 @dataclass
-class RolloutBatch:
-    """A rollout batch between its phases: rows [prompt | rollout] (prompts left-padded), which
-    rollout tokens the policy chose (and count in the loss), the advantages, the logged
-    statistics, and the epochs it is still to be used for."""
+class RPTBatch(RolloutBatch):
+    """RPT's rollout batch: rows [prompt | rollout] (prompts left-padded), which rollout tokens
+    the policy chose (and count in the loss), the advantages, and the epochs it is still to be
+    used for."""
 
-    full: torch.Tensor           # [R, P + T]
-    prompt_mask: torch.Tensor    # [R, P]
-    tokens: torch.Tensor         # [R, T]
-    token_mask: torch.Tensor     # [R, T]
-    advantages: torch.Tensor     # [R]
-    stats: dict
+    full: torch.Tensor = None           # [R, P + T]
+    prompt_mask: torch.Tensor = None    # [R, P]
+    tokens: torch.Tensor = None         # [R, T]
+    token_mask: torch.Tensor = None     # [R, T]
+    advantages: torch.Tensor = None     # [R]
     epochs_left: int = 0
     old_logprobs: torch.Tensor | None = None  # [R, T] the first epoch's (rollout policy's) log-probs
-    count: torch.Tensor | None = None  # tokens in the loss, over all processes, per process
 
-    def token_count(self) -> torch.Tensor:
-        """The loss's normaliser: the batch's tokens in the loss, over all processes, per process
-        (set by the rollout phase)."""
-        return self.count
+    def counts(self) -> dict[str, float]:
+        return {"tokens": float(self.token_mask.sum())}
 
     def micro_batches(self, size: int | None) -> list[slice]:
         rows = len(self.full)
@@ -326,60 +293,51 @@ class RolloutBatch:
 
 
 @dataclass
-class RPTConfig:
-    template: str = "meta"
+class RPTConfig(ThoughtSettings, SelectorSettings, MicroBatchSettings):
+    """RPT's settings: its own below, and the shared thoughts (meta template only), selector and
+    micro-batches (settings.py). The defaults are conf/method/rpt.yaml's, the paper's (a test
+    holds them equal)."""
+
+    template: str = "boxed"
     group_size: int = 8
     temperature: float = 0.8
-    thought_budget: int = 64
-    min_thought_tokens: int = 0
     max_prediction_tokens: int = 1
     prediction_stop: list = field(default_factory=lambda: ["\n"])
     continuation_tokens: int = 32
     selector: str = "entropy"
     positions_per_window: int | None = 4
-    entropy_threshold: float = 1.0
-    entropy_top_k: int = 16
-    entropy_renormalize: bool = True
-    top_fraction: float = 0.2
-    min_context: int = 8
     proxy_model: str = "base"
     reward: str = "prefix"
+    group_std: str = "unbiased"
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     kl_beta: float = 0.0
-    dynamic_sampling: bool = False
-    dynamic_sampling_from_step: int = 0
+    dynamic_sampling: bool = True
+    dynamic_sampling_from_step: int = 500
     response_budget: int = 8192
-    update_batch_size: int | None = None  # rollouts per micro-batch of the update (null: all at once)
-    sample_batch_size: int | None = None  # rollouts per sampler call (a multiple of group_size; null: all at once)
     epochs: int = 1
-    thought_corrupt: str = "none"  # the ablation: none | shuffle | random (meta template only; see corrupted_samples)
 
     def __post_init__(self):
+        super().__post_init__()
         one_of(self, "template", TEMPLATES)
-        check_corruption(self.thought_corrupt)
         if self.thought_corrupt != "none" and self.template != "meta":
             raise ValueError(f"method.thought_corrupt={self.thought_corrupt!r} needs method.template=meta; "
                              f"method.template={self.template} has no separable thought to corrupt")
         at_least(self, ["group_size"], 2, "; GRPO needs at least 2 rollouts per position")
-        one_of(self, "selector", SELECTORS)
         one_of(self, "reward", REWARDS)
+        one_of(self, "group_std", ("biased", "unbiased"))
         at_least(self, ["epochs", "max_prediction_tokens", "continuation_tokens", "response_budget"], 1)
         at_least(self, ["dynamic_sampling_from_step"], 0)
-        for key in ("update_batch_size", "sample_batch_size"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be at least 1, or null for all at once")
         positive(self, ["temperature"])
-        thought_lengths(self)
 
 
 @register_method("rpt")
-class RPT(MetaThinkingMethod):
+class RPT(RolloutMethod):
     """Next-token reasoning with GRPO; its settings are an RPTConfig."""
 
     reward_meaning = "prediction reward (prefix match with the true continuation)"
-
     config_class = RPTConfig
+    ablations = (CORRUPTION, SELECTOR)
 
     def wrap(self, lm, tokenizer) -> RPTModel:
         c = self.config
@@ -416,21 +374,6 @@ class RPT(MetaThinkingMethod):
         if "on" in think_modes and self.config.template != "meta":
             raise ValueError("eval.think=on evaluates RPT with the meta template; method.template=boxed is not supported "
                              "by the evaluation; use eval.think=[off]")
-
-    def step(self, model, batch, backward):
-        """Rollouts without gradient, then the update in micro-batches of update_batch_size
-        rollouts, each back-propagated on its own (the gradients add up to the whole batch's)."""
-        raw = getattr(model, "module", model)  # the module (under DDP) holds the rollout batch
-        with torch.no_grad():
-            has_rollouts = model(input_ids=batch["input_ids"], phase="rollout", window_index=window_keys(batch))
-        slices = raw.batch.micro_batches(self.config.update_batch_size) if has_rollouts else []
-        totals = run_micro_batches(model, slices, backward)
-        if not has_rollouts:
-            return totals
-        keep = ("loss", "policy_loss", "kl", "clip_fraction")  # each normalised by the whole batch: they add up
-        metrics = {**raw.batch.stats, **{k: totals[k] for k in keep}}
-        raw.finish_epoch(raw.batch)
-        return metrics
 
     def after_optimizer_step(self, model: RPTModel) -> None:
         model.optimizer_steps += 1

@@ -1,4 +1,4 @@
-"""One batched, KV-cached sampler for every rollout (RPT now, RLP next).
+"""One batched, KV-cached sampler for every rollout (RPT, RLP, the thinking evaluation).
 
 All prompts x all samples go through the model together, one token per forward, with the
 prompts left-padded and the KV cache reused; never a Python loop over positions. A rollout
@@ -16,7 +16,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from tokreason.methods.shared_prefix import SharedPrefixCache
-from tokreason.methods.thought_attention import THOUGHT_ATTENTION
+from tokreason.methods.thought_attention import THOUGHT_ATTENTION, compute_dtype
 
 _MASK32 = 0xFFFFFFFF
 
@@ -53,9 +53,10 @@ class PreallocatedLayer(DynamicLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, dim = key_states.shape
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self._k = key_states.new_empty(batch, heads, self.capacity, dim)
-        self._v = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
+        # the compute dtype: under autocast bf16, not the float32 the rotary embedding leaves keys in
+        self.dtype, self.device = compute_dtype(key_states), key_states.device
+        self._k = key_states.new_empty(batch, heads, self.capacity, dim, dtype=self.dtype)
+        self._v = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1], dtype=self.dtype)
         self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
         self.is_initialized = True
 
@@ -128,15 +129,16 @@ def _draw(logits: torch.Tensor, temperature: float, seed: int, keys: torch.Tenso
 @torch.no_grad()
 def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperature: float, thought_budget: int,
            close_id: int | None, max_prediction_tokens: int, stop_ids: list[int], pad_id: int,
-           repeats: int = 1, min_thought_tokens: int = 0, synced: bool = False, banned_ids: tuple[int, ...] = ()) -> Samples:
+           repeats: int = 1, min_thought_tokens: int = 0, banned_ids: tuple[int, ...] = ()) -> Samples:
     """`repeats` rollouts of each prompt (rows prompt-major: prompt i's are rows i*repeats ..),
     one key per row; temperature 0 is greedy. Each prompt is read once and its KV cache shared
     by its rollouts (not copied, where the model runs on tokreason's attention). A stop token
     ends a prediction and is part of it. Finished rollouts leave the batch (whole groups where
-    the prompt's cache is shared): they stop costing compute. The host is asked only whether
-    every row is done, once per token. synced (a sharded model: every forward is collective):
-    the loop runs until every process's rows are done, so all run the same forwards. banned_ids
-    are never drawn (the thought tokens where an answer is text)."""
+    the prompt's cache is shared): they stop costing compute. The host is asked one question
+    per token (are all rows done, and how many have finished), one small copy. banned_ids are
+    never drawn (the thought tokens where an answer is text). A sharded model samples with its
+    weights gathered (methods/parallel.py, gathered_for_sampling): its forwards are then no
+    collectives, so processes need not step together."""
     device = lm.get_input_embeddings().weight.device
     ids, mask = _prompt_batch(prompts, pad_id, device)
     rows = len(prompts) * repeats
@@ -147,13 +149,14 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
     state = _RolloutState(rows, close_id is not None, device)
     key_t = torch.tensor(keys, dtype=torch.long, device=device)
     stops = torch.tensor(stop_ids or [-1], device=device)
+    banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=device) if banned_ids else None
     logits = decoder.prefill()
     out_tokens, out_sampled, out_logprobs, out_predicting = [], [], [], []
     for step in range(limit):
         if close_id is not None and min_thought_tokens:  # no closing before the thought has this many tokens
             logits[:, close_id] = torch.where(state.thought_len < min_thought_tokens, float("-inf"), logits[:, close_id])
-        if banned_ids:
-            logits[:, list(banned_ids)] = float("-inf")
+        if banned is not None:
+            logits.index_fill_(-1, banned, float("-inf"))
         token, logprob = _draw(logits, temperature, seed, key_t, step)
         token, chosen, predicting = state.advance(token, logits, close_id, thought_budget, max_prediction_tokens, stops,
                                                  pad_id, step, limit if close_id is None else None)
@@ -161,22 +164,13 @@ def sample(lm, prompts: list[list[int]], *, keys: list[int], seed: int, temperat
         out_sampled.append(chosen)
         out_logprobs.append(torch.where(chosen, logprob, torch.zeros_like(logprob)))
         out_predicting.append(predicting)
-        if _all_done(state.done, synced):
+        if decoder.finished(state.done):  # the token's one host question
             break
-        logits = decoder.step(token, state.done)
+        logits = decoder.step(token)
     tokens, predicting = torch.stack(out_tokens, 1), torch.stack(out_predicting, 1)
     prediction = [row[keep].tolist() for row, keep in zip(tokens.cpu(), predicting.cpu())]
     return Samples(tokens, torch.stack(out_sampled, 1), state.thought_len, state.closed, prediction, state.first_logprob,
                    ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0), torch.stack(out_logprobs, 1))
-
-
-def _all_done(done: torch.Tensor, synced: bool) -> bool:
-    local = bool(done.all())
-    if not synced:
-        return local
-    from tokreason.methods.base import global_max
-
-    return not global_max(0 if local else 1)
 
 
 class _RolloutState:
@@ -222,10 +216,12 @@ class _RolloutState:
 
 
 class _Decoder:
-    """The model's side of sampling: the prefill of every prompt once, then one token per
-    unfinished rollout per step. Where the model runs on tokreason's attention, a prompt's KV
-    cache is shared by its rollouts (SharedPrefixCache) and finished groups leave the batch;
-    otherwise the prompt's cache is repeated per rollout and finished rows leave it."""
+    """The model's side of sampling: the prefill of every prompt once (the head at its last
+    position only), then one token per unfinished rollout per step. Where the model runs on
+    tokreason's attention, a prompt's KV cache is shared by its rollouts (SharedPrefixCache) and
+    finished groups leave the batch; otherwise the prompt's cache is repeated per rollout and
+    finished rows leave it. Rows (or groups) leave once a quarter of those still computed has
+    finished: each removal copies the caches once, a layer at a time."""
 
     def __init__(self, lm, ids, mask, repeats: int, limit: int, pad_id: int):
         self.lm, self.ids, self.mask, self.repeats = lm, ids, mask, repeats
@@ -234,15 +230,22 @@ class _Decoder:
         self.cache = SharedPrefixCache(capacity, repeats) if self.shared else preallocated_cache(lm, capacity)
         rows = len(ids) * repeats
         self.active = torch.arange(rows, device=ids.device)  # the rows the model still computes
+        self.units = len(ids) if self.shared else rows  # groups (shared) or rows still computed, on the host
         self.position = (mask.cumsum(-1) - 1).repeat_interleave(repeats, 0)[:, -1] + 1  # each row's next position
         self.row_mask = mask.repeat_interleave(repeats, 0)  # non-shared: the keys each row sees so far
+        # Given as a 4D boolean mask (one query per row: no causal part), transformers builds no
+        # mask of its own, which asks the host whether any row is padded, once a token. Only
+        # where every layer is full attention (no sliding window to apply) on an SDPA-style
+        # implementation (a boolean mask; eager adds its mask as floats).
+        self.mask_4d = (not self.shared and all(isinstance(layer, PreallocatedLayer) for layer in self.cache.layers)
+                        and getattr(lm.config, "_attn_implementation", None) in ("sdpa", THOUGHT_ATTENTION))
         self.no_mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=ids.device)
         self.vocab_logits = None
 
     def prefill(self) -> torch.Tensor:
         mask = self.mask
         logits = self.lm(input_ids=self.ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                         cache=self.cache, use_cache=True).logits[:, -1].float()
+                         cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
         if self.shared:
             self.cache.prefix_mask = mask.bool()
         elif self.repeats > 1:
@@ -251,9 +254,20 @@ class _Decoder:
         self.vocab_logits = logits
         return logits.clone()
 
-    def step(self, token: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    def finished(self, done: torch.Tensor) -> bool:
+        """Whether every row is done; finished rows (groups) leave the batch once a quarter of
+        those still computed has finished. One copy to the host: both counts at once."""
+        active_done = done[self.active]
+        units_done = active_done.view(-1, self.repeats).all(-1) if self.shared else active_done
+        all_done, finished = torch.stack([done.all().long(), units_done.sum()]).tolist()
+        if all_done:
+            return True
+        if finished * 4 >= self.units:
+            self._drop(units_done)
+        return False
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
         """The next logits of every row (finished rows: stale, never read)."""
-        self._drop_finished(done)
         active = self.active
         inputs = dict(input_ids=token[active][:, None], position_ids=self.position[active][:, None], cache=self.cache,
                       use_cache=True)
@@ -262,27 +276,20 @@ class _Decoder:
             self.cache.advance()
         else:
             self.row_mask = torch.cat([self.row_mask, torch.ones_like(self.row_mask[:, :1])], dim=1)
-            logits = self.lm(**inputs, attention_mask=self.row_mask).logits[:, -1].float()
+            mask = self.row_mask.bool()[:, None, None, :] if self.mask_4d else self.row_mask
+            logits = self.lm(**inputs, attention_mask=mask).logits[:, -1].float()
         self.position = self.position + 1
         out = self.vocab_logits
         out[active] = logits
         return out.clone()
 
-    def _drop_finished(self, done: torch.Tensor) -> None:
-        """Rows (whole groups when the prompt cache is shared) that are all done leave the batch,
-        once a quarter of the batch has finished (each removal copies the caches once)."""
-        active_done = done[self.active]
+    def _drop(self, units_done: torch.Tensor) -> None:
+        keep = (~units_done).nonzero()[:, 0]
+        self.units = len(keep)
         if self.shared:
-            groups = active_done.view(-1, self.repeats).all(-1)
-            if int(groups.sum()) * 4 < len(groups) or bool(groups.all()):
-                return
-            keep = (~groups).nonzero()[:, 0]
             self.cache.keep_groups(keep)
             self.active = self.active.view(-1, self.repeats)[keep].flatten()
         else:
-            if int(active_done.sum()) * 4 < len(active_done) or bool(active_done.all()):
-                return
-            keep = (~active_done).nonzero()[:, 0]
             self.cache.batch_select_indices(keep)
             self.active, self.row_mask = self.active[keep], self.row_mask[keep]
 
@@ -295,11 +302,6 @@ def sample_in_batches(lm, prompts: list[list[int]], *, rollouts_per_call: int | 
     sampler = sampler or sample
     per_call = len(prompts) if not rollouts_per_call else max(1, rollouts_per_call // repeats)
     starts = list(range(0, len(prompts), per_call))
-    if options.get("synced"):  # a sharded model: every process makes as many sampler calls as the busiest one
-        from tokreason.methods.base import global_max
-
-        for _ in range(global_max(len(starts)) - len(starts)):  # extra calls on the first prompt, discarded
-            sampler(lm, prompts[:1], repeats=repeats, keys=keys[:repeats], pad_id=pad_id, **options)
     if len(starts) == 1:
         return sampler(lm, prompts, repeats=repeats, keys=keys, pad_id=pad_id, **options)
     parts = [sampler(lm, prompts[a: a + per_call], repeats=repeats, keys=keys[a * repeats: (a + per_call) * repeats],

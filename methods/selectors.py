@@ -58,7 +58,8 @@ def select_positions(kind: str, entropy: torch.Tensor | None, *, per_window: int
 def position_entropy(lm, ids: torch.Tensor, top_k: int = 16, renormalize: bool = True) -> torch.Tensor:
     """top_k_entropy of the next token at every position of ids [B, L] under `lm`: its hidden
     states, then the head over chunks of positions (never [B, L, V] logits at once)."""
-    from tokreason.methods.lm import chunked, gathered, hidden_states, output_head
+    from tokreason.methods.lm import chunked, hidden_states, output_head
+    from tokreason.methods.parallel import gathered
 
     hidden = hidden_states(lm, input_ids=ids)
     with gathered(lm):  # a sharded LM of its own: its head's weights whole for this call

@@ -1,5 +1,11 @@
-"""Checks of a method's settings, each a one-line ValueError naming the key, the value and what
-is valid (the CLI prints it as `error: ...`)."""
+"""A method's settings: checks, each a one-line ValueError naming the key, the value and what is
+valid (the CLI prints it as `error: ...`), and the dataclasses of settings that thinking methods
+share (thoughts, position selectors, micro-batches), which their configs compose."""
+from dataclasses import dataclass
+
+from tokreason.methods.corruption import check_corruption
+from tokreason.methods.selectors import SELECTORS, choose_positions
+from tokreason.methods.thoughts import DEFAULT_META_INIT
 
 
 def one_of(config, key: str, valid) -> None:
@@ -27,3 +33,90 @@ def thought_lengths(config) -> None:
     if not 0 <= config.min_thought_tokens <= config.thought_budget:
         raise ValueError(f"method.min_thought_tokens={config.min_thought_tokens} is not valid; it must be in "
                          "[0, thought_budget]")
+
+
+# ----------------------------------------------------------------------------- shared settings
+# Dataclasses a method's settings compose (by inheritance, so their keys stay flat: method.selector,
+# method.thought_budget): one per concern, each checking its own fields. A config class lists them
+# as bases; its own __post_init__ calls super().__post_init__() first.
+
+@dataclass
+class Settings:
+    """The root of the shared settings (its __post_init__ ends the chain of checks)."""
+
+    def __post_init__(self):
+        pass
+
+
+@dataclass
+class ThoughtSettings(Settings):
+    """What a thought is, for a method that thinks once before it predicts (MetaThinkingMethod):
+    at most thought_budget tokens (a thought not closed by then is closed for it), at least
+    min_thought_tokens (the close token is masked until then), the thought tokens' embeddings
+    starting from meta_init's first token where a tokenizer lacks them, and the corruption
+    ablation (thought.corrupt) of the thought the method conditions on."""
+
+    thought_budget: int = 64
+    min_thought_tokens: int = 0
+    meta_init: str = DEFAULT_META_INIT
+    thought_corrupt: str = "none"
+
+    def __post_init__(self):
+        super().__post_init__()
+        thought_lengths(self)
+        check_corruption(self.thought_corrupt)
+        if not self.meta_init:
+            raise ValueError("method.meta_init='' is not valid; give a non-empty string (its first token starts the "
+                             "thought tokens' embeddings)")
+
+
+@dataclass
+class SelectorSettings(Settings):
+    """Where a method thinks and learns (methods/selectors.py): the selector (entropy: the top-k
+    entropy of the next token above entropy_threshold; top_fraction: the highest-entropy
+    fraction; random; all), at most positions_per_window positions a window (null: every
+    selected one), each with at least min_context tokens of context."""
+
+    selector: str = "random"
+    positions_per_window: int | None = 1
+    entropy_threshold: float = 1.0
+    entropy_top_k: int = 16
+    entropy_renormalize: bool = True
+    top_fraction: float = 0.2
+    min_context: int = 8
+
+    def __post_init__(self):
+        super().__post_init__()
+        one_of(self, "selector", SELECTORS)
+        at_least(self, ["entropy_top_k"], 1)
+        at_least(self, ["min_context"], 0)
+        if self.positions_per_window is not None and self.positions_per_window < 1:
+            raise ValueError(f"method.positions_per_window={self.positions_per_window} is not valid; it must be at "
+                             "least 1, or null for every selected position")
+        if not 0 < self.top_fraction <= 1:
+            raise ValueError(f"method.top_fraction={self.top_fraction} is not valid; it must be in (0, 1]")
+
+    def choose(self, scorer, ids, *, min_continuation: int, seed: int, windows=None):
+        """Positions [K, 2] (row, t) in windows ids [B, L]; the entropy selectors score with `scorer`."""
+        return choose_positions(scorer, ids, selector=self.selector, per_window=self.positions_per_window,
+                                threshold=self.entropy_threshold, fraction=self.top_fraction,
+                                min_context=self.min_context, min_continuation=min_continuation,
+                                top_k=self.entropy_top_k, renormalize=self.entropy_renormalize, seed=seed,
+                                windows=windows)
+
+
+@dataclass
+class MicroBatchSettings(Settings):
+    """How a rollout method's work is cut (methods/rollout.py): update_batch_size rollouts per
+    forward/backward of the update, sample_batch_size rollouts per sampler call (null: all at
+    once). The gradients and the samples are the same either way; memory is bounded by them."""
+
+    update_batch_size: int | None = None
+    sample_batch_size: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key in ("update_batch_size", "sample_batch_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"method.{key}={getattr(self, key)} is not valid; it must be at least 1, or null for "
+                                 "all at once")

@@ -23,6 +23,10 @@ class SharedPrefixCache:
         self.prefix_mask: torch.Tensor | None = None  # [P, Lp] True on real prompt tokens (left padding is False)
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        # the compute dtype (under autocast bf16, not the float32 the rotary embedding leaves keys in)
+        dtype = torch.get_autocast_dtype(key_states.device.type) if torch.is_autocast_enabled(key_states.device.type) \
+            else key_states.dtype
+        key_states, value_states = key_states.to(dtype), value_states.to(dtype)
         if self.prefix_mask is None or len(self.prefix) <= layer_idx:  # the prefill
             self.prefix.append((key_states, value_states))
             return key_states, value_states
@@ -44,10 +48,15 @@ class SharedPrefixCache:
         self.length += 1
 
     def keep_groups(self, groups: torch.Tensor) -> None:
-        """Only these prompts (and their G rollouts each) go on: finished groups stop costing compute."""
+        """Only these prompts (and their G rollouts each) go on: finished groups stop costing
+        compute. A layer at a time, each old copy let go as its new one is made: the copy costs one
+        layer's cache at most, not a second whole cache."""
         rows = (groups[:, None] * self.group + torch.arange(self.group, device=groups.device)).flatten()
-        self.prefix = [(k[groups], v[groups]) for k, v in self.prefix]
-        self.rollout = [(k[rows], v[rows]) for k, v in self.rollout]
+        for layers, index in ((self.prefix, groups), (self.rollout, rows)):
+            for i in range(len(layers)):
+                k, v = layers[i]
+                layers[i] = (k[index], v[index])
+                del k, v  # the old copy of this layer goes before the next layer's new one is made
         self.prefix_mask = self.prefix_mask[groups]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -67,6 +76,7 @@ def shared_prefix_attention(module, query, cache: SharedPrefixCache, scale: floa
     own_k, own_v = cache.rollout[module.layer_idx]
     t = cache.length + 1  # this step's keys were just written
     own_k, own_v = own_k[:, :, :t], own_v[:, :, :t]
+    query = query.to(prefix_k.dtype)  # under autocast the rotary embedding leaves it in float32
     rows, heads, _, dim = query.shape
     prompts, kh = prefix_k.shape[0], prefix_k.shape[1]
     group, g = rows // prompts, heads // kh

@@ -8,11 +8,17 @@ every layer and step for the backward pass. Here (FusedThoughtAttention) the tex
 step's keys stay apart in a ThoughtCache, the scores of a chunk of queries against the causal
 text and against their own thought share one softmax, and nothing of size L x L is kept: the
 backward pass recomputes each chunk from the saved log-sum-exp (as flash attention does), so
-memory grows linearly in L. On CPU the text part runs in PyTorch's own flash-attention kernel
-(its log-sum-exp merged with the thought part's; its backward given the merged output and
-log-sum-exp returns exactly the text part of the gradient). `dense` is the official growing-mask
-computation, kept as the reference the fused path is tested and benchmarked against (models
-with attention dropout in training use it too).
+memory grows linearly in L. The text part runs in a fused kernel where the device has one
+(text_kernels.py: PyTorch's flash attention on CPU, its flash or memory-efficient attention on
+CUDA; the kernel's log-sum-exp merged with the thought part's, its backward given the merged
+output and log-sum-exp returns exactly the text part of the gradient), else in chunks
+(`thought_mode="chunked"`, the reference the kernels are tested against). `dense` is the official
+growing-mask computation, kept as the reference the fused path is tested and benchmarked
+against (models with attention dropout in training use it too).
+
+Under autocast (bf16 compute) the rotary embedding leaves queries and keys in float32 and the
+values in bf16: the cache stores keys and values in the compute dtype, and every input of the
+fused attention is cast to it, so its forward and backward run in one dtype on every device.
 
 Sliding-window models (Mistral): a thought token at thought step k sits at position t + k, and
 sees exactly what the same token would see in a plain causal sequence: text keys j <= t with
@@ -22,22 +28,26 @@ the window is applied here, as a mask.
 
 The function is registered with transformers' AttentionInterface under THOUGHT_ATTENTION; a
 forward pass enters thought mode when it is called with `thought_text_len=L` (and optionally
-`thought_dense=True`); without it, it is plain SDPA, so base passes are unchanged."""
+`thought_mode`); without it, it is plain SDPA, so base passes are unchanged."""
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from tokreason.methods.shared_prefix import shared_prefix_attention
+from tokreason.methods.text_kernels import merge_with_own, select_text_kernel, visible_keys
 
 THOUGHT_ATTENTION = "tokreason_thoughts"
 QUERY_CHUNK = 128  # queries per chunk of the fused attention: its transient scores are [.., 128, L] at a time
-TEXT_KERNEL = True  # on CPU, the text part by PyTorch's flash-attention kernel (off: the chunked path, as elsewhere)
+TEXT_KERNEL = True  # the text part by a fused kernel where the device has one (off: the chunked path everywhere)
 
 
 def thought_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-                      thought_text_len: int | None = None, thought_dense: bool = False, sliding_window: int | None = None,
+                      thought_text_len: int | None = None, thought_mode: str = "fast", sliding_window: int | None = None,
                       thought_cache: "ThoughtCache | None" = None, shared_prefix=None, **kwargs):
+    """thought_mode: fast (the fused attention, its text part by a kernel where the device has
+    one), chunked (the fused attention without a kernel: the reference) or dense (the official
+    growing mask)."""
     if shared_prefix is not None:  # a decoding step of G rollouts per prompt (methods/shared_prefix.py)
         shared_prefix.reads += 1
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -46,11 +56,23 @@ def thought_attention(module, query, key, value, attention_mask, dropout: float 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       sliding_window=sliding_window, **kwargs)
     text_k, text_v, own_k, own_v = thought_cache.layer(module.layer_idx)
+    # Under autocast the rotary embedding leaves queries and keys in float32 and values in bf16:
+    # every input goes to the compute dtype here, so both paths and their backward see one dtype.
+    dtype = compute_dtype(query)
+    query, text_k, text_v = query.to(dtype), text_k.to(dtype), text_v.to(dtype)
+    own_k, own_v = [k.to(dtype) for k in own_k], [v.to(dtype) for v in own_v]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if thought_dense or (dropout and module.training):  # the official computation (it also takes dropout)
+    if thought_mode == "dense" or (dropout and module.training):  # the official computation (it also takes dropout)
         return dense_thought_attention(module, query, text_k, text_v, own_k, own_v, scale, sliding_window, dropout)
-    out = FusedThoughtAttention.apply(query, text_k, text_v, scale, sliding_window, QUERY_CHUNK, *own_k, *own_v)
+    kernel = select_text_kernel(query, len(own_k), sliding_window, "fast" if thought_mode == "fast" and TEXT_KERNEL else "chunked")
+    out = FusedThoughtAttention.apply(query, text_k, text_v, scale, sliding_window, QUERY_CHUNK, kernel, *own_k, *own_v)
     return out.transpose(1, 2).contiguous(), None
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matrix products run in: autocast's where it is on for x's device, else x's."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def use_tokreason_attention(lm) -> None:
@@ -78,21 +100,6 @@ def dense_thought_attention(module, query, text_k, text_v, own_k, own_v, scale, 
     return (probs @ value).transpose(1, 2).contiguous(), None
 
 
-def visible_keys(length: int, text_len: int, steps: int, window: int | None, device,
-                 offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which keys the queries t = offset .. offset+length-1 of thought step `steps` (at position
-    t + steps) see: text keys [length, text_len] (j <= t, and within the sliding window) and
-    own-thought steps [steps] (step i, at position t + i + 1, within the window)."""
-    t = torch.arange(offset, offset + length, device=device)[:, None]
-    j = torch.arange(text_len, device=device)[None]
-    text = j <= t
-    own = torch.ones(steps, dtype=torch.bool, device=device)
-    if window is not None:
-        text &= (t + steps - j) < window
-        own &= (steps - 1 - torch.arange(steps, device=device)) < window
-    return text, own
-
-
 def _dropout(probs: torch.Tensor, p: float, module) -> torch.Tensor:
     return torch.nn.functional.dropout(probs, p=p) if p and module.training else probs
 
@@ -109,6 +116,8 @@ class ThoughtCache:
         self.step = 0  # 0: the text pass; s: thought step s (its keys go to slot s - 1)
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        dtype = compute_dtype(key_states)  # under autocast: bf16 keys and values, not float32 keys
+        key_states, value_states = key_states.to(dtype), value_states.to(dtype)
         if self.step == 0:
             if layer_idx < len(self.text):
                 self.text[layer_idx] = (key_states, value_states)
@@ -143,25 +152,29 @@ class ThoughtCache:
 
 
 class FusedThoughtAttention(torch.autograd.Function):
-    """Causal text plus each position's own thought, one softmax. The text part is computed in
-    chunks of queries (on CPU by PyTorch's flash-attention kernel, merged with the rest by
-    log-sum-exp), the own-thought part (one key per step and query) for all queries at once;
-    neither the forward nor the backward keeps a score matrix: the backward recomputes each
-    chunk's scores from the queries, keys and the saved log-sum-exp, as flash attention does. Grouped-query heads read their shared key head by broadcasting: no copy per head.
+    """Causal text plus each position's own thought, one softmax. The text part is computed by a
+    fused kernel (text_kernels.py: PyTorch's flash or memory-efficient attention, merged with the
+    rest by log-sum-exp) or, without one, in chunks of queries; the own-thought part (one key
+    per step and query) for all queries at once. Neither the forward nor the backward keeps a
+    score matrix: the backward recomputes each chunk's scores from the queries, keys and the
+    saved log-sum-exp, as flash attention does. Grouped-query heads read their shared key head
+    by broadcasting: no copy per head. Every input has one dtype (thought_attention casts them);
+    autocast is off inside, so the forward and the backward compute alike on every device.
     Shapes: q [B, H, L, D]; text k/v [B, KH, T, D]; each step's k/v [B, KH, L, D]."""
 
     @staticmethod
-    def forward(ctx, q, text_k, text_v, scale, window, chunk, *thought):
+    def forward(ctx, q, text_k, text_v, scale, window, chunk, kernel, *thought):
         steps = len(thought) // 2
         own_k, own_v = thought[:steps], thought[steps:]
         kh = text_k.shape[1]
-        qg = q.unflatten(1, (kh, q.shape[1] // kh))  # [B, KH, g, L, D], a view
-        sd = _own_scores(qg, own_k, steps, scale, window)  # [B, KH, g, L, steps]
-        kernel = _text_kernel(q, steps, window)
-        if kernel is not None:
-            out, lse = _kernel_forward(kernel, q, qg, text_k, text_v, sd, own_v, scale)
-        else:
-            out, lse = _chunked_forward(qg, text_k, text_v, sd, own_v, scale, window, chunk)
+        with torch.autocast(q.device.type, enabled=False):
+            qg = q.unflatten(1, (kh, q.shape[1] // kh))  # [B, KH, g, L, D], a view
+            sd = _own_scores(qg, own_k, steps, scale, window)  # [B, KH, g, L, steps]
+            if kernel is not None:
+                out_text, lse_text = kernel.forward(q, text_k, text_v, scale)
+                out, lse = merge_with_own(out_text.unflatten(1, (kh, -1)), lse_text.unflatten(1, (kh, -1)), sd, own_v)
+            else:
+                out, lse = _chunked_forward(qg, text_k, text_v, sd, own_v, scale, window, chunk)
         ctx.save_for_backward(q, text_k, text_v, out, lse, *thought)
         ctx.scale, ctx.window, ctx.chunk, ctx.kernel = scale, window, chunk, kernel
         return out.to(q.dtype).flatten(1, 2)
@@ -169,26 +182,36 @@ class FusedThoughtAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, text_k, text_v, out, lse, *thought = ctx.saved_tensors
-        steps, scale = len(thought) // 2, ctx.scale
-        own_k, own_v = thought[:steps], thought[steps:]
-        kh = text_k.shape[1]
-        qg, dog = q.unflatten(1, (kh, q.shape[1] // kh)), dout.unflatten(1, (kh, q.shape[1] // kh))
-        delta = (dog.float() * out).sum(-1)  # [B, KH, g, L]
-        # the own-thought part, all queries at once: p = exp(s - lse), ds = p (dp - delta)
-        pd = torch.exp(_own_scores(qg, own_k, steps, scale, ctx.window) - lse[..., None])
-        dsd = torch.stack([(dog * v[:, :, None]).sum(-1).float() for v in own_v], -1)
-        dsd = pd * (dsd - delta[..., None])
-        dq = sum(dsd[..., i, None] * k[:, :, None].float() for i, k in enumerate(own_k)) * scale
-        grads_k = [((dsd[..., i, None] * qg).sum(2) * scale).to(k.dtype) for i, k in enumerate(own_k)]
-        grads_v = [(pd[..., i, None] * dog).sum(2).to(v.dtype) for i, v in enumerate(own_v)]
-        if ctx.kernel is not None:
-            dtq, dtk, dtv = _kernel_backward(ctx.kernel, dout, q, text_k, text_v, out, lse, scale)
-            dq += dtq.unflatten(1, (kh, q.shape[1] // kh)).float()
-        else:
-            dtk, dtv = _chunked_text_backward(qg, dog, text_k, text_v, lse, delta, dq, steps, scale, ctx.window,
-                                              ctx.chunk)
-        return (dq.to(q.dtype).flatten(1, 2), dtk.to(text_k.dtype), dtv.to(text_v.dtype), None, None, None,
+        with torch.autocast(q.device.type, enabled=False):
+            dout = dout.to(q.dtype)
+            dq, grads_k, grads_v, delta = _own_backward(q, dout, out, lse, thought, text_k.shape[1], ctx.scale, ctx.window)
+            kh = text_k.shape[1]
+            if ctx.kernel is not None:
+                dtq, dtk, dtv = ctx.kernel.backward(dout, q, text_k, text_v, out.to(q.dtype).flatten(1, 2),
+                                                    lse.flatten(1, 2), ctx.scale)
+                dq += dtq.unflatten(1, (kh, q.shape[1] // kh)).float()
+            else:
+                qg, dog = q.unflatten(1, (kh, -1)), dout.unflatten(1, (kh, -1))
+                dtk, dtv = _chunked_text_backward(qg, dog, text_k, text_v, lse, delta, dq, len(thought) // 2, ctx.scale,
+                                                  ctx.window, ctx.chunk)
+        return (dq.to(q.dtype).flatten(1, 2), dtk.to(text_k.dtype), dtv.to(text_v.dtype), None, None, None, None,
                 *grads_k, *grads_v)
+
+
+def _own_backward(q, dout, out, lse, thought, kh: int, scale: float, window):
+    """The own-thought part's gradients, all queries at once: p = exp(s - lse), ds = p (dp -
+    delta). Returns dq (float32, the text part still to add), each step's dk and dv, and delta."""
+    steps = len(thought) // 2
+    own_k, own_v = thought[:steps], thought[steps:]
+    qg, dog = q.unflatten(1, (kh, q.shape[1] // kh)), dout.unflatten(1, (kh, q.shape[1] // kh))
+    delta = (dog.float() * out).sum(-1)  # [B, KH, g, L]
+    pd = torch.exp(_own_scores(qg, own_k, steps, scale, window) - lse[..., None])
+    dsd = torch.stack([(dog * v[:, :, None]).sum(-1).float() for v in own_v], -1)
+    dsd = pd * (dsd - delta[..., None])
+    dq = sum(dsd[..., i, None] * k[:, :, None].float() for i, k in enumerate(own_k)) * scale
+    grads_k = [((dsd[..., i, None] * qg).sum(2) * scale).to(k.dtype) for i, k in enumerate(own_k)]
+    grads_v = [(pd[..., i, None] * dog).sum(2).to(v.dtype) for i, v in enumerate(own_v)]
+    return dq, grads_k, grads_v, delta
 
 
 def _chunked_forward(qg, text_k, text_v, sd, own_v, scale, window, chunk):
@@ -224,42 +247,6 @@ def _chunked_text_backward(qg, dog, text_k, text_v, lse, delta, dq, steps, scale
         dtk[:, :, :e] += (dst.to(qg.dtype).transpose(-1, -2) @ qc).float().sum(2) * scale
         dtv[:, :, :e] += (pt.to(dog.dtype).transpose(-1, -2) @ doc).float().sum(2)
     return dtk, dtv
-
-
-def _text_kernel(q, steps: int, window: int | None) -> dict | None:
-    """The settings of PyTorch's CPU flash-attention kernel for the text part (causal, or a
-    window mask), or None where the chunked path is used: off the CPU, with TEXT_KERNEL off,
-    or where a query sees no text key at all (a window no longer than the thought step)."""
-    if not TEXT_KERNEL or q.device.type != "cpu" or (window is not None and steps >= window):
-        return None
-    if window is None or q.shape[2] - 1 + steps < window:  # the window binds nowhere (Mistral-7B: 4096 at L=256)
-        return {"is_causal": True}
-    text, _ = visible_keys(q.shape[2], q.shape[2], steps, window, q.device)
-    return {"is_causal": False, "attn_mask": torch.zeros(text.shape, dtype=q.dtype).masked_fill(~text, float("-inf"))}
-
-
-def _kernel_forward(kernel, q, qg, text_k, text_v, sd, own_v, scale):
-    """The text part by the kernel (its output and log-sum-exp over the text keys), merged with
-    the own-thought part by log-sum-exp: out = e^(lse_text - lse) out_text + sum_i e^(s_i - lse) v_i."""
-    out_text, lse_text = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q, text_k, text_v, 0.0, scale=scale, **kernel)
-    kh = text_k.shape[1]
-    lse_text = lse_text.float().unflatten(1, (kh, q.shape[1] // kh))
-    lse = torch.logaddexp(lse_text, sd.logsumexp(-1))
-    out = torch.exp(lse_text - lse)[..., None] * out_text.unflatten(1, (kh, q.shape[1] // kh)).float()
-    for i, v in enumerate(own_v):
-        out += torch.exp(sd[..., i] - lse)[..., None] * v[:, :, None].float()
-    return out, lse
-
-
-def _kernel_backward(kernel, dout, q, text_k, text_v, out, lse, scale):
-    """The text part's gradients by the kernel's backward, given the merged output and
-    log-sum-exp: it then reads the text's probabilities under the whole softmax, exp(s - lse),
-    and delta = rowsum(dout * out) of the whole output, so what it returns is exactly the text
-    part of the gradient."""
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        dout.contiguous(), q, text_k, text_v, out.to(q.dtype).flatten(1, 2), lse.flatten(1, 2), 0.0,
-        scale=scale, **kernel)
 
 
 def _own_scores(qg, own_k, steps: int, scale: float, window: int | None) -> torch.Tensor:

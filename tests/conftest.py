@@ -134,3 +134,14 @@ def text_corpus(path: Path, docs: int = 300) -> Path:
 
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in generate_corpus(11, docs, "train")))
     return path
+
+
+def rollout_step(method, model, ids, windows=None):
+    """A rollout method's whole step on one process (RolloutMethod.step, as the runner calls it),
+    returning its loss (the sum of what it back-propagated, its graph kept) and its metrics."""
+    from tokreason.methods import LocalBackward
+
+    losses = []
+    batch = {"input_ids": ids} if windows is None else {"input_ids": ids, "window_index": windows}
+    metrics = method.step(model, batch, LocalBackward(losses.append))
+    return sum(losses), metrics

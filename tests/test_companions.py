@@ -16,14 +16,14 @@ def tokenizer():
 
 
 def models(tokenizer):
-    rpt = RPT(kl_beta=0.1, proxy_model="base")  # a frozen proxy and a frozen reference
-    rlp = RLP()
+    rpt = RPT(template="meta", kl_beta=0.1, proxy_model="base")  # a frozen proxy and a frozen reference
+    rlp = RLP(template="meta")
     return [(rpt, rpt.wrap(tiny_llama(len(tokenizer)), tokenizer)), (rlp, rlp.wrap(tiny_llama(len(tokenizer)), tokenizer))]
 
 
 def test_every_companion_is_frozen_and_outside_the_trained_parameters(tokenizer):
     for method, model in models(tokenizer):
-        companions = method.companion_models(model)
+        companions = [c.model for c in method.companions(model)]
         assert companions, method.name
         trained = {id(p) for p in model.parameters()}
         for companion in companions:
@@ -33,19 +33,19 @@ def test_every_companion_is_frozen_and_outside_the_trained_parameters(tokenizer)
 def test_companions_follow_the_module_to_another_dtype_and_device(tokenizer):
     for method, model in models(tokenizer):
         model.to(torch.float64)
-        for companion in method.companion_models(model):
+        for companion in [c.model for c in method.companions(model)]:
             dtype = next(companion.parameters()).dtype
             if method.name == "rlp":  # the EMA keeps float32, and follows the device only
                 assert dtype == torch.float32
             else:
                 assert dtype == torch.float64
         model.to("meta")  # a device stand-in: everything moves, nothing is left behind
-        assert all(p.device.type == "meta" for c in method.companion_models(model) for p in c.parameters())
+        assert all(p.device.type == "meta" for c in [c.model for c in method.companions(model)] for p in c.parameters())
         assert all(p.device.type == "meta" for p in model.parameters())
 
 
 def test_an_ema_on_the_cpu_stays_there(tokenizer):
-    rlp = RLP(ema_device="cpu")
+    rlp = RLP(template="meta", ema_device="cpu")
     model = rlp.wrap(tiny_llama(len(tokenizer)), tokenizer)
     model.to("meta")
     assert next(model.ema.model.parameters()).device.type == "cpu"

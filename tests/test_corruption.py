@@ -3,7 +3,7 @@ thinking method, what the prediction / score is conditioned on under none, shuff
 import pytest
 import torch
 
-from conftest import tiny_llama
+from conftest import rollout_step, tiny_llama
 import tokreason.methods.rlp as rlp_module
 import tokreason.methods.rpt as rpt_module
 from tokreason.experiments.data.tokenizer import train_tokenizer
@@ -78,7 +78,7 @@ def test_same_generator_seed_same_corruption():
     assert torch.equal(corrupt_thoughts(tokens, lengths, "none", None, vocab_size=60), tokens)
 
 
-@pytest.mark.parametrize("make", [lambda **kw: QuietStarConfig(**kw), lambda **kw: RPT(**kw).config, lambda **kw: RLP(**kw).config])
+@pytest.mark.parametrize("make", [lambda **kw: QuietStarConfig(**kw), lambda **kw: RPT(template="meta", **kw).config, lambda **kw: RLP(template="meta", **kw).config])
 def test_a_bad_value_is_a_one_line_error(make):
     with pytest.raises(ValueError, match="^method.thought_corrupt='x' is not valid; valid: none, shuffle, random$"):
         make(thought_corrupt="x")
@@ -103,8 +103,8 @@ def quiet_star(tokenizer, corrupt: str | None):
 def spy_think(model) -> list[dict]:
     calls, think = [], model.think
 
-    def spy(ids, talk, greedy=False, dense=None, thoughts=None, **kw):
-        tp = think(ids, talk, greedy=greedy, dense=dense, thoughts=thoughts, **kw)
+    def spy(ids, talk, greedy=False, attention=None, thoughts=None, **kw):
+        tp = think(ids, talk, greedy=greedy, attention=attention, thoughts=thoughts, **kw)
         calls.append(dict(given=thoughts, grad=torch.is_grad_enabled(), talk=talk, tp=tp))
         return tp
 
@@ -174,19 +174,20 @@ def spy_sampler(monkeypatch, module) -> list[dict]:
 def rpt(tokenizer, corrupt: str | None):
     options = dict(group_size=4, thought_budget=6, min_thought_tokens=3, max_prediction_tokens=2, selector="random",
                    positions_per_window=2, min_context=2, reward="dense", prediction_stop=[])
-    return RPT(**options, **({} if corrupt is None else {"thought_corrupt": corrupt})).wrap(tiny_llama(len(tokenizer)), tokenizer)
+    method = RPT(template="meta", **options, **({} if corrupt is None else {"thought_corrupt": corrupt}))
+    return method, method.wrap(tiny_llama(len(tokenizer)), tokenizer)
 
 
 @pytest.mark.parametrize("corrupt", ["shuffle", "random"])
 def test_rpt_predicts_after_and_updates_on_the_corrupted_thought(tokenizer, monkeypatch, corrupt):
-    model = rpt(tokenizer, corrupt)
+    method, model = rpt(tokenizer, corrupt)
     calls = spy_sampler(monkeypatch, rpt_module)
     updates, update = [], model.update
     model.update = lambda batch, rows: updates.append(
         {"tokens": batch.tokens[rows], "token_mask": batch.token_mask[rows]}) or update(batch, rows)
     windows = torch.randint(4, len(tokenizer), (2, 16))
     torch.manual_seed(2)
-    loss, metrics = model(windows)
+    loss, metrics = rollout_step(method, model, windows)
     loss.backward()
     thinking, predicting = calls
     assert thinking["close_id"] == model.end_id and thinking["max_prediction_tokens"] == 0
@@ -226,7 +227,7 @@ def test_rpt_none_is_one_sampler_call(tokenizer, monkeypatch):
     losses = []
     for corrupt in (None, "none"):
         torch.manual_seed(2)
-        losses.append(rpt(tokenizer, corrupt)(windows)[0])
+        losses.append(rollout_step(*rpt(tokenizer, corrupt), windows)[0])
     assert len(calls) == 2 and all(c["close_id"] is not None and c["max_prediction_tokens"] == 2 for c in calls)
     assert torch.equal(losses[0], losses[1])
 
@@ -246,12 +247,12 @@ def scoring_inputs(model) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("corrupt", ["shuffle", "random"])
 def test_rlp_scores_after_and_pushes_on_the_corrupted_thought(tokenizer, monkeypatch, corrupt):
-    model = RLP(group_size=4, thought_budget=6, min_thought_tokens=3, min_context=2, thought_corrupt=corrupt).wrap(
-        tiny_llama(len(tokenizer)), tokenizer)
+    method = RLP(template="meta", group_size=4, thought_budget=6, min_thought_tokens=3, min_context=2, thought_corrupt=corrupt)
+    model = method.wrap(tiny_llama(len(tokenizer)), tokenizer)
     calls = spy_sampler(monkeypatch, rlp_module)
     seen = scoring_inputs(model)
     torch.manual_seed(3)
-    loss, _ = model(torch.randint(4, len(tokenizer), (2, 16)))
+    loss, _ = rollout_step(method, model, torch.randint(4, len(tokenizer), (2, 16)))
     loss.backward()
     samples = calls[0]["out"]
     full = seen[-1]
@@ -274,11 +275,11 @@ def test_rlp_none_scores_the_sampled_thought(tokenizer, monkeypatch):
     windows = torch.randint(4, len(tokenizer), (2, 16))
     losses = []
     for corrupt in (None, "none"):
-        model = RLP(group_size=4, thought_budget=6, min_context=2, **({} if corrupt is None else {"thought_corrupt": corrupt}))
-        model = model.wrap(tiny_llama(len(tokenizer)), tokenizer)
+        method = RLP(template="meta", group_size=4, thought_budget=6, min_context=2, **({} if corrupt is None else {"thought_corrupt": corrupt}))
+        model = method.wrap(tiny_llama(len(tokenizer)), tokenizer)
         seen = scoring_inputs(model)
         torch.manual_seed(3)
-        losses.append(model(windows)[0])
+        losses.append(rollout_step(method, model, windows)[0])
         samples = calls[-1]["out"]
         width = samples.prompt_ids.shape[1]
         for r, n in enumerate((samples.thought_len + 1).tolist()):  # the thought and its <end>, then the targets

@@ -215,3 +215,51 @@ def test_accelerate_launch_with_an_fsdp2_config_file_shards(tmp_path, cache_dir)
     proc = subprocess.run([*command[:-1], "run_dir=v1"], cwd=tmp_path, env=environment(cache_dir), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode != 0 and "error: the Accelerate config asks for FSDP version 1" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cpt", "quiet_star", "rpt", "rlp"])
+def test_every_method_trains_and_evaluates_under_fsdp_mixed_precision(tmp_path, cache_dir, method):
+    """trainer.precision=bf16 under FSDP2: bf16 compute (its mixed precision, and autocast over
+    the rest), float32 master weights and gradient reduction; then the main process's
+    evaluation, in bf16 too."""
+    args = [*SHORT, *METHOD[method], "trainer.batch_size=2", "trainer.sharding=fsdp", "trainer.precision=bf16",
+            "eval=default", "eval.benchmarks=[synth_in]", "eval.synthetic.num=4", "run_dir=run"]
+    torchrun(args, tmp_path, cache_dir)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["sharding"] == "fsdp" and summary["precision"] == "bf16" and summary["steps"] == 3
+    assert all(v.dtype == torch.float32 for v in weights(tmp_path / "run").values())  # the master weights
+    assert summary["eval"]["rows"] and all(r["trained"] is not None for r in summary["eval"]["rows"] if r["think"] != "oracle")
+
+
+@pytest.mark.slow
+def test_sharded_rollouts_gather_once_reduce_once_and_stay_in_step_with_uneven_slices(tmp_path, cache_dir):
+    """RPT under FSDP with update_batch_size: the second process has one update slice, the first
+    two, so the second runs a skip pass (this hung: the skip made no forward, so no collective).
+    The rollout phase gathers each unit once (it gathered every unit for every sampled token),
+    and the step reduce-scatters each unit once (it did once per slice)."""
+    layers = 2  # conftest.TINY_MODEL
+    args = [*SHORT, *METHOD["rpt"], "+method._target_=my_methods.counting.CountingRPT", "trainer.batch_size=2",
+            "trainer.sharding=fsdp", "method.selector=random", "method.positions_per_window=1", "method.thought_budget=8",
+            "method.min_thought_tokens=8", "method.update_batch_size=2", "trainer.process_group_timeout_min=2",
+            "run_dir=run"]
+    torchrun(args, tmp_path, cache_dir)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train/rollout_gathers" in r]
+    assert len(steps) == 3
+    for r in steps:
+        # the policy's units once, the proxy's (entropy) units once and its head once
+        assert r["train/rollout_gathers"] <= 2 * (layers + 1) + 1 < 9 * layers, r  # 9 sampled steps would gather 9x
+        assert r["train/reduce_scatters"] == layers + 1, r  # every unit once, not once per slice
+        assert r["train/sampled_tokens"] > 0
+    assert "collectives time out after 2 min" in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_an_ema_kept_in_host_memory_shards_with_the_model(cli, tmp_path, cache_dir):
+    """RLP with method.ema_device=cpu under FSDP: its EMA sharded like the model (this mixed a
+    CPU tensor with a sharded DTensor), and two processes train what one does."""
+    args = [*SHORT, *METHOD["rlp"], "method.ema_device=cpu"]
+    cli("train", *args, "trainer.batch_size=4", "run_dir=one")
+    torchrun([*args, "trainer.batch_size=2", "trainer.sharding=fsdp", "run_dir=two"], tmp_path, cache_dir)
+    assert max_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < 2e-5

@@ -43,8 +43,7 @@ def test_a_class_in_another_package_is_named_by_target(monkeypatch):
     cls = method_class({"name": "sharper", "_target_": "my_methods.sharper.Sharper"})
     method = build_method({"name": "sharper", "_target_": "my_methods.sharper.Sharper", "thought_budget": 3})
     assert isinstance(method, cls) and method.thinks and method.config.thought_budget == 3
-    assert method.think_settings() == {"template": "meta", "system_prompt": None, "thought_budget": 3,
-                                       "min_thought_tokens": 1, "meta_init": None}
+    assert method.think_settings() == {"template": "meta", "thought_budget": 3, "min_thought_tokens": 1, "meta_init": "---"}
 
 
 def test_only_methods_name_a_method():
@@ -56,13 +55,24 @@ def test_only_methods_name_a_method():
     assert not found, found
 
 
-def test_the_compare_sweep_knows_a_plugin_thinks(monkeypatch):
+def test_the_compare_sweep_runs_an_ablation_for_the_methods_that_take_it(monkeypatch):
+    """The corruption ablation runs for the methods that declare it (Method.ablations): RLP
+    does; the plug-in thinks but ignores thought_corrupt, so it declares none, runs unablated
+    only, and a run asking it for one is refused (it would run unablated, silently)."""
+    from omegaconf import OmegaConf
+
+    from tokreason.experiments.errors import UserError
     from tokreason.experiments.launch.compare import compare_jobs
+    from tokreason.experiments.training.checks import run_method
 
     monkeypatch.setenv("TOKREASON_CONFIG_PATH", str(PLUGINS / "conf"))
     monkeypatch.syspath_prepend(str(PLUGINS))
-    _, jobs, _ = compare_jobs(["compare.methods=[cpt,sharper]", "logger=none"])
-    assert jobs[1][0] == "method=sharper"  # the corruption ablation runs the thinking method only
+    _, jobs, _ = compare_jobs(["compare.methods=[cpt,sharper,rlp_tiny]", "logger=none"])
+    assert jobs[1][0] == "method=rlp_tiny" and len(jobs) == 2
+    cfg = OmegaConf.create({"method": {"name": "sharper", "_target_": "my_methods.sharper.Sharper"},
+                            "thought": {"corrupt": "shuffle"}})
+    with pytest.raises(UserError, match="thought.corrupt=shuffle needs a method that takes it; method=sharper does not"):
+        run_method(cfg)
 
 
 @pytest.mark.slow

@@ -30,3 +30,35 @@ def test_a_tiny_preset_is_its_paper_preset_with_named_changes(tiny, paper):
         line = next(line for line in text.splitlines() if line.strip().startswith(f"{key}:"))
         above = text.splitlines()[text.splitlines().index(line) - 1].strip()
         assert "#" in line or above.startswith("#"), f"{tiny}: method.{key} changes without a reason"
+
+
+ABLATION_SETTINGS = {"thought_corrupt"}  # set by the top-level thought.corrupt (the one knob), not a key of the YAML
+
+
+@pytest.mark.parametrize("name", ["quiet_star", "rpt", "rlp"])
+def test_a_method_yaml_holds_every_setting_and_its_dataclass_defaults_are_the_yamls(name):
+    """One source for every default: conf/method/<name>.yaml has every field of the method's
+    settings dataclass (so method.<field>=... is a known key), with the dataclass's default."""
+    from dataclasses import MISSING, fields
+
+    from tokreason.methods import method_class
+
+    section = OmegaConf.to_container(compose_config([f"method={name}"]).method)
+    config_class = method_class(section).config_class
+    for f in fields(config_class):
+        if f.name in ABLATION_SETTINGS:
+            assert f.name not in section
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        assert f.name in section, f"method.{f.name} is a {name} setting missing from conf/method/{name}.yaml"
+        assert section[f.name] == default, f"method.{f.name}: the dataclass says {default!r}, the YAML {section[f.name]!r}"
+
+
+@pytest.mark.parametrize("override", ["method.update_batch_size=1", "method.sample_batch_size=16",
+                                      "method.positions_per_window=null"])
+def test_the_80_gb_recipe_and_nullable_settings_are_accepted(override):
+    from tokreason.experiments.training.checks import run_method
+
+    cfg = compose_config(["method=rpt", override])
+    key, value = override.split("=")
+    assert getattr(run_method(cfg).config, key.split(".")[1]) == (None if value == "null" else int(value))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import tokreason.methods.rlp as rlp_module
-from conftest import FAST, same_weights, stop_and_resume, tiny_llama
+from conftest import FAST, rollout_step, same_weights, stop_and_resume, tiny_llama
 from tokreason.experiments.data.tokenizer import train_tokenizer
 from tokreason.methods.rlp import EMA, RLP, rlp_advantages
 
@@ -25,7 +25,7 @@ def test_advantage_with_the_leave_one_out_factor_and_the_ema_form():
 
 
 def test_reward_is_the_information_gain_over_the_ema(tokenizer):
-    model = RLP(group_size=2).wrap(tiny_llama(len(tokenizer)), tokenizer)
+    model = RLP(template="meta", group_size=2).wrap(tiny_llama(len(tokenizer)), tokenizer)
     lp = torch.zeros(4, 3, requires_grad=True)
     _, metrics = model.objective(lp, torch.ones(4, 3, dtype=torch.bool), s_pred=torch.tensor([[-1.0, -2.0], [-0.5, -0.7]]),
                                  s_ema=torch.tensor([-1.5, -1.0]))
@@ -51,7 +51,7 @@ def test_ema_update_by_hand():
 
 @pytest.mark.parametrize("advantage, cancels", [("group", True), ("ema", False)])
 def test_the_ema_term_cancels_from_the_group_advantage_and_not_from_the_ema_one(tokenizer, advantage, cancels):
-    model = RLP(group_size=3, advantage=advantage).wrap(tiny_llama(len(tokenizer)), tokenizer)
+    model = RLP(template="meta", group_size=3, advantage=advantage).wrap(tiny_llama(len(tokenizer)), tokenizer)
     torch.manual_seed(1)
     base = torch.randn(6, 4)
     mask = torch.ones(6, 4, dtype=torch.bool)
@@ -68,16 +68,17 @@ def test_the_ema_term_cancels_from_the_group_advantage_and_not_from_the_ema_one(
 
 
 def test_only_thought_tokens_receive_gradient(tokenizer):
-    model = RLP(group_size=2, thought_budget=4, min_context=2).wrap(tiny_llama(len(tokenizer)), tokenizer)
+    method = RLP(template="meta", group_size=2, thought_budget=4, min_context=2)
+    model = method.wrap(tiny_llama(len(tokenizer)), tokenizer)
     seen = {}
     objective = model.objective
 
-    def spy(thought_lp, thought_mask, s_pred, s_ema):
+    def spy(thought_lp, thought_mask, s_pred, s_ema, **counts):
         seen.update(lp=thought_lp, mask=thought_mask, s_pred=s_pred, s_ema=s_ema)
-        return objective(thought_lp, thought_mask, s_pred, s_ema)
+        return objective(thought_lp, thought_mask, s_pred, s_ema, **counts)
 
     model.objective = spy
-    loss, metrics = model(torch.randint(4, len(tokenizer), (2, 16)))
+    loss, metrics = rollout_step(method, model, torch.randint(4, len(tokenizer), (2, 16)))
     assert not seen["s_pred"].requires_grad and not seen["s_ema"].requires_grad  # scores carry no gradient
     grad = torch.autograd.grad(loss, seen["lp"], retain_graph=True)[0]
     assert (grad[~seen["mask"]] == 0).all() and (grad[seen["mask"]] != 0).any()
@@ -94,14 +95,14 @@ def test_only_thought_tokens_receive_gradient(tokenizer):
 ])
 def test_bad_settings_are_one_line_errors(options, message):
     with pytest.raises(ValueError, match=message):
-        RLP(**options)
+        RLP(template="meta", **options)
 
 
 def test_short_documents_and_a_budget_beyond_the_context_are_refused():
     with pytest.raises(ValueError, match="shorter than method.min_context=8"):
-        RLP().check_window(8, 512)
-    with pytest.raises(ValueError, match="method.thought_budget=64 is larger than the model's context of 128"):
-        RLP().check_window(100, 128)
+        RLP(template="meta").check_window(8, 512)
+    with pytest.raises(ValueError, match="method.thought_budget=2048 is larger than the model's context of 128"):
+        RLP(template="meta").check_window(100, 128)
 
 
 @pytest.mark.slow
@@ -122,16 +123,17 @@ def test_s_pred_is_read_after_the_thought_and_s_ema_on_the_plain_context(tokeniz
     """S_pred: log p_theta(x_{t+1} | context, <start> thought <end>), read at the position right
     after each row's own <end>; S_EMA: the EMA's log p(x_{t+1} | context), no thought, no
     template. Checked against separate plain forwards for each rollout."""
-    model = RLP(group_size=2, thought_budget=3, min_thought_tokens=1, min_context=2).wrap(tiny_llama(len(tokenizer)), tokenizer)
+    method = RLP(template="meta", group_size=2, thought_budget=3, min_thought_tokens=1, min_context=2)
+    model = method.wrap(tiny_llama(len(tokenizer)), tokenizer)
     with torch.no_grad():
         for p in model.ema.model.parameters():  # an EMA that differs from the policy
             p.add_(0.01 * torch.randn_like(p))
     seen = {}
     objective = model.objective
 
-    def spy(thought_lp, thought_mask, s_pred, s_ema):
+    def spy(thought_lp, thought_mask, s_pred, s_ema, **counts):
         seen.update(s_pred=s_pred.detach(), s_ema=s_ema.detach(), mask=thought_mask)
-        return objective(thought_lp, thought_mask, s_pred, s_ema)
+        return objective(thought_lp, thought_mask, s_pred, s_ema, **counts)
 
     model.objective = spy
     calls = []
@@ -140,7 +142,7 @@ def test_s_pred_is_read_after_the_thought_and_s_ema_on_the_plain_context(tokeniz
     try:
         torch.manual_seed(0)
         ids = torch.randint(4, len(tokenizer), (1, 12))
-        model(ids)
+        rollout_step(method, model, ids)
     finally:
         rlp_module.sample = real_sample
     samples = calls[0]
@@ -165,7 +167,7 @@ def test_the_loss_averages_each_thoughts_tokens_then_the_thoughts(tokenizer):
     mask = torch.tensor([[True, True, True, True], [True, False, False, False]])
     s_pred, s_ema = torch.tensor([[-1.0, -3.0]]), torch.tensor([-2.0])
     for aggregation, grad in (("thought", [[-2 / 8] * 4, [2 / 2, 0, 0, 0]]), ("token", [[-2 / 5] * 4, [2 / 5, 0, 0, 0]])):
-        model = RLP(group_size=2, loss_aggregation=aggregation).wrap(tiny_llama(len(tokenizer)), tokenizer)
+        model = RLP(template="meta", group_size=2, loss_aggregation=aggregation).wrap(tiny_llama(len(tokenizer)), tokenizer)
         lp.grad = None
         loss, metrics = model.objective(lp, mask, s_pred, s_ema)  # r = [1, -1]; A = 2/(2-1) (r - mean r) = [+2, -2]
         loss.backward()
@@ -191,7 +193,7 @@ def test_the_papers_chat_template_thinks_between_think_tags_after_the_system_pro
     real_sample = rlp_module.sample
     rlp_module.sample = lambda *a, **k: calls.append((a, k)) or real_sample(*a, **k)
     try:
-        loss, metrics = model(torch.randint(4, 200, (1, 12)))
+        loss, metrics = rollout_step(method, model, torch.randint(4, 200, (1, 12)))
     finally:
         rlp_module.sample = real_sample
     (lm, prompts), kwargs = calls[0]

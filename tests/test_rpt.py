@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import FAST
+from conftest import FAST, rollout_step
 from tokreason.experiments.data.tokenizer import train_tokenizer
 from tokreason.methods.policy import clipped_surrogate, grpo_advantages
 from tokreason.methods.rpt import RPT
@@ -157,7 +157,7 @@ def test_boxed_prediction_parsing():
 ])
 def test_bad_settings_are_one_line_errors(options, message):
     with pytest.raises(ValueError, match=message):
-        RPT(**options)
+        RPT(**{"template": "meta", **options})
 
 
 def test_unrepresentable_markers_other_proxy_tokenizers_and_multi_token_stops_are_refused(tokenizer, tmp_path):
@@ -169,7 +169,7 @@ def test_unrepresentable_markers_other_proxy_tokenizers_and_multi_token_stops_ar
                                             num_attention_heads=4, max_position_embeddings=128))
 
     with pytest.raises(ValueError, match="each stop must be exactly one token"):
-        RPT(prediction_stop=["the end"]).wrap(llama(len(tokenizer)), tokenizer)
+        RPT(template="meta", prediction_stop=["the end"]).wrap(llama(len(tokenizer)), tokenizer)
     words = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     plain = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", eos_token="b")
@@ -179,9 +179,9 @@ def test_unrepresentable_markers_other_proxy_tokenizers_and_multi_token_stops_ar
     llama(len(other)).save_pretrained(tmp_path)
     other.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="has another tokenizer than the model"):
-        RPT(proxy_model=str(tmp_path)).wrap(llama(len(tokenizer)), tokenizer)
-    assert RPT().wrap(llama(len(tokenizer)), tokenizer)._proxy  # default: a frozen copy of the starting model
-    assert not RPT(proxy_model="self").wrap(llama(len(tokenizer)), tokenizer)._proxy
+        RPT(template="meta", proxy_model=str(tmp_path)).wrap(llama(len(tokenizer)), tokenizer)
+    assert RPT(template="meta").wrap(llama(len(tokenizer)), tokenizer)._proxy  # default: a frozen copy of the starting model
+    assert not RPT(template="meta", proxy_model="self").wrap(llama(len(tokenizer)), tokenizer)._proxy
 
 
 @pytest.mark.slow
@@ -223,16 +223,17 @@ def test_extra_epochs_reuse_the_rollouts_with_the_rollout_policy_as_reference(to
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, max_position_embeddings=128))
-    model = RPT(group_size=4, thought_budget=3, max_prediction_tokens=2, selector="random", positions_per_window=2,
-                min_context=2, reward="dense", epochs=2).wrap(lm, tokenizer)
+    method = RPT(template="meta", group_size=4, thought_budget=3, max_prediction_tokens=2, selector="random", positions_per_window=2,
+                 min_context=2, reward="dense", epochs=2)
+    model = method.wrap(lm, tokenizer)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     windows = torch.randint(4, len(tokenizer), (2, 16))
-    loss, first = model(windows)
+    loss, first = rollout_step(method, model, windows)
     assert model._replay is not None and first["clip_fraction"] == 0  # on-policy: ratio 1 everywhere
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
-    loss, second = model(torch.zeros_like(windows))  # the replay ignores the new windows
+    loss, second = rollout_step(method, model, torch.zeros_like(windows))  # the replay ignores the new windows
     assert model._replay is None
     assert second["reward"] == first["reward"] and second["positions"] == first["positions"]
     assert second["policy_loss"] != first["policy_loss"]  # the policy moved: ratios are no longer 1
@@ -371,7 +372,7 @@ def test_the_boxed_template_samples_a_free_response_and_rewards_the_boxed_next_t
     model = method.wrap(policy, tok)
     prompt = model.prompt(window[0, :-1].tolist())
     assert tok.decode(prompt).startswith("<|user|>Complete the given text") and tok.decode(prompt).endswith("<|assistant|>")
-    loss, metrics = model(window)
+    loss, metrics = rollout_step(method, model, window)
     assert metrics["reward"] == pytest.approx(0.5) and metrics["format_failures"] == 0.0
     assert metrics["all_equal_groups"] == 0.0 and metrics["thought_length"] > 10  # whole responses, not one token
     loss.backward()

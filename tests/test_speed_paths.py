@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import tokreason.methods.lm as lm_module
 from conftest import tiny_llama
 from tokreason.experiments.data.tokenizer import train_tokenizer
+from tokreason.methods import LocalBackward
 from tokreason.methods.lm import head_logprobs, mean_nll, output_head
 from tokreason.methods.rlp import RLP
 from tokreason.methods.rpt import RPT
@@ -132,11 +133,11 @@ def test_an_update_in_micro_batches_has_the_whole_batchs_loss_and_gradients(toke
         lm = tiny_llama(len(tokenizer))
         options = dict(group_size=4, thought_budget=4, min_thought_tokens=1, selector="random", positions_per_window=2,
                        min_context=2, update_batch_size=update_batch_size)
-        algo = (RPT(proxy_model="self", reward="dense", **options) if method == "rpt"
-                else RLP(loss_aggregation="thought", **options))
+        algo = (RPT(template="meta", proxy_model="self", reward="dense", **options) if method == "rpt"
+                else RLP(template="meta", loss_aggregation="thought", **options))
         model = algo.wrap(lm, tokenizer)
         torch.manual_seed(5)
-        metrics = algo.step(model, {"input_ids": torch.randint(4, len(tokenizer), (2, 16))}, lambda loss: loss.backward())
+        metrics = algo.step(model, {"input_ids": torch.randint(4, len(tokenizer), (2, 16))}, LocalBackward())
         return metrics, grads(lm)
 
     whole, whole_grads = run(None)

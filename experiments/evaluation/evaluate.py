@@ -31,6 +31,7 @@ from tokreason.experiments.evaluation.real_tasks import REAL_BENCHMARKS, load_re
 from tokreason.experiments.evaluation.synthetic_tasks import SYNTHETIC_SPLITS, chain_benchmark, synthetic_benchmark
 from tokreason.experiments.evaluation.tasks import Benchmark, Example
 from tokreason.experiments.files import ITEMS_FILE, atomic_write_text
+from tokreason.experiments.training.precision import precision_signature
 from tokreason.methods import build_method
 from tokreason.methods.inference import PlainScorer
 
@@ -108,10 +109,11 @@ def make_scorer(lm, tokenizer, cfg: DictConfig, think: str, trained_module=None)
 
 def think_signature(cfg: DictConfig, think: str) -> dict:
     """What decides a think mode's scores besides the model (part of the base cache key)."""
-    if think == "off":
-        return {"think": "off"}
+    precision = precision_signature(cfg.get("trainer"))  # a bf16 run's base is scored under bf16 autocast too
+    if think != "on":
+        return {"think": think, **precision}
     budget = cfg.eval.get("thought_budget")
-    return {"think": "on", **method_of(cfg).think_settings(int(budget) if budget else None)}
+    return {"think": "on", **method_of(cfg).think_settings(int(budget) if budget else None), **precision}
 
 
 def load_exported(folder: Path, cfg: DictConfig, think: str):
@@ -508,7 +510,7 @@ def oracle_values(cfg: DictConfig, benches: dict, cache: Path, fingerprint: str,
     for name, bench in benches.items():
         if not any(ex.thought for ex in bench.examples):
             continue
-        key = cache_key(fingerprint, benchmark_signature(name, cfg), {"think": ORACLE})
+        key = cache_key(fingerprint, benchmark_signature(name, cfg), think_signature(cfg, ORACLE))
         values = read_cached(cache, key)
         if values is None:
             lm, tokenizer = base_lm()

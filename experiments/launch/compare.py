@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from tokreason.experiments.errors import UserError
 from tokreason.experiments.launch.compose import check_job, compose_config, sweep_jobs
 from tokreason.experiments.launch.train import run_train
+from tokreason.methods.base import CORRUPTION, SELECTOR
 
 BUDGETS = ("steps", "tokens", "flops")
 
@@ -38,11 +39,11 @@ def compare_jobs(overrides: list[str]) -> tuple[DictConfig, list[list[str]], Pat
               *[str(o) for o in c.overrides], *passed, *([f"logger.group={group}"] if cfg.logger.kind == "wandb" else [])]
     seeds = ",".join(str(s) for s in c.seeds)
     jobs = [[f"method={','.join(c.methods)}", f"seed={seeds}", *common, f"hydra.sweep.dir={root}/main"]]
-    thinking = [m for m in c.methods if _thinks(compose_config([f"method={m}"]))]
+    thinking = [m for m in c.methods if CORRUPTION in _method_class(compose_config([f"method={m}"])).ablations]
     if c.corrupt and thinking:
         jobs.append([f"method={','.join(thinking)}", f"thought.corrupt={','.join(c.corrupt)}", f"seed={seeds}", *common,
                      "run_name=${preset}-corrupt_${thought.corrupt}-seed${seed}", f"hydra.sweep.dir={root}/ablation"])
-    selecting = [m for m in c.methods if "selector" in compose_config([f"method={m}"]).method]
+    selecting = [m for m in c.methods if SELECTOR in _method_class(compose_config([f"method={m}"])).ablations]
     if c.get("selectors") and selecting:
         ablations = ",".join(f"selector_{s}" for s in c.selectors)
         jobs.append([f"method={','.join(selecting)}", f"ablation={ablations}", f"seed={seeds}", *common,
@@ -50,11 +51,11 @@ def compare_jobs(overrides: list[str]) -> tuple[DictConfig, list[list[str]], Pat
     return cfg, jobs, root
 
 
-def _thinks(cfg: DictConfig) -> bool:
+def _method_class(cfg: DictConfig):
     from tokreason.methods import method_class
 
     try:
-        return method_class(OmegaConf.to_container(cfg.method, resolve=True)).thinks
+        return method_class(OmegaConf.to_container(cfg.method, resolve=True))
     except ValueError as e:
         raise UserError(str(e)) from None
 

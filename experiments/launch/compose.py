@@ -101,10 +101,29 @@ def _check_values(parsed: list, reference: DictConfig) -> None:
             continue
         expected = _type_name(default)
         value = override.value()
+        if value is None and _nullable(key, reference):
+            continue
         if expected is not None and not _fits(value, default):
             shown = "" if value is None else value
             raise UserError(f"{key}={shown!r} is not valid: expected {expected} (default {default!r})"
                             if shown != "" else f"{key} is empty: expected {expected} (default {default!r})")
+
+
+def _nullable(key: str, reference: DictConfig) -> bool:
+    """Whether null is a valid value of a key: a method setting whose dataclass field admits
+    None (method.positions_per_window: null = every selected position)."""
+    if not key.startswith("method."):
+        return False
+    from dataclasses import fields
+
+    from tokreason.methods import method_class
+
+    try:
+        cls = method_class(OmegaConf.to_container(reference.method, resolve=True)).config_class
+    except ValueError:
+        return False
+    field = next((f for f in fields(cls) if f.name == key[len("method."):]), None)
+    return field is not None and "None" in str(field.type)
 
 
 def _unknown_key(override: str, reference: DictConfig) -> str | None:

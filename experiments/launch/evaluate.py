@@ -4,6 +4,8 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from omegaconf import DictConfig, OmegaConf
 
 from tokreason.experiments.errors import UserError
@@ -21,6 +23,7 @@ def run_eval(overrides: list[str]) -> tuple[dict, Path]:
     from tokreason.experiments.models.loading import cache_dir, resolve_model_path
     from tokreason.experiments.reporting.tracking import Tracker, redact
     from tokreason.experiments.training.checks import check_config, quiet_libraries
+    from tokreason.experiments.training.precision import compute_precision, uses_bf16
     from tokreason.experiments.training.run_dir import RunDirLock
 
     runs = [o.split("=", 1)[1] for o in overrides if o.startswith("run=")]
@@ -60,7 +63,8 @@ def run_eval(overrides: list[str]) -> tuple[dict, Path]:
         lock.acquire()  # not while a training run is writing this dir
     try:
         trained = (lambda think: load_exported(run_dir / "model", cfg, think)) if run_dir is not None else None
-        table = evaluate(cfg, base_path=base_path, cache=cache_dir(cfg), val_windows=val_windows, trained_scorers=trained)
+        with compute_precision(uses_bf16(cfg.trainer), "cuda" if torch.cuda.is_available() else "cpu"):  # as the run computed
+            table = evaluate(cfg, base_path=base_path, cache=cache_dir(cfg), val_windows=val_windows, trained_scorers=trained)
         save_items(run_dir if run_dir is not None else out_dir, table)
         logger = OmegaConf.to_container(cfg.logger, resolve=True)
         logger.update(job_type="eval", name=f"{logger.get('name') or 'run'}-eval")

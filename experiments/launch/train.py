@@ -39,7 +39,7 @@ def _hydra_job(cfg: DictConfig) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg.run_dir = str(run_dir)  # in a sweep the job's own subdir
-    _join_cluster_job()
+    _join_cluster_job(float(cfg.trainer.process_group_timeout_min))
     try:
         _state.setdefault("summaries", []).append(train(cfg, run_dir))
     except UserError as e:
@@ -51,7 +51,7 @@ def _hydra_job(cfg: DictConfig) -> None:
         raise _JobStopped(crashed(e, run_dir)) from None
 
 
-def _join_cluster_job() -> None:
+def _join_cluster_job(timeout_min: float) -> None:
     """A cluster job of several tasks (hydra/launcher=slurm, tasks_per_node > 1: submitit runs
     this job once per task) becomes one run of as many processes: each task takes its rank from
     the job's environment and joins the others."""
@@ -61,14 +61,34 @@ def _join_cluster_job() -> None:
 
     if submitit.JobEnvironment().num_tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        _process_group()
+        _log_group(_process_group(timeout_min), timeout_min)
 
 
-def _process_group():
+def _process_group(timeout_min: float):
+    """The run's process group (gloo on the CPU, NCCL on GPUs), with trainer.process_group_timeout_min
+    as every collective's timeout (the default 10 minutes is shorter than the work the main process
+    does alone while the others wait: packing a corpus, building the embedded base)."""
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())  # without cpu=True it ignores torchrun's world on CPU
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(minutes=timeout_min))  # cpu=True: torchrun's world on CPU
+
+
+def _log_group(state, timeout_min: float) -> None:
+    if state.is_main_process:
+        log.info("process group: %d processes (%s), collectives time out after %g min", state.num_processes,
+                 state.backend, timeout_min)
+
+
+def _group_timeout(overrides: list[str]) -> float:
+    """trainer.process_group_timeout_min of the run, read before the group exists (every
+    process composes it; with a bad override, the default: the main process reports it)."""
+    try:
+        return float(compose_config(overrides).trainer.process_group_timeout_min)
+    except UserError:
+        return float(compose_config([]).trainer.process_group_timeout_min)
 
 
 def _drop_if_untouched(run_dir: Path) -> None:
@@ -131,7 +151,8 @@ def _train_distributed(overrides: list[str]) -> dict:
 
     from tokreason.experiments.training.runner import train
 
-    state = _process_group()
+    timeout_min = _group_timeout(overrides)
+    state = _process_group(timeout_min)
     payload: list = [None]
     if state.is_main_process:
         try:
@@ -145,6 +166,7 @@ def _train_distributed(overrides: list[str]) -> dict:
     run_dir = Path(payload[0]["run_dir"])
     if state.is_main_process:
         _log_to_file(run_dir)
+    _log_group(state, timeout_min)
     try:
         return train(OmegaConf.create(payload[0]["config"]), run_dir)
     except UserError:

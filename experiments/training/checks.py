@@ -32,31 +32,40 @@ SELECTOR_ABLATION = "selector_"  # ablation=selector_<name>: the method's positi
 
 
 def method_section(cfg: DictConfig) -> dict:
-    """The run's `method` section, with the top-level ablation knobs applied: thought.corrupt
-    added as the `thought_corrupt` setting every thinking method takes, and
-    ablation=selector_<name> as the `selector` of a method that selects positions (RPT, RLP)."""
+    """The run's `method` section, with the top-level ablation knobs applied where the method
+    takes them (Method.ablations): thought.corrupt as its `thought_corrupt` setting,
+    ablation=selector_<name> as its `selector`. Asked of a method that does not take it, an
+    ablation is refused (a method that ignored it would run unablated, silently)."""
+    from tokreason.methods import CORRUPTION, SELECTOR
+
     section = OmegaConf.to_container(cfg.method, resolve=True)
+    try:
+        cls = method_class(section)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    name = section.get("name")
     corrupt = (cfg.get("thought") or {}).get("corrupt", "none")
+    if corrupt not in CORRUPTIONS:
+        raise UserError(f"thought.corrupt={corrupt!r} is not valid; valid: {', '.join(CORRUPTIONS)}")
     if corrupt != "none":
+        if CORRUPTION not in cls.ablations:
+            why = "has no thoughts" if not cls.thinks else "does not take the corruption ablation (Method.ablations)"
+            raise UserError(f"thought.corrupt={corrupt} needs a method that takes it; method={name} {why}")
         section["thought_corrupt"] = corrupt
     ablation = str(cfg.get("ablation") or "none")
     if ablation != "none":
-        if not ablation.startswith(SELECTOR_ABLATION) or "selector" not in section:
-            raise UserError(f"ablation={ablation!r} is not valid for method={section.get('name')}; valid: none"
-                            + (", selector_<selector> (top_fraction, all, random, entropy)" if "selector" in section else ""))
+        if not ablation.startswith(SELECTOR_ABLATION) or SELECTOR not in cls.ablations:
+            raise UserError(f"ablation={ablation!r} is not valid for method={name}; valid: none"
+                            + (", selector_<selector> (top_fraction, all, random, entropy)" if SELECTOR in cls.ablations else ""))
         section["selector"] = ablation[len(SELECTOR_ABLATION):]
     return section
 
 
 def run_method(cfg: DictConfig) -> Method:
-    """The method a run trains (UserError on an unknown method or a bad setting)."""
-    corrupt = (cfg.get("thought") or {}).get("corrupt", "none")
-    if corrupt not in CORRUPTIONS:
-        raise UserError(f"thought.corrupt={corrupt!r} is not valid; valid: {', '.join(CORRUPTIONS)}")
+    """The method a run trains, its ablations applied (UserError on an unknown method, a bad
+    setting or an ablation it does not take)."""
     section = method_section(cfg)
     try:
-        if corrupt != "none" and not method_class(section).thinks:
-            raise UserError(f"thought.corrupt={corrupt} needs a method that thinks; method={cfg.method.name} has no thoughts")
         return build_method(section)
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -75,12 +84,14 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("max_tokens", "max_flops"):
         if t.get(key) is not None and float(t[key]) <= 0:
             raise UserError(f"trainer.{key}={t[key]} is not valid; it must be positive, or null for no such budget")
+    if float(t.process_group_timeout_min) <= 0:
+        raise UserError(f"trainer.process_group_timeout_min={t.process_group_timeout_min} is not valid; it must be positive")
     if int(t.keep_checkpoints) < 1:
         raise UserError(f"trainer.keep_checkpoints={t.keep_checkpoints} is not valid; it must be at least 1")
     if float(t.lr) <= 0:
         raise UserError(f"trainer.lr={t.lr} is not valid; it must be positive")
     choices = {"resume": ("auto", "never"), "precision": ("auto", "fp32", "bf16"), "scheduler": tuple(SCHEDULERS),
-               "sharding": ("auto", "none", "ddp", "fsdp")}
+               "sharding": ("auto", "none", "ddp", "fsdp"), "reduce_gradients": ("step", "pass")}
     for key, valid in choices.items():
         if t[key] not in valid:
             raise UserError(f"trainer.{key}={t[key]!r} is not valid; valid: {', '.join(valid)}")

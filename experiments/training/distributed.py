@@ -9,6 +9,7 @@ Accelerate config file that asks for FSDP (`accelerate launch --config_file ...`
 read as `trainer.sharding=fsdp`."""
 from __future__ import annotations
 
+import contextlib
 import os
 import types
 from pathlib import Path
@@ -56,36 +57,56 @@ def decoder_layers(module: torch.nn.Module, lm: torch.nn.Module) -> list[torch.n
     return layers
 
 
-def shard(model: torch.nn.Module, lm: torch.nn.Module, companions: list[torch.nn.Module], bf16: bool,
+def shard(model: torch.nn.Module, lm: torch.nn.Module, companions: list, bf16: bool,
           reshard_after_forward: bool = True, keep_gathered: bool = False) -> None:
     """FSDP2: every transformer block its own unit, then the method's module as the root (the
     embeddings, the head, the method's own parameters: Quiet-STaR's mixing head and meta
-    embeddings). Each frozen companion (a proxy, a reference, an EMA) is sharded the same way,
-    as a root of its own. bf16: bf16 compute, fp32 master weights and gradient reduction.
-    keep_gathered: the trained module is one unit, gathered for its whole step (a method whose
-    later calls send gradients into an earlier call's activations, Quiet-STaR's thought steps
-    reading earlier keys: a per-block unit would free its weights when one call's backward ends
-    while an earlier call's still needs them); its gradients and optimizer state stay sharded."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    embeddings). Each frozen companion (methods.base.Companion: a proxy, a reference, an EMA) is
+    sharded the same way, as a root of its own; one kept in host memory (follow_device False) is
+    sharded there, its shards gathered to the device for its forwards (FSDP2's CPU offload; on a
+    CPU-only run everything is in host memory anyway). bf16: bf16 compute, fp32 master weights
+    and gradient reduction. keep_gathered: the trained module is one unit, gathered for its whole
+    step (a method whose later calls send gradients into an earlier call's activations,
+    Quiet-STaR's thought steps reading earlier keys: a per-block unit would free its weights when
+    one call's backward ends while an earlier call's still needs them); its gradients and
+    optimizer state stay sharded."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    for root in (*companions, model):
-        if root is not model or not keep_gathered:
-            for layer in decoder_layers(root, lm):
-                fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-        fully_shard(root, mp_policy=policy, reshard_after_forward=reshard_after_forward and root is not model)
-    # Calls that are not the module's forward gather its weights too: the companions' hidden
-    # states, the trained module's validation NLL (registered as FSDP forward methods).
     device = next(model.parameters()).device
+    for companion in companions:
+        # FSDP moves each unit to the device as it shards it; an offloaded unit's shards then go back to host memory
+        offload = CPUOffloadPolicy(pin_memory=True) if not companion.follow_device and device.type != "cpu" else OffloadPolicy()
+        for layer in decoder_layers(companion.model, lm):
+            fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard_after_forward, offload_policy=offload)
+        fully_shard(companion.model, mp_policy=policy, reshard_after_forward=reshard_after_forward, offload_policy=offload)
+    if not keep_gathered:
+        for layer in decoder_layers(model, lm):
+            fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mp_policy=policy, reshard_after_forward=False)  # the root: resharded after its backward
+    _register_forward_methods(model, [c.model for c in companions], device)
+
+
+def _register_forward_methods(model, companions: list, device) -> None:
+    """Calls that are not a module's forward gather its weights too: the companions' hidden
+    states, the trained module's validation NLL and a rollout method's rollouts (registered as
+    FSDP forward methods); then FSDP2 is initialised (it does so on a root's first forward) on
+    one token, and every root resharded (the optimizer must see the shards)."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    from tokreason.methods.rollout import RolloutModule
+
     for companion in companions:
         companion.tokreason_hidden = types.MethodType(_hidden, companion)
         register_fsdp_forward_method(companion, "tokreason_hidden")
     register_fsdp_forward_method(model, "language_nll")
-    with torch.no_grad():  # FSDP2 initialises on a root's first forward: do it now, on one token
+    if isinstance(model, RolloutModule):
+        register_fsdp_forward_method(model, "rollout")
+    with torch.no_grad():
         for companion in companions:
             companion.tokreason_hidden(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device))
         model.language_nll(torch.zeros(1, 2, dtype=torch.long, device=device))
-    for root in (*companions, model):  # a root is not resharded after its forward: the optimizer must see the shards
+    for root in (*companions, model):
         root.reshard()
 
 
@@ -134,6 +155,37 @@ def agree_to_stop(local_signal: int | None) -> int | None:
     """The stop signal any process got (one small collective a step): all stop together."""
     if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
         return local_signal
-    from tokreason.methods.base import global_max
+    from tokreason.methods.parallel import global_max
 
     return int(global_max(int(local_signal or 0))) or None
+
+
+class GradientStep:
+    """The runner's Backward (methods/base.py) for one micro-batch of an optimizer step: the
+    loss scaled for gradient accumulation; `accumulate()` keeps the gradients of what runs in it
+    on this process (DDP: no_sync around its forward and backward; FSDP2: no reduce-scatter),
+    so a method that back-propagates in several passes reduces once, on its last pass outside
+    it. `final`: this micro-batch is the optimizer step's last (where gradients are reduced);
+    `reduce_every_pass` (FSDP, trainer.reduce_gradients=pass): reduce after every backward
+    anyway (the unsharded gradients are then never held: less memory, more communication)."""
+
+    def __init__(self, accelerator, model, fsdp: bool, accum: int, final: bool, reduce_every_pass: bool = False):
+        self.accelerator, self.model, self.fsdp, self.accum = accelerator, model, fsdp, accum
+        self.final, self.reduce_every_pass = final, reduce_every_pass
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss / self.accum)
+
+    @contextlib.contextmanager
+    def accumulate(self):
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(self.reduce_every_pass)
+            try:
+                yield
+            finally:
+                self.model.set_requires_gradient_sync(self.final or self.reduce_every_pass)
+        elif self.accelerator.num_processes > 1:
+            with self.accelerator.no_sync(self.model):
+                yield
+        else:
+            yield

@@ -30,16 +30,30 @@ from tokreason.experiments.evaluation.next_token import next_token_accuracy
 from tokreason.experiments.models.loading import cache_dir, load_model_and_tokenizer, load_model_config, resolve_model_path
 from tokreason.experiments.reporting.tracking import Tracker, redact
 from tokreason.experiments.training.checks import SCHEDULERS, check_config, quiet_libraries, run_method
-from tokreason.experiments.training.distributed import (ShardedCheckpoint, accelerate_fsdp_settings, agree_to_stop,
-                                                        full_state_dict, shard, strategy)
+from tokreason.experiments.training.distributed import (GradientStep, ShardedCheckpoint, accelerate_fsdp_settings,
+                                                        agree_to_stop, full_state_dict, shard, strategy)
 from tokreason.experiments.training.flops import FlopCounter
 from tokreason.experiments.training.memory import peak_memory, reset_peak_memory
+from tokreason.experiments.training.precision import compute_precision, set_matmul_precision, uses_bf16
 from tokreason.experiments.training.run_dir import RunDirLock, check_resume_config, latest_checkpoint, read_data_state
 from tokreason.experiments.training.stopping import Interrupted, StopRequested
 from tokreason.methods.lm import context_length, mean_nll
 
 log = logging.getLogger(__name__)
 LOGGED = ("train/loss", "train/reward", "train/lr")  # the per-step log line's metrics (all go to metrics.jsonl)
+
+
+def check_master_weights(model: torch.nn.Module, cfg: DictConfig) -> None:
+    """The trained weights are float32 (the master copy AdamW updates): weights loaded in bf16 or
+    fp16 would lose every update below half a step of their precision (at lr 1e-6, most of
+    them), and fp16 has no loss scaling here. bf16 compute comes from trainer.precision."""
+    low = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad
+                  and p.dtype != torch.float32})
+    if low:
+        raise UserError(f"the model's weights load as {', '.join(low)} (model.dtype={cfg.model.get('dtype')}), and "
+                        "training needs float32 master weights (AdamW's updates at the papers' lr 1e-6 are below half "
+                        "a bf16 step of most weights); use model.dtype=float32 with trainer.precision=bf16 (bf16 "
+                        "compute, float32 weights and optimizer state)")
 
 
 def budget_spent(state: dict, t: DictConfig) -> bool:
@@ -86,11 +100,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     check_config(cfg)
     quiet_libraries()
     t = cfg.trainer
-    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and torch.cuda.is_available())
+    use_bf16 = uses_bf16(t)
+    set_matmul_precision(t)
     sharding = strategy(t, int(os.environ.get("WORLD_SIZE", "1")))
     fsdp = accelerate_fsdp_settings() if sharding == "fsdp" else None  # tokreason shards; Accelerate's FSDP stays off
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              mixed_precision="bf16" if use_bf16 and fsdp is None else "no")  # FSDP2 casts itself
+    # Mixed precision is tokreason's own autocast around everything a step, validation and the
+    # evaluation run (Accelerate's would cover the wrapped forward only, not a method's rollouts).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
     lock = RunDirLock(run_dir)
     if accelerator.is_main_process:
         lock.acquire()
@@ -112,6 +128,7 @@ class TrainingRun:
                  bf16: bool = False):
         self.cfg, self.run_dir, self.accelerator = cfg, run_dir, accelerator
         self.fsdp, self.bf16 = fsdp, bf16  # fsdp: None (no sharding) or the sharding's settings
+        self.reduce_every_pass = fsdp is not None and cfg.trainer.reduce_gradients == "pass"
         self.t, self.main = cfg.trainer, accelerator.is_main_process
         self.config = OmegaConf.to_container(cfg, resolve=True)
         t = self.t
@@ -184,19 +201,18 @@ class TrainingRun:
             self.model = self.method.wrap(lm, self.tokenizer)
         except ValueError as e:
             raise UserError(str(e)) from None
+        check_master_weights(self.model, self.cfg)
         if self.cfg.trainer.get("activation_checkpointing"):
             self.method.enable_activation_checkpointing(self.model)
         lm = self.method.language_model(self.model)
-        counted = [m for m in self.method.companion_models(self.model) if same_shape(m, lm)]
+        counted = [c.model for c in self.method.companions(self.model) if same_shape(c.model, lm)]
         self.flops = FlopCounter(lm, *counted)
 
     def build_optimizer(self) -> None:
         t, accelerator = self.t, self.accelerator
         if self.fsdp is not None:  # sharded before the optimizer sees the parameters
-            shard(self.model, self.method.language_model(self.model), self.method.companion_models(self.model),
+            shard(self.model, self.method.language_model(self.model), self.method.companions(self.model),
                   self.bf16, self.fsdp["reshard_after_forward"], keep_gathered=self.method.cross_forward_gradients)
-            if hasattr(self.model, "synced"):
-                self.model.synced = True  # every forward is collective: rollouts keep the processes in step
         trained = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in trained if p.ndim >= 2]
         no_decay = [p for p in trained if p.ndim < 2]
@@ -276,8 +292,10 @@ class TrainingRun:
         started, flops_before = time.perf_counter(), self.flops.total
         for micro in range(self.accum):
             batch = {k: v.to(accelerator.device) for k, v in self.stream.next().items()}
-            with self.gradient_sync(micro == self.accum - 1):
-                metrics = self.method.step(self.model, batch, lambda loss: accelerator.backward(loss / self.accum))
+            final = micro == self.accum - 1
+            backward = GradientStep(accelerator, self.model, self.fsdp is not None, self.accum, final, self.reduce_every_pass)
+            with self.gradient_sync(final), self.precision():
+                metrics = self.method.step(self.model, batch, backward)
             for k, v in metrics.items():
                 s, n = window.get(k, (0.0, 0))
                 window[k] = (s + float(v) / self.accum, n + (1 if micro == 0 else 0))
@@ -309,11 +327,16 @@ class TrainingRun:
             self.save_checkpoint()
 
     def gradient_sync(self, last_micro_batch: bool):
-        """Gradients are reduced across processes on an optimizer step's last micro-batch only."""
+        """Gradients are reduced across processes on an optimizer step's last micro-batch only
+        (trainer.reduce_gradients=step; under FSDP =pass reduces after every backward instead:
+        less memory, more communication)."""
         if self.fsdp is not None:
-            self.model.set_requires_gradient_sync(last_micro_batch)
+            self.model.set_requires_gradient_sync(last_micro_batch or self.reduce_every_pass)
             return contextlib.nullcontext()
         return contextlib.nullcontext() if last_micro_batch else self.accelerator.no_sync(self.model)
+
+    def precision(self):
+        return compute_precision(self.bf16, self.accelerator.device)
 
     def clip_gradients(self) -> float:
         if self.fsdp is None:
@@ -341,7 +364,7 @@ class TrainingRun:
         window.clear()
 
     def validate(self) -> float | None:
-        with self.flops.paused():
+        with self.flops.paused(), self.precision():
             loss = validation_loss(self.raw_model, self.corpus.val, int(self.t.batch_size), self.accelerator.device)
         if loss is not None:
             self.tracker.log(self.step, {"val/loss": loss, "val/perplexity": math.exp(min(loss, 50.0))})
@@ -395,6 +418,7 @@ class TrainingRun:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "model": self.model_path, "processes": self.world, "run_dir": str(self.run_dir),
             "sharding": "fsdp" if self.fsdp is not None else ("ddp" if self.world > 1 else "none"),
+            "precision": "bf16" if self.bf16 else "fp32",
             "wandb_run_id": self.tracker.wandb_run_id, **memory,
         }
         if self.main:
@@ -408,7 +432,7 @@ class TrainingRun:
         out: dict = {"next_token_accuracy": {}}
         ne = self.cfg.get("next_token_eval")
         if ne is not None and int(ne.positions) > 0:
-            with self.flops.paused():
+            with self.flops.paused(), self.precision():
                 out["next_token_accuracy"] = next_token_accuracy(
                     self.raw_lm, self.tokenizer, self.corpus.val, positions=int(ne.positions),
                     thought_budget=int(ne.thought_budget), max_prediction_tokens=int(ne.max_prediction_tokens),
@@ -451,7 +475,7 @@ class TrainingRun:
         log.info("evaluating the base and trained models on %s (think %s)", ", ".join(cfg.eval.benchmarks),
                  "/".join(think_modes(cfg)))
         try:
-            with self.flops.paused():
+            with self.flops.paused(), self.precision():  # the evaluation computes as training did
                 return evaluate(cfg, base_path=self.model_path, cache=cache_dir(cfg), val_windows=self.corpus.val,
                                 trained_scorers=lambda think: make_scorer(self.raw_lm, self.tokenizer, cfg, think, raw_model))
         finally:

@@ -6,23 +6,19 @@ from dataclasses import dataclass
 
 import torch
 
-from tokreason.methods import MetaThinkingMethod, step_seed
+from tokreason.methods import MetaThinkingMethod, ThoughtSettings, step_seed
+from tokreason.methods.parallel import unwrap
 from tokreason.methods.lm import next_token_nll, token_logprobs
 from tokreason.methods.sampler import sample
 from tokreason.methods.thoughts import meta_prompt
 
 
 @dataclass
-class SharperConfig:
+class SharperConfig(ThoughtSettings):  # thought_budget, min_thought_tokens, meta_init, thought_corrupt
     thought_budget: int = 4        # tokens per thought (also the thinking evaluation's budget)
     min_thought_tokens: int = 1
     temperature: float = 1.0
     thought_weight: float = 0.5    # weight of the after-thought NLL beside the plain NLL
-    thought_corrupt: str = "none"  # every thinking method takes the corruption ablation's knob
-
-    def __post_init__(self):
-        if self.thought_budget < 1:
-            raise ValueError(f"method.thought_budget={self.thought_budget} is not valid; it must be at least 1")
 
 
 class Sharper(MetaThinkingMethod):
@@ -40,7 +36,7 @@ class Sharper(MetaThinkingMethod):
 
     def step(self, model, batch, backward):
         ids = batch["input_ids"]
-        lm = getattr(model, "module", model)  # the sampler reads the LM itself (DDP wraps it)
+        lm = unwrap(model)  # the sampler reads the LM itself (DDP wraps it)
         t = ids.shape[1] // 2
         prompts = [meta_prompt(row[: t + 1].tolist(), self.tokens) for row in ids]
         seed, rank = step_seed()

@@ -4,7 +4,9 @@ against measured peaks on the CPU; `report()` extrapolates it to the papers' sca
 and a 7B Mistral at windows of 2048 tokens, bf16 compute, fp32 master weights and AdamW).
 
     static      16 B per trained parameter (fp32 weights 4, gradients 4, AdamW moments 8), plus
-                4 B per parameter of every frozen copy (RPT's proxy, RLP's EMA)
+                4 B per parameter of every frozen copy (RPT's proxy, RLP's EMA); under bf16
+                autocast 2 B more per parameter of each model run: autocast's bf16 copies of the
+                weights, cached for the step (and kept for the backward pass)
     activations saved for backward, per token per layer: (16 H + 3 KV + 4 I) x b, where H is the
                 hidden size, KV the key/value width, I the MLP width, b the bytes of an activation
                 (4 in fp32; 2.5 assumed under bf16 autocast, norms staying fp32). The 16 H (norms,
@@ -13,7 +15,11 @@ and a 7B Mistral at windows of 2048 tokens, bf16 compute, fp32 master weights an
                 points; the 4 I are the MLP's gate, up, activation and product. With
                 checkpoint_mlp the 4 I term goes; with activation checkpointing only a layer's
                 input (H x b) stays
-    KV cache    2 x KV x b per token per layer (the thought pass's and the sampler's)
+    KV cache    2 x KV x b per token per layer (the thought pass's and the sampler's; in the
+                compute dtype, bf16 under autocast), plus one layer's copy while finished groups
+                leave the batch (the compaction copies a layer at a time)
+    sampler     its logits: 3 x rows x V x 4 B (a step's float32 logits, the rows' last ones and
+                their copy; the prefill applies the head at the last prompt position only)
     logits      a head whose logits fit one chunk (HEAD_CHUNK elements) keeps them for backward,
                 4 B per element, and its backward needs 10 B per element more while it runs; a
                 larger one is chunked and checkpointed: 16 B per element of one chunk, transient
@@ -94,7 +100,8 @@ def predict_gb(method: str, shape: ModelShape, length: int, s: dict, dtype_bytes
     per process; Quiet-STaR n_ahead, n_ahead_talk, n_passes; RPT/RLP positions (total),
     group_size, thought_budget, update_batch_size, sample_batch_size, response_budget)."""
     b, p = dtype_bytes, shape.parameters
-    static = 16 * p
+    autocast_copy = 2 * p if b < 4 else 0.0  # bf16 copies of the weights autocast makes for the step
+    static = 16 * p + autocast_copy
     if method == "cpt":
         tokens = s["batch"] * length
         peak = activation_bytes(shape, tokens, b, checkpoint_mlp, checkpoint_layers) + logit_bytes(shape, tokens)
@@ -105,11 +112,13 @@ def predict_gb(method: str, shape: ModelShape, length: int, s: dict, dtype_bytes
         peak = (activation_bytes(shape, tokens, b, checkpoint_mlp, checkpoint_layers) + kv_bytes(shape, tokens, b)
                 + logit_bytes(shape, s["batch"] * s["n_passes"] * length, heads))
     else:
-        static += 4 * p * s.get("frozen_copies", 1)  # RPT's proxy (a frozen copy of the start) or RLP's EMA, fp32
+        copies = s.get("frozen_copies", 1)  # RPT's proxy (a frozen copy of the start) or RLP's EMA, fp32
+        static += (4 * p + autocast_copy) * copies
         rollouts = s["positions"] * s["group_size"]
         thought = s.get("response_budget") or s["thought_budget"]
         per_call = min(rollouts, s.get("sample_batch_size") or rollouts)
-        sampling = kv_bytes(shape, per_call / s["group_size"] * length + per_call * thought, b)
+        kv = kv_bytes(shape, per_call / s["group_size"] * length + per_call * thought, b)
+        sampling = kv * (1 + 1 / shape.layers) + 3 * per_call * shape.vocab * 4
         micro = min(rollouts, s.get("update_batch_size") or rollouts)
         update = (activation_bytes(shape, micro * (length + thought), b, checkpoint_mlp, checkpoint_layers)
                   + logit_bytes(shape, micro * thought))
@@ -159,7 +168,9 @@ def report() -> str:
             knobs, gb = fitting(method, shape)
             fits = ", ".join(f"{k}={v}" for k, v in knobs.items()) or "the defaults"
             if gb > 80:
-                fits = f"nothing tried fits one GPU (static {16 * shape.parameters / GB + 4 * shape.parameters / GB * (method in ('rpt', 'rlp')):.0f} GB): shard it (FSDP2)"
+                copies = 1 + (method in ("rpt", "rlp"))  # the model, and a proxy or an EMA beside it
+                static = (16 + 2 + (copies - 1) * (4 + 2)) * shape.parameters / GB  # fp32 + AdamW, bf16 autocast copies
+                fits = f"nothing tried fits one GPU (static {static:.0f} GB): shard it (FSDP2)"
             lines.append(f"{method:<11} {name:<12} {default:>12.0f} {fits:<60} {gb:>6.0f}")
     return "\n".join(lines)
 

@@ -419,3 +419,22 @@ def test_a_bf16_run_validates_and_evaluates_under_the_autocast_it_trained_in(cac
     assert summary["precision"] == "bf16"
     assert seen["step"] and all(seen["step"]) and seen["validation_loss"] and all(seen["validation_loss"]), seen
     assert seen["next_token_accuracy"] == [True] and seen["evaluate"] == [True]
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_code_on_the_cpu_at_toy_size(tmp_path):
+    """benchmarks/gpu.py --dry: the GPU check's every section, the same code, on the CPU (so the
+    script a GPU session runs has run before)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
+    proc = subprocess.run([sys.executable, str(script), "--dry", "--out", str(tmp_path / "gpu.json")], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "gpu.json").read_text())
+    methods = {(r["method"], r["model"], r["layers"]): r["status"] for r in results["methods"]}
+    assert len(methods) == 4 * 4 and set(methods.values()) <= {"ok", "extrapolated"}, methods
+    assert {r["mode"] for r in results["attention"]} == {"fast", "chunked", "dense"}
+    assert all(r["status"] == "ok" and r["relative_error"] < 1e-5 for r in results["attention"])
+    assert [r["rows"] for r in results["sampler"]] == [2, 4, 8] and all(r["tokens_per_second"] > 0 for r in results["sampler"])

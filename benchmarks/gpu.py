@@ -1,0 +1,372 @@
+"""The GPU check: one script that on one H100/H200 finishes in under 8 minutes and prints what a
+GPU run of tokreason costs, beside what the memory model predicts. `--dry` runs the same code on
+the CPU at toy size (CI runs it, so it cannot rot).
+
+    python benchmarks/gpu.py [--out gpu.json]            # on a GPU
+    python benchmarks/gpu.py --dry                       # the same code, toy size, on the CPU
+
+Sections (--sections, all by default):
+  methods    each method at its paper preset (method=cpt|quiet_star|rpt|rlp: the preset's window,
+             group size, templates, batch) on a random Qwen3-1.7B shape at full depth and on a
+             random Mistral-7B shape at 2 and 4 layers (extrapolated per layer to its 32), fp32
+             master weights + AdamW, bf16 autocast, one GPU. Budgets are capped so a step takes
+             seconds (printed): windows per step, response/thought budgets. Each run takes the
+             memory model's knobs that fit the GPU (micro-batches, checkpointing). Printed: status,
+             peak allocated and reserved GB beside the memory model's prediction, s/step, corpus
+             tokens/s, and MFU from the project's FLOP count (training/flops.py) over the bf16 peak.
+  attention  Quiet-STaR's thought attention, forward + backward of one call at 10 thought steps:
+             the fused path with its kernel (flash or memory-efficient), without (chunked), and the
+             official dense mask, L = 256 .. 2048; the error of each against the chunked path.
+  sampler    the batched KV-cached sampler's tokens/s at 16, 64 and 256 rows (G = 8 per prompt).
+
+Every failure is a row with its status (OOM, or the error's first line), never a silent skip."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from memory_model import ModelShape, fitting, predict_gb  # noqa: E402
+
+BF16_PEAK = 989e12  # H100/H200 SXM dense bf16 FLOP/s (the datasheet's; MFU is measured against it)
+SHAPES = {  # the random models: (architecture, its config), full size
+    "qwen3-1.7b": ("qwen3", dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                                 num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+                                 max_position_embeddings=40960)),
+    "mistral-7b": ("mistral", dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                   num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
+                                   max_position_embeddings=32768, sliding_window=4096)),
+}
+DRY_SHAPE = dict(vocab_size=600, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=16, max_position_embeddings=1024)
+CAPS = {"gpu": dict(windows=4, seq_len=2048, response_budget=256, thought_budget=256, group_size=None, steps=2),
+        "dry": dict(windows=1, seq_len=48, response_budget=4, thought_budget=4, group_size=2, steps=1)}
+MISTRAL_DEPTHS = (2, 4)  # layers measured; the 32 of the real model are extrapolated per layer
+
+
+def model_config(name: str, dry: bool, layers: int | None = None):
+    from transformers import MistralConfig, Qwen3Config
+
+    arch, config = SHAPES[name]
+    config = {**config, **(DRY_SHAPE if dry else {})}
+    if layers is not None:
+        config["num_hidden_layers"] = layers
+    elif dry:
+        config["num_hidden_layers"] = 2
+    return (Qwen3Config if arch == "qwen3" else MistralConfig)(**config)
+
+
+def benchmark_tokenizer():
+    """A byte-level BPE with <think>/</think> and a chat template (RLP's paper template needs
+    both); the models' vocabularies are larger (their spare rows are sampled too)."""
+    from tokreason.experiments.data.tokenizer import train_tokenizer
+
+    texts = [f"Step {i}: the value is {i * 7 % 13}, so the next one is {(i + 1) * 7 % 13}." for i in range(400)]
+    tokenizer = train_tokenizer(texts, 400)
+    tokenizer.add_special_tokens({"extra_special_tokens": ["<think>", "</think>"]}, replace_extra_special_tokens=False)
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    return tokenizer
+
+
+def preset(method: str, caps: dict, knobs: dict) -> tuple[dict, dict]:
+    """The paper preset's method section and the run's shape (windows, seq_len, checkpointing),
+    budgets capped, the memory model's knobs applied."""
+    from omegaconf import OmegaConf
+
+    from tokreason.experiments.launch.compose import compose_config
+
+    cfg = compose_config([f"method={method}"])
+    section = OmegaConf.to_container(cfg.method, resolve=True)
+    for key in ("response_budget", "thought_budget"):
+        if key in section:
+            section[key] = min(section[key], caps[key])
+            if key == "thought_budget":
+                section["min_thought_tokens"] = min(section.get("min_thought_tokens", 0), section[key])
+    if caps["group_size"] and "group_size" in section:
+        section["group_size"] = min(section["group_size"], caps["group_size"])
+    for key in ("update_batch_size", "sample_batch_size"):
+        if key in knobs:
+            section[key] = knobs[key]
+    run = {"windows": min(int(cfg.trainer.batch_size), caps["windows"], knobs.get("batch", caps["windows"])),
+           "seq_len": min(int(cfg.data.seq_len), caps["seq_len"]),
+           "checkpoint_layers": bool(knobs.get("checkpoint_layers")), "checkpoint_mlp": bool(knobs.get("checkpoint_mlp"))}
+    if run["checkpoint_mlp"] and "checkpoint_mlp" in section:
+        section["checkpoint_mlp"] = True
+    return section, run
+
+
+def memory_settings(method: str, section: dict, run: dict) -> dict:
+    """The settings as benchmarks/memory_model.py reads them (positions in all, per window)."""
+    if method == "cpt":
+        return {"batch": run["windows"]}
+    if method == "quiet_star":
+        return {"batch": run["windows"], **{k: section[k] for k in ("n_ahead", "n_ahead_talk", "n_passes")}}
+    budget = section.get("response_budget") if section.get("template") == "boxed" else None
+    return {"positions": run["windows"] * (section.get("positions_per_window") or 1), "group_size": section["group_size"],
+            "thought_budget": section["thought_budget"], "response_budget": budget,
+            "update_batch_size": section.get("update_batch_size"), "sample_batch_size": section.get("sample_batch_size")}
+
+
+def run_method(method: str, config, tokenizer, caps: dict, knobs: dict, device) -> dict:
+    """One method's optimizer steps on a random model: peak memory, s/step, tokens/s, MFU."""
+    from transformers import AutoModelForCausalLM
+
+    from tokreason.experiments.training.flops import FlopCounter
+    from tokreason.methods import LocalBackward, build_method
+
+    section, run = preset(method, caps, knobs)
+    torch.manual_seed(0)
+    with torch.device(device):
+        lm = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    algo = build_method(section)
+    model = algo.wrap(lm, tokenizer).to(device)
+    if run["checkpoint_layers"]:
+        algo.enable_activation_checkpointing(model)
+    companions = [c.model for c in algo.companions(model) if c.model.config.to_dict() == lm.config.to_dict()]
+    flops = FlopCounter(algo.language_model(model), *companions)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    ids = torch.randint(4, len(tokenizer), (run["windows"], run["seq_len"]), device=device)
+    batch = {"input_ids": ids, "window_index": torch.arange(len(ids), device=device)}
+    times, counted = [], []
+    for i in range(1 + caps["steps"]):  # a warm-up step, then the timed ones
+        if i == 1:
+            reset_peak(device)
+        synchronize(device)
+        started, before = time.perf_counter(), flops.total
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            algo.step(model, batch, LocalBackward())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        if i >= 1:
+            times.append(time.perf_counter() - started)
+            counted.append(flops.total - before)
+    seconds, step_flops = sum(times) / len(times), sum(counted) / len(counted)
+    return {"section": section, "run": run, "seconds": seconds, "tokens_per_second": ids.numel() / seconds,
+            "flops": step_flops, "mfu": step_flops / seconds / BF16_PEAK, **peak(device)}
+
+
+def reset_peak(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak(device) -> dict:
+    if torch.device(device).type != "cuda":
+        return {"allocated_gb": None, "reserved_gb": None}
+    return {"allocated_gb": torch.cuda.max_memory_allocated() / 2**30, "reserved_gb": torch.cuda.max_memory_reserved() / 2**30}
+
+
+def guarded(fn, *args) -> dict:
+    """fn(*args) with its failure as a status: OOM, or the error's type and first line."""
+    try:
+        return {"status": "ok", **fn(*args)}
+    except torch.cuda.OutOfMemoryError:
+        return {"status": "OOM"}
+    except Exception as e:  # a row of the table, not a crash of the check: every other row still runs
+        traceback.print_exc(file=sys.stderr)
+        return {"status": f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"}
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def methods_section(dry: bool, device, budget_gb: float) -> list[dict]:
+    caps, tokenizer, rows = CAPS["dry" if dry else "gpu"], benchmark_tokenizer(), []
+    models = [("qwen3-1.7b", None), *[("mistral-7b", depth) for depth in MISTRAL_DEPTHS]]
+    for method in ("cpt", "quiet_star", "rpt", "rlp"):
+        for name, depth in models:
+            config = model_config(name, dry, depth)
+            shape = ModelShape.from_config(config.to_dict())
+            knobs, _ = fitting(method, shape, caps["seq_len"], budget_gb)
+            row = {"method": method, "model": name, "layers": config.num_hidden_layers, "knobs": knobs,
+                   **guarded(run_method, method, config, tokenizer, caps, knobs, device)}
+            if row["status"] == "ok":
+                settings = memory_settings(method, row["section"], row["run"])
+                flags = {k: row["run"][k] for k in ("checkpoint_layers", "checkpoint_mlp")}
+                row["predicted_gb"] = predict_gb(method, shape, row["run"]["seq_len"], settings, dtype_bytes=2.5, **flags)
+            rows.append(row)
+            print_method_row(row)
+    return rows + extrapolated(rows)
+
+
+def extrapolated(rows: list[dict]) -> list[dict]:
+    """Mistral-7B at its 32 layers from the 2- and 4-layer runs: per-layer slope of memory and
+    time, the FLOPs likewise (MFU follows)."""
+    out = []
+    for method in ("cpt", "quiet_star", "rpt", "rlp"):
+        a, b = (next((r for r in rows if r["method"] == method and r["model"] == "mistral-7b" and r["layers"] == d
+                      and r["status"] == "ok"), None) for d in MISTRAL_DEPTHS)
+        if a is None or b is None:
+            continue
+        per = b["layers"] - a["layers"]
+
+        def at(key, layers=32):
+            if a.get(key) is None:
+                return None
+            return a[key] + (b[key] - a[key]) / per * (layers - a["layers"])
+
+        seconds = at("seconds")
+        out.append({"method": method, "model": "mistral-7b", "layers": 32, "status": "extrapolated",
+                    "allocated_gb": at("allocated_gb"), "reserved_gb": at("reserved_gb"), "predicted_gb": at("predicted_gb"),
+                    "seconds": seconds, "tokens_per_second": a["tokens_per_second"] * a["seconds"] / seconds,
+                    "mfu": at("flops") / seconds / BF16_PEAK, "knobs": b["knobs"]})
+    return out
+
+
+def fmt(value, spec: str) -> str:
+    width = int(spec.rstrip("fe%").split(".")[0] or 0)
+    return "-".rjust(width) if value is None else format(value, spec)
+
+
+def print_method_row(row: dict) -> None:
+    knobs = ", ".join(f"{k}={v}" for k, v in row.get("knobs", {}).items()) or "-"
+    print(f"{row['method']:<11} {row['model']:<11} {row['layers']:>3} {row['status'][:40]:<40} "
+          f"{fmt(row.get('allocated_gb'), '8.1f')} {fmt(row.get('reserved_gb'), '8.1f')} {fmt(row.get('predicted_gb'), '9.1f')} "
+          f"{fmt(row.get('seconds'), '8.2f')} {fmt(row.get('tokens_per_second'), '10.0f')} {fmt(row.get('mfu'), '6.1%')}  {knobs}",
+          flush=True)
+
+
+def attention_section(dry: bool, device) -> list[dict]:
+    """The thought attention alone: fused with its kernel, chunked, dense; ms per forward+backward."""
+    rows = []
+    for length in ((32, 64) if dry else (256, 512, 1024, 2048)):
+        results = {mode: guarded(time_attention, mode, length, dry, device) for mode in ("fast", "chunked", "dense")}
+        reference = results["chunked"].get("out")
+        for mode, r in results.items():
+            error = None
+            if r.get("out") is not None and reference is not None:
+                error = float((r["out"] - reference).abs().max() / reference.abs().max())
+            rows.append({"length": length, "mode": mode, "status": r["status"], "ms": r.get("ms"),
+                         "kernel": r.get("kernel"), "relative_error": error})
+            print(f"  L {length:>5} {mode:<8} {str(r.get('kernel')):<15} {r['status'][:30]:<30} {fmt(r.get('ms'), '9.2f')} ms "
+                  f"err {fmt(error, '.1e')}", flush=True)
+    return rows
+
+
+def time_attention(mode: str, length: int, dry: bool, device) -> dict:
+    import tokreason.methods.thought_attention as ta
+    from tokreason.methods.text_kernels import select_text_kernel
+
+    heads, key_heads, dim, steps = (4, 2, 16, 3) if dry else (16, 8, 128, 10)
+    dtype = torch.float32 if dry else torch.bfloat16
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def leaf(h):
+        return torch.randn(1, h, length, dim, generator=g, device=device, dtype=dtype).requires_grad_()
+
+    q, k, v = leaf(heads), leaf(key_heads), leaf(key_heads)
+    own_k, own_v = [leaf(key_heads) for _ in range(steps)], [leaf(key_heads) for _ in range(steps)]
+    kernel = select_text_kernel(q, steps, None, mode if mode != "dense" else "chunked")
+
+    def call():
+        if mode == "dense":
+            out, _ = ta.dense_thought_attention(ta_module_stub(), q, k, v, own_k, own_v, dim ** -0.5, None, 0.0)
+            return out.transpose(1, 2)
+        return ta.FusedThoughtAttention.apply(q, k, v, dim ** -0.5, None, ta.QUERY_CHUNK, kernel, *own_k, *own_v)
+
+    out = call()  # warm-up
+    out.float().sum().backward()
+    synchronize(device)
+    repeats = 1 if dry else 5
+    started = time.perf_counter()
+    for _ in range(repeats):
+        out = call()
+        out.float().sum().backward()
+    synchronize(device)
+    return {"ms": (time.perf_counter() - started) / repeats * 1e3, "out": out.detach().float().reshape(1, heads, length, dim),
+            "kernel": getattr(kernel, "name", None)}
+
+
+def ta_module_stub():
+    class Layer:
+        training = False
+    return Layer()
+
+
+def sampler_section(dry: bool, device) -> list[dict]:
+    rows = []
+    config = model_config("qwen3-1.7b", dry)
+    with torch.device(device):
+        from transformers import AutoModelForCausalLM
+
+        from tokreason.methods.thought_attention import use_tokreason_attention
+
+        lm = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    use_tokreason_attention(lm)
+    for count in ((2, 4, 8) if dry else (16, 64, 256)):
+        r = guarded(time_sampler, lm, count, dry, device)
+        rows.append({"rows": count, **r})
+        print(f"  rows {count:>4}  {r['status'][:30]:<30} {fmt(r.get('tokens_per_second'), '10.0f')} tokens/s "
+              f"({fmt(r.get('seconds'), '.2f')} s)", flush=True)
+    return rows
+
+
+def time_sampler(lm, rows: int, dry: bool, device) -> dict:
+    from tokreason.methods.sampler import sample
+
+    group, prompt, new = (2, 16, 4) if dry else (8, 512, 128)
+    prompts = torch.randint(4, 300, (max(1, rows // group), prompt)).tolist()
+    options = dict(keys=list(range(len(prompts) * group)), seed=0, temperature=1.0, thought_budget=new, close_id=None,
+                   max_prediction_tokens=new, stop_ids=[], pad_id=1, repeats=group)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        sample(lm, prompts[:1], **{**options, "keys": options["keys"][:group]})  # warm-up
+        synchronize(device)
+        started = time.perf_counter()
+        out = sample(lm, prompts, **options)
+        synchronize(device)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "tokens_per_second": int(out.sampled.sum()) / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry", action="store_true", help="the same code on the CPU at toy size")
+    parser.add_argument("--sections", default="methods,attention,sampler")
+    parser.add_argument("--budget-gb", type=float, default=130.0, help="the GPU memory the knobs must fit")
+    parser.add_argument("--out", type=Path, default=None, help="write every figure here as JSON")
+    args = parser.parse_args()
+    if not args.dry and not torch.cuda.is_available():
+        parser.error("no GPU here; run with --dry for the CPU twin")
+    device = "cpu" if args.dry else "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    sections = args.sections.split(",")
+    print(f"tokreason GPU check on {torch.cuda.get_device_name() if not args.dry else 'the CPU (dry)'}; "
+          f"torch {torch.__version__}; caps {CAPS['dry' if args.dry else 'gpu']}", flush=True)
+    results, started = {}, time.perf_counter()
+    if "methods" in sections:
+        print(f"{'method':<11} {'model':<11} {'lay':>3} {'status':<40} {'alloc GB':>8} {'resv GB':>8} {'model GB':>9} "
+              f"{'s/step':>8} {'tokens/s':>10} {'MFU':>6}  knobs")
+        results["methods"] = methods_section(args.dry, device, args.budget_gb)
+        for row in results["methods"]:
+            if row["status"] == "extrapolated":
+                print_method_row(row)
+    if "attention" in sections:
+        print("thought attention, one call forward + backward (relative error against the chunked path):")
+        results["attention"] = attention_section(args.dry, device)
+    if "sampler" in sections:
+        print("sampler, random Qwen3-1.7B shape, bf16 autocast:")
+        results["sampler"] = sampler_section(args.dry, device)
+    print(f"done in {time.perf_counter() - started:.0f} s")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+    failed = [r for rows in results.values() for r in rows if str(r.get("status", "ok")).startswith("FAIL")]
+    if failed:
+        sys.exit(f"error: {len(failed)} rows failed (their status says why)")
+
+
+if __name__ == "__main__":
+    main()

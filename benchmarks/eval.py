@@ -22,7 +22,7 @@ import tokreason.conf
 from tokreason.experiments.evaluation.real_tasks import load_real_benchmark
 from tokreason.experiments.evaluation.synthetic_tasks import synthetic_benchmark
 from tokreason.experiments.data.corpus import build_corpus
-from tokreason.experiments.evaluation.evaluate import heldout_values, score_benchmark
+from tokreason.experiments.evaluation.benchmarks import heldout_values, score_benchmark
 from tokreason.experiments.models.loading import load_model_and_tokenizer
 from tokreason.experiments.models.tiny_base import ensure_tiny_base
 from tokreason.experiments.evaluation.next_token import bucket_positions

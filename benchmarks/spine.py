@@ -50,7 +50,7 @@ def overhead(cache: Path, out: Path, steps: int, batch_size: int) -> None:
     # Both loops run 2*steps on the same batches and are timed on the second half (the first warms up).
     overrides = ["logger=none", "trainer.progress_bar=false", f"trainer.max_steps={2 * steps}", f"trainer.batch_size={batch_size}",
                  f"trainer.log_every={steps}", "trainer.eval_every=0", "trainer.checkpoint_every=0",
-                 "trainer.export_model=false", "next_token_eval.positions=0", f"run_dir={out}"]
+                 "trainer.export_model=false", f"run_dir={out}"]
     cfg = compose_config(overrides)
     OmegaConf.resolve(cfg)
 

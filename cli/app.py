@@ -67,7 +67,7 @@ def eval_(overrides: Annotated[list[str] | None, typer.Argument(metavar="OVERRID
                                                                       "or model=... to evaluate a model alone; then eval.* "
                                                                       "overrides, e.g. eval.limit=20 eval.think=[off]", show_default=False)] = None):
     """Benchmarks on the base and the trained model, think off and on, and the deltas."""
-    from tokreason.experiments.evaluation.evaluate import format_table
+    from tokreason.experiments.evaluation.table import format_table
     from tokreason.experiments.launch.evaluate import run_eval
 
     table, out_dir = _call("eval", run_eval, list(overrides or []))

@@ -4,7 +4,7 @@ Loss = mean next-token negative log-likelihood over the batch's windows (the hea
 chunks of positions: no [B, L, V] logits kept for backward)."""
 from tokreason.methods.base import Method, MethodModule
 from tokreason.methods.lm import mean_nll
-from tokreason.methods.registry import register_method
+from tokreason.methods.registration import register_method
 
 
 class CPTModel(MethodModule):

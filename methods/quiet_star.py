@@ -34,7 +34,7 @@ from tokreason.methods.corruption import check_corruption, corrupt_thoughts, cor
 from tokreason.methods.inference import PlainScorer
 from tokreason.methods.lm import checkpoint_mlps, chunked, fits_one_chunk, context_length, head_logprobs, output_head, token_logprobs
 from tokreason.methods.policy import group_advantages, reinforce_loss
-from tokreason.methods.registry import register_method
+from tokreason.methods.registration import register_method
 from tokreason.methods.sampler import counter_uniform
 from tokreason.methods.settings import at_least, one_of, positive
 from tokreason.methods.thought_attention import THOUGHT_ATTENTION, ThoughtCache
@@ -151,15 +151,15 @@ class QuietStarModel(MethodModule):
         `thoughts` [N, L, m] replays given thought tokens instead of sampling. `noise` (seed,
         keys [N, L]) makes each position's draws a function of its key (the global RNG otherwise).
         `attention`: the thought attention (method.attention unless given)."""
-        c = self.config
+        cfg = self.config
         n, length = ids.shape
         embed = self.lm.get_input_embeddings()
-        step = self._stepper(ids, attention or c.attention)
+        step = self._stepper(ids, attention or cfg.attention)
         base_hidden = step(None, 0)
-        meta = (self.meta * c.meta_grad_scale).to(base_hidden.dtype)
+        meta = (self.meta * cfg.meta_grad_scale).to(base_hidden.dtype)
         x = meta[0].expand(n, length, -1)
         thought_ids, policy_logprobs = [], []
-        m = c.sampled_tokens
+        m = cfg.sampled_tokens
         for s in range(1, m + 2):  # inputs <start>, h_1..h_m; outputs h_1..h_m are sampled, the last is dropped for <end>
             hidden = step(x, s)
             if s > m:
@@ -212,13 +212,13 @@ class QuietStarModel(MethodModule):
         meta-tokens are never thought) and its log-prob at the REINFORCE temperature, with
         gradient. Logits that fit one chunk are computed once; larger ones are chunked (drawn
         without gradient, scored by the checkpointed head_logprobs)."""
-        c, head = self.config, self.head
+        cfg, head = self.config, self.head
         if not fits_one_chunk(hidden[..., :1].numel(), head.vocab_size):
             token = given if given is not None else self.draw(hidden, greedy, uniform)
-            return token, head_logprobs(head, hidden, token, c.reinforce_temperature, self.meta_index)
+            return token, head_logprobs(head, hidden, token, cfg.reinforce_temperature, self.meta_index)
         logits = head(hidden).float().index_fill(-1, self.meta_index, float("-inf"))
         token = given if given is not None else self._pick(logits.detach(), greedy, uniform)
-        return token, token_logprobs(logits, token, c.reinforce_temperature)
+        return token, token_logprobs(logits, token, cfg.reinforce_temperature)
 
     @torch.no_grad()
     def draw(self, hidden: torch.Tensor, greedy: bool, uniform: torch.Tensor | None = None) -> torch.Tensor:
@@ -294,18 +294,18 @@ class QuietStarModel(MethodModule):
         does not need the sampled tokens but runs the same sampling pass, so that both
         corruptions cost the same (the pass is extra compute over thought_corrupt=none).
         Given `thoughts` are replayed as they are."""
-        c = self.config
-        check_window(c, input_ids.shape[1], self.context)
-        ids = input_ids.repeat_interleave(c.n_passes, dim=0)  # the passes of one window are adjacent rows
+        cfg = self.config
+        check_window(cfg, input_ids.shape[1], self.context)
+        ids = input_ids.repeat_interleave(cfg.n_passes, dim=0)  # the passes of one window are adjacent rows
         noise = (step_seed()[0], self.thought_keys(input_ids, window_index))
-        if c.thought_corrupt != "none" and thoughts is None:
+        if cfg.thought_corrupt != "none" and thoughts is None:
             with torch.no_grad():
                 sampled = self.think(ids, 0, noise=noise).thought_ids
             seed, rank = step_seed()  # drawn after the sampling pass
             thoughts = corrupt_thoughts(sampled, torch.full(sampled.shape[:-1], sampled.shape[-1], device=sampled.device),
-                                        c.thought_corrupt, corruption_generator(seed, rank), self.vocab_size,
+                                        cfg.thought_corrupt, corruption_generator(seed, rank), self.vocab_size,
                                         self.forbidden_ids)
-        tp = self.think(ids, c.n_ahead_talk, thoughts=thoughts, noise=noise)
+        tp = self.think(ids, cfg.n_ahead_talk, thoughts=thoughts, noise=noise)
         loss, metrics = self.objective(input_ids, tp)
         return loss, metrics, tp
 
@@ -322,27 +322,27 @@ class QuietStarModel(MethodModule):
     def objective(self, input_ids: torch.Tensor, tp: ThoughtPass) -> tuple[torch.Tensor, dict]:
         """NLL of the mixed prediction (plus the base NLL in the official form) and REINFORCE
         on the thought tokens, from a thought pass over the windows repeated n_passes times."""
-        c = self.config
+        cfg = self.config
         batch, length = input_ids.shape
-        ids = input_ids.repeat_interleave(c.n_passes, dim=0)
+        ids = input_ids.repeat_interleave(cfg.n_passes, dim=0)
         scores, targets, valid, mix_weight = self.talk_scores(ids, tp)
         mixed_nll = -(scores * valid).sum() / (valid.sum() * ids.shape[0])
         base_nll = -head_logprobs(self.head, tp.base_hidden[:, :-1], ids[:, 1:]).mean()
-        nll = 0.5 * base_nll + 0.5 * mixed_nll if c.form == "official" else mixed_nll
+        nll = 0.5 * base_nll + 0.5 * mixed_nll if cfg.form == "official" else mixed_nll
 
         # Each position is a group of n_passes thoughts: [B, P, L, .] -> [B*L, P, .]
         def groups(x: torch.Tensor) -> torch.Tensor:
-            x = x.view(batch, c.n_passes, length, *x.shape[2:]).transpose(1, 2)
-            return x.reshape(batch * length, c.n_passes, *x.shape[3:])
+            x = x.view(batch, cfg.n_passes, length, *x.shape[2:]).transpose(1, 2)
+            return x.reshape(batch * length, cfg.n_passes, *x.shape[3:])
 
-        full_talk = torch.arange(length, device=ids.device) + c.n_ahead_talk < length  # every talk token exists
+        full_talk = torch.arange(length, device=ids.device) + cfg.n_ahead_talk < length  # every talk token exists
         continuation = Continuation(ids=groups(targets)[:, 0], mask=valid[None].expand(batch, -1, -1).reshape(batch * length, -1))
         rollouts = Rollouts(thought_ids=groups(tp.thought_ids), continuation_logprobs=groups(scores.detach()))
         rewards = continuation_log_likelihood(rollouts, continuation)  # [B*L, P]
-        advantages = group_advantages(rewards, clamp_min=0.0 if c.clamp_negative_advantages else None)
-        position_ok = full_talk[None].expand(batch, -1).reshape(-1, 1).expand(-1, c.n_passes)
+        advantages = group_advantages(rewards, clamp_min=0.0 if cfg.clamp_negative_advantages else None)
+        position_ok = full_talk[None].expand(batch, -1).reshape(-1, 1).expand(-1, cfg.n_passes)
         policy = reinforce_loss(groups(tp.policy_logprobs), advantages, position_ok)
-        loss = nll + c.policy_weight * policy
+        loss = nll + cfg.policy_weight * policy
         kept = position_ok[:, 0]
         metrics = {"loss": loss.detach(), "nll": nll.detach(), "nll_base": base_nll.detach(), "nll_mixed": mixed_nll.detach(),
                    "policy_loss": policy.detach(), "reward": rewards[kept].mean(), "reward_spread": rewards[kept].std(-1).mean(),
@@ -362,13 +362,13 @@ class QuietStarModel(MethodModule):
         """Token by token: a (greedy) thought after the last token, the mixed prediction, then the
         chosen token joins the text. The text's KV cache is kept; each thought's is cropped away.
         Ends early once every row has produced one of `stop_ids`."""
-        c, lm_head, embed = self.config, self.lm.get_output_embeddings(), self.lm.get_input_embeddings()
+        cfg, lm_head, embed = self.config, self.lm.get_output_embeddings(), self.lm.get_input_embeddings()
         backbone = self.lm.base_model
         n, length = ids.shape
         cache = DynamicCache()  # every key kept, so a thought can be cropped away (the mask applies any window)
         hidden = backbone(input_ids=ids, position_ids=torch.arange(length, device=ids.device).expand(n, -1),
                           cache=cache, use_cache=True).last_hidden_state[:, -1:]
-        meta = (self.meta * c.meta_grad_scale).to(hidden.dtype)
+        meta = (self.meta * cfg.meta_grad_scale).to(hidden.dtype)
         out = ids
         stops = torch.tensor(stop_ids or [-1], device=ids.device)
         stopped = torch.zeros(n, dtype=torch.bool, device=ids.device)
@@ -378,14 +378,14 @@ class QuietStarModel(MethodModule):
             text_len = out.shape[1]
             pos = torch.full((n, 1), text_len - 1, device=ids.device)
             x = meta[0].expand(n, 1, -1)
-            for s in range(1, c.sampled_tokens + 2):
+            for s in range(1, cfg.sampled_tokens + 2):
                 h = backbone(inputs_embeds=x, position_ids=pos + s, cache=cache, use_cache=True).last_hidden_state
-                if s > c.sampled_tokens:
+                if s > cfg.sampled_tokens:
                     break
                 logits = lm_head(h).float()
                 logits[..., list(self.meta_ids)] = float("-inf")
                 x = embed(logits.argmax(-1))
-            talk = backbone(inputs_embeds=meta[1].expand(n, 1, -1), position_ids=pos + c.sampled_tokens + 2,
+            talk = backbone(inputs_embeds=meta[1].expand(n, 1, -1), position_ids=pos + cfg.sampled_tokens + 2,
                             cache=cache, use_cache=True).last_hidden_state
             cache.crop(text_len - cache.get_seq_length())  # forget the thought (a negative count), keep the text
             logprobs = self.mixed_logprobs(hidden, talk)[0][:, -1]

@@ -16,29 +16,18 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 
+# The built-ins register themselves on import (registration.py holds the table, so they need
+# nothing from this module).
+from tokreason.methods import cpt, quiet_star, rlp, rpt  # noqa: F401
 from tokreason.methods.base import Method
+from tokreason.methods.registration import CONTROL, REGISTRY, register_method
 
-CONTROL = "cpt"  # the method every comparison is measured against
 TARGET = "_target_"
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register_method(name: str):
-    """Class decorator: make a Method subclass available as `method.name=<name>`."""
-
-    def register(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"method {name!r} is registered twice ({_REGISTRY[name].__qualname__}, {cls.__qualname__})")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return register
+__all__ = ["CONTROL", "build_method", "import_target", "method_class", "method_names", "method_settings", "register_method"]
 
 
 def method_names() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted(REGISTRY)
 
 
 def import_target(target: str) -> type[Method]:
@@ -60,12 +49,11 @@ def method_class(section: Mapping) -> type[Method]:
     registered `name`."""
     if section.get(TARGET):
         return import_target(section[TARGET])
-    _load_builtins()
     name = section.get("name")
-    if name not in _REGISTRY:
+    if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(method_names())} "
                          f"(or a class of your own: method._target_=package.module.Class)")
-    return _REGISTRY[name]
+    return REGISTRY[name]
 
 
 def method_settings(section: Mapping) -> dict:
@@ -80,9 +68,3 @@ def build_method(section: Mapping) -> Method:
         return cls(**method_settings(section))
     except TypeError as e:
         raise ValueError(f"method {section.get('name')!r}: {e}") from None
-
-
-def _load_builtins() -> None:
-    # The built-ins register on import; imported here, not at the top, so this module has no
-    # cycle with them (they import register_method from it).
-    from tokreason.methods import cpt, quiet_star, rlp, rpt  # noqa: F401

@@ -31,7 +31,7 @@ from tokreason.methods.keys import rollout_keys, step_seed
 from tokreason.methods.lm import head_logprobs, hidden_states, lm_device, output_head
 from tokreason.methods.parallel import gathered
 from tokreason.methods.policy import behaviour_logprobs_from_hidden, clipped_surrogate
-from tokreason.methods.registry import register_method
+from tokreason.methods.registration import register_method
 from tokreason.methods.rollout import RolloutBatch, RolloutMethod, RolloutModule
 from tokreason.methods.sampler import sample, sample_in_batches
 from tokreason.methods.settings import MicroBatchSettings, SelectorSettings, ThoughtSettings, at_least, one_of
@@ -118,30 +118,30 @@ class RLPModel(RolloutModule):
     def rollout(self, input_ids: torch.Tensor, windows: torch.Tensor) -> "ThoughtBatch | None":
         """Positions, G thoughts each, and S_EMA (None when no position has enough context and
         continuation: the step is skipped, and counted)."""
-        m, g = self.config, self.config.group_size
+        cfg, g = self.config, self.config.group_size
         clock = time.perf_counter()
         seed, rank = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
-        where = m.choose(self.lm, input_ids, min_continuation=m.target_tokens, seed=seed, windows=windows)
+        where = cfg.choose(self.lm, input_ids, min_continuation=cfg.target_tokens, seed=seed, windows=windows)
         if len(where) == 0:
             return None
         rows, ts = where[:, 0], where[:, 1]
-        k, pad = m.target_tokens, self.tokenizer.pad_token_id or 0
+        k, pad = cfg.target_tokens, self.tokenizer.pad_token_id or 0
         prompts = [self.format.prompt(input_ids[r, : t + 1].tolist()) for r, t in where.tolist()]
         was_training = self.lm.training
         self.lm.eval()
-        samples = sample_in_batches(self.lm, prompts, sampler=sample, rollouts_per_call=m.sample_batch_size, repeats=g,
-                                    keys=rollout_keys(windows, where, g), seed=seed, temperature=m.temperature,
-                                    thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens,
+        samples = sample_in_batches(self.lm, prompts, sampler=sample, rollouts_per_call=cfg.sample_batch_size, repeats=g,
+                                    keys=rollout_keys(windows, where, g), seed=seed, temperature=cfg.temperature,
+                                    thought_budget=cfg.thought_budget, min_thought_tokens=cfg.min_thought_tokens,
                                     close_id=self.end_id, max_prediction_tokens=0, stop_ids=[], pad_id=pad)
         self.lm.train(was_training)
         sampled_at = time.perf_counter()
         targets = torch.stack([input_ids[rows, ts + 1 + j] for j in range(k)], dim=-1)  # [n, k]
         thought = samples.tokens
-        if m.thought_corrupt != "none":
+        if cfg.thought_corrupt != "none":
             # The ablation: S_pred is scored after the corrupted thought (same length, same close)
             # and the surrogate pushes on the corrupted tokens' log-probs. The corruption's noise
             # comes from the step's seed: no extra global RNG draw.
-            thought = corrupt_thoughts(samples.tokens, samples.thought_len, m.thought_corrupt, corruption_generator(seed, rank),
+            thought = corrupt_thoughts(samples.tokens, samples.thought_len, cfg.thought_corrupt, corruption_generator(seed, rank),
                                        self.vocab_size, [*self.format.markers, self.tokenizer.eos_token_id, pad])
         batch = ThoughtBatch.build(samples, thought, targets, self.s_ema(input_ids, rows, ts, targets), g)
         self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
@@ -164,13 +164,13 @@ class RLPModel(RolloutModule):
         """One teacher-forced pass over [prompt | thought, close | x_{t+1} .. x_{t+k}]: the thought
         tokens' log-probs with gradient (under the distribution the sampler drew from), S_pred
         right after each row's own close, without; the head only at those positions."""
-        m, g = self.config, self.config.group_size
+        cfg, g = self.config, self.config.group_size
         hidden = hidden_states(self.lm, input_ids=batch.full[rows], attention_mask=batch.mask[rows],
                                position_ids=batch.positions[rows])
         width, steps = batch.width, batch.thought.shape[1]
         head = output_head(self.lm)
         thought_lp = behaviour_logprobs_from_hidden(head, hidden[:, width - 1: width - 1 + steps], batch.thought[rows],
-                                                    m.temperature, self.end_id, m.min_thought_tokens)
+                                                    cfg.temperature, self.end_id, cfg.min_thought_tokens)
         at = batch.score_at[rows]  # [r, k]: the positions that predict each target
         with torch.no_grad():  # S_pred is a reward: no gradient
             target_hidden = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -186,16 +186,16 @@ class RLPModel(RolloutModule):
         [n, G]: log p of the true target tokens after each thought (summed over them); s_ema
         [n]: the EMA's log p of them on the plain context. rows / tokens / positions: the whole
         batch's counts when these are a micro-batch of it (every metric then adds up)."""
-        m = self.config
+        cfg = self.config
         n, g = s_pred.shape
         positions = positions or n
         rollouts = Rollouts(continuation_logprobs=s_pred[..., None], reference_logprobs=s_ema[:, None])
         rewards = information_gain(rollouts, Continuation(ids=s_ema.new_zeros(n, 1, dtype=torch.long),
                                                           mask=torch.ones(n, 1, dtype=torch.bool, device=s_ema.device)))
-        advantages = rlp_advantages(rewards, m.advantage)
+        advantages = rlp_advantages(rewards, cfg.advantage)
         loss, clip_fraction = clipped_surrogate(thought_logprobs, thought_logprobs.detach(), advantages.reshape(-1),
-                                                thought_mask, m.clip_eps_low, m.clip_eps_high, rows=rows, tokens=tokens,
-                                                aggregation="sequence" if m.loss_aggregation == "thought" else "token")
+                                                thought_mask, cfg.clip_eps_low, cfg.clip_eps_high, rows=rows, tokens=tokens,
+                                                aggregation="sequence" if cfg.loss_aggregation == "thought" else "token")
         return loss, {"loss": loss.detach(), "reward": rewards.sum() / (positions * g),
                       "reward_std": rewards.std(-1, unbiased=False).sum() / positions,
                       "advantage_abs": advantages.abs().sum() / (positions * g), "s_pred": s_pred.sum() / (positions * g),
@@ -307,14 +307,14 @@ class RLP(RolloutMethod):
         return RLPModel(lm, tokenizer, self.config, self.thought_format(lm, tokenizer))
 
     def check_window(self, seq_len: int, context: int | None) -> None:
-        c = self.config
-        if c.min_context + c.target_tokens > seq_len - 1:
+        cfg = self.config
+        if cfg.min_context + cfg.target_tokens > seq_len - 1:
             raise ValueError(f"a window (document) of data.seq_len={seq_len} is shorter than method.min_context="
-                             f"{c.min_context} plus method.target_tokens={c.target_tokens}")
-        if context is not None and seq_len + c.thought_budget + 1 + c.target_tokens > context:
-            raise ValueError(f"method.thought_budget={c.thought_budget} is larger than the model's context of {context} "
+                             f"{cfg.min_context} plus method.target_tokens={cfg.target_tokens}")
+        if context is not None and seq_len + cfg.thought_budget + 1 + cfg.target_tokens > context:
+            raise ValueError(f"method.thought_budget={cfg.thought_budget} is larger than the model's context of {context} "
                              f"leaves after a window of data.seq_len={seq_len}; use method.thought_budget<="
-                             f"{context - seq_len - 1 - c.target_tokens}")
+                             f"{context - seq_len - 1 - cfg.target_tokens}")
 
     def checkpoint_objects(self, model: RLPModel) -> list:
         return [model.ema]

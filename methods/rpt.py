@@ -28,7 +28,7 @@ from tokreason.methods.keys import rollout_keys, step_seed
 from tokreason.methods.lm import hidden_states, output_head
 from tokreason.methods.parallel import gathered, rank
 from tokreason.methods.policy import behaviour_logprobs_from_hidden, clipped_surrogate, grpo_advantages, kl_penalty
-from tokreason.methods.registry import register_method
+from tokreason.methods.registration import register_method
 from tokreason.methods.rollout import RolloutBatch, RolloutMethod, RolloutModule
 from tokreason.methods.sampler import Samples, sample, sample_in_batches
 from tokreason.methods.settings import (MicroBatchSettings, SelectorSettings, ThoughtSettings, at_least, one_of,
@@ -101,7 +101,7 @@ class RPTModel(RolloutModule):
         self._proxy = [proxy.eval().requires_grad_(False)]
 
     def companions(self) -> list[Companion]:
-        return [Companion(m) for m in (*self._reference, *self._proxy)]
+        return [Companion(model) for model in (*self._reference, *self._proxy)]
 
     def prompt(self, context: list[int]) -> list[int]:
         if self.config.template == "meta":
@@ -115,22 +115,22 @@ class RPTModel(RolloutModule):
         when no position qualifies: the step is skipped, and counted)."""
         if self._replay is not None:
             return self._replay
-        m = self.config
+        cfg = self.config
         clock = time.perf_counter()
         seed, _ = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
-        where = m.choose(self._proxy[0] if self._proxy else self.lm, input_ids, min_continuation=1, seed=seed,
+        where = cfg.choose(self._proxy[0] if self._proxy else self.lm, input_ids, min_continuation=1, seed=seed,
                          windows=windows)
         if len(where) == 0:
             return None
         prompts = [self.prompt(input_ids[row, : t + 1].tolist()) for row, t in where.tolist()]
-        samples = self.sample_rollouts(prompts, rollout_keys(windows, where, m.group_size), seed)
+        samples = self.sample_rollouts(prompts, rollout_keys(windows, where, cfg.group_size), seed)
         sampled_at = time.perf_counter()
         rewards, predictions = self.rewards(samples, input_ids, where)
-        advantages, flat = grpo_advantages(rewards, unbiased=m.group_std == "unbiased")
+        advantages, flat = grpo_advantages(rewards, unbiased=cfg.group_std == "unbiased")
         token_mask = samples.sampled.clone()
-        if m.dynamic_sampling and int(self.optimizer_steps) >= m.dynamic_sampling_from_step:
-            token_mask &= ~flat.repeat_interleave(m.group_size)[:, None]  # DAPO: groups without spread leave the loss
-        meta = m.template == "meta"
+        if cfg.dynamic_sampling and int(self.optimizer_steps) >= cfg.dynamic_sampling_from_step:
+            token_mask &= ~flat.repeat_interleave(cfg.group_size)[:, None]  # DAPO: groups without spread leave the loss
+        meta = cfg.template == "meta"
         stats = {"reward": rewards.mean(), "reward_std": rewards.std(-1, unbiased=False).mean(),
                  "all_equal_groups": flat.float().mean(),
                  "format_failures": sum(p is None for p in predictions) / len(predictions),
@@ -141,7 +141,7 @@ class RPTModel(RolloutModule):
         self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
         return RPTBatch(stats, full=torch.cat([samples.prompt_ids, samples.tokens], dim=1), prompt_mask=samples.prompt_mask,
                         tokens=samples.tokens, token_mask=token_mask, advantages=advantages.view(-1),
-                        epochs_left=m.epochs - 1)
+                        epochs_left=cfg.epochs - 1)
 
     def after_update(self, batch: "RPTBatch") -> None:
         """After an update over all of a batch's rows: keep it for its next epoch, or let it go."""
@@ -153,30 +153,30 @@ class RPTModel(RolloutModule):
         (closed at thought_budget), then up to max_prediction_tokens predicted tokens; boxed: a
         free response (thinking, </think>, the answer) of up to response_budget tokens, ending at
         EOS."""
-        m, group = self.config, self.config.group_size
+        cfg, group = self.config, self.config.group_size
         was_training = self.lm.training
         self.lm.eval()
         try:
-            if m.thought_corrupt != "none":
+            if cfg.thought_corrupt != "none":
                 return self.corrupted_samples(prompts, keys, seed, rank(), self.pad_id)
-            common = dict(sampler=sample, rollouts_per_call=m.sample_batch_size, repeats=group, keys=keys, seed=seed,
-                          temperature=m.temperature, pad_id=self.pad_id)
-            if m.template == "meta":
-                return sample_in_batches(self.lm, prompts, thought_budget=m.thought_budget, close_id=self.end_id,
-                                         min_thought_tokens=m.min_thought_tokens, stop_ids=self.stop_ids,
-                                         max_prediction_tokens=m.max_prediction_tokens, **common)
-            return sample_in_batches(self.lm, prompts, thought_budget=m.response_budget, close_id=None,
-                                     max_prediction_tokens=m.response_budget, stop_ids=self.response_stop_ids, **common)
+            common = dict(sampler=sample, rollouts_per_call=cfg.sample_batch_size, repeats=group, keys=keys, seed=seed,
+                          temperature=cfg.temperature, pad_id=self.pad_id)
+            if cfg.template == "meta":
+                return sample_in_batches(self.lm, prompts, thought_budget=cfg.thought_budget, close_id=self.end_id,
+                                         min_thought_tokens=cfg.min_thought_tokens, stop_ids=self.stop_ids,
+                                         max_prediction_tokens=cfg.max_prediction_tokens, **common)
+            return sample_in_batches(self.lm, prompts, thought_budget=cfg.response_budget, close_id=None,
+                                     max_prediction_tokens=cfg.response_budget, stop_ids=self.response_stop_ids, **common)
         finally:
             self.lm.train(was_training)
 
     def rewards(self, samples: Samples, input_ids: torch.Tensor, where: torch.Tensor) -> tuple[torch.Tensor, list]:
         """[N, G] rewards of the rollouts against the corpus, and each rollout's prediction (bytes,
         None when it has none)."""
-        m, group, eos = self.config, self.config.group_size, self.tokenizer.eos_token_id
+        cfg, group, eos = self.config, self.config.group_size, self.tokenizer.eos_token_id
         predictions, first_tokens = [], []
         for r in range(len(samples.tokens)):
-            if m.template == "meta":
+            if cfg.template == "meta":
                 tokens = samples.prediction[r]
                 predictions.append(prediction_bytes(tokens, self.token_bytes, eos))
                 first_tokens.append(tokens[0] if tokens else -1)
@@ -191,8 +191,8 @@ class RPTModel(RolloutModule):
             predictions=[predictions[i * group:(i + 1) * group] for i in range(n)],
             prediction_first_token=torch.tensor(first_tokens, device=input_ids.device).view(n, group),
             prediction_first_logprob=torch.nan_to_num(samples.first_logprob, nan=-float("inf")).view(n, group))
-        continuation = continuation_at(input_ids, where, self.token_bytes, m.continuation_tokens, eos)
-        return REWARDS[m.reward](rollouts, continuation).to(input_ids.device), predictions
+        continuation = continuation_at(input_ids, where, self.token_bytes, cfg.continuation_tokens, eos)
+        return REWARDS[cfg.reward](rollouts, continuation).to(input_ids.device), predictions
 
     def corrupted_samples(self, prompts: list[list[int]], keys: list[int], seed: int, rank: int, pad: int) -> Samples:
         """The corruption ablation (meta template only): the thoughts alone are sampled, then
@@ -201,12 +201,12 @@ class RPTModel(RolloutModule):
         the reward is the prediction's made after it and the update scores (and pushes on) the
         corrupted tokens. No global RNG is drawn: the corruption's and the prediction's noise
         come from the step's seed."""
-        m, group = self.config, self.config.group_size
-        thoughts = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=m.temperature,
-                          thought_budget=m.thought_budget, min_thought_tokens=m.min_thought_tokens, close_id=self.end_id,
+        cfg, group = self.config, self.config.group_size
+        thoughts = sample(self.lm, prompts, repeats=group, keys=keys, seed=seed, temperature=cfg.temperature,
+                          thought_budget=cfg.thought_budget, min_thought_tokens=cfg.min_thought_tokens, close_id=self.end_id,
                           max_prediction_tokens=0, stop_ids=[], pad_id=pad)
         generator = corruption_generator(seed, rank)
-        corrupted = corrupt_thoughts(thoughts.tokens, thoughts.thought_len, m.thought_corrupt, generator, self.vocab_size,
+        corrupted = corrupt_thoughts(thoughts.tokens, thoughts.thought_len, cfg.thought_corrupt, generator, self.vocab_size,
                                      [self.start_id, self.end_id, self.tokenizer.eos_token_id, pad])
         closed_len = thoughts.thought_len + 1  # every thought ends with its <end> (the model's or forced at the budget)
         rows = corrupted.tolist()
@@ -214,8 +214,8 @@ class RPTModel(RolloutModule):
         # With close_id=None the sampler has no thought phase and `thought_budget` is its whole
         # limit: it predicts up to max_prediction_tokens tokens, ending early at a stop token.
         predicted = sample(self.lm, followed, keys=keys, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
-                           temperature=m.temperature, thought_budget=m.max_prediction_tokens, close_id=None,
-                           max_prediction_tokens=m.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
+                           temperature=cfg.temperature, thought_budget=cfg.max_prediction_tokens, close_id=None,
+                           max_prediction_tokens=cfg.max_prediction_tokens, stop_ids=self.stop_ids, pad_id=pad)
         # Per row [corrupted thought, <end>, prediction (stop token included), pad ..] after the
         # thought call's left-padded prompts: what one uncorrupted call returns, in the same layout.
         steps = predicted.tokens.shape[1]
@@ -235,31 +235,31 @@ class RPTModel(RolloutModule):
         the rollout's positions and in chunks. The first epoch is exactly on-policy (ratio 1);
         its log-probs are kept as the reference of later epochs. Normalised by the whole
         batch's tokens (batch.totals)."""
-        m = self.config
+        cfg = self.config
         full, prompt_mask, tokens = batch.full[rows], batch.prompt_mask[rows], batch.tokens[rows]
         width = prompt_mask.shape[1]
         full_mask = torch.cat([prompt_mask, torch.ones_like(tokens)], dim=1)
         inputs = dict(input_ids=full, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0))
-        close_id = self.end_id if m.template == "meta" else None  # the behaviour policy: what the sampler drew from
+        close_id = self.end_id if cfg.template == "meta" else None  # the behaviour policy: what the sampler drew from
         hidden = hidden_states(self.lm, **inputs)[:, width - 1: -1]
-        logprobs = behaviour_logprobs_from_hidden(output_head(self.lm), hidden, tokens, m.temperature, close_id,
-                                                  m.min_thought_tokens)
+        logprobs = behaviour_logprobs_from_hidden(output_head(self.lm), hidden, tokens, cfg.temperature, close_id,
+                                                  cfg.min_thought_tokens)
         old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[rows]
         if batch.epochs_left > 0:
             batch.keep_old_logprobs(rows, old)
         token_mask, count = batch.token_mask[rows], batch.totals["tokens"]
-        loss, clip_fraction = clipped_surrogate(logprobs, old, batch.advantages[rows], token_mask, m.clip_eps_low,
-                                                m.clip_eps_high, tokens=count)
+        loss, clip_fraction = clipped_surrogate(logprobs, old, batch.advantages[rows], token_mask, cfg.clip_eps_low,
+                                                cfg.clip_eps_high, tokens=count)
         metrics = {"policy_loss": loss.detach(), "clip_fraction": clip_fraction, "kl": 0.0}
-        if m.kl_beta > 0:
+        if cfg.kl_beta > 0:
             reference = self._reference[0]
             with torch.no_grad():
                 ref_hidden = hidden_states(reference, **inputs)[:, width - 1: -1]
                 with gathered(reference):  # sharded: its head's weights whole for this call
-                    ref_lp = behaviour_logprobs_from_hidden(output_head(reference), ref_hidden, tokens, m.temperature,
-                                                            close_id, m.min_thought_tokens)
+                    ref_lp = behaviour_logprobs_from_hidden(output_head(reference), ref_hidden, tokens, cfg.temperature,
+                                                            close_id, cfg.min_thought_tokens)
             kl = kl_penalty(logprobs, ref_lp, token_mask, tokens=count)
-            loss = loss + m.kl_beta * kl
+            loss = loss + cfg.kl_beta * kl
             metrics["kl"] = kl.detach()
         return loss, {**metrics, "loss": loss.detach()}
 
@@ -340,34 +340,34 @@ class RPT(RolloutMethod):
     ablations = (CORRUPTION, SELECTOR)
 
     def wrap(self, lm, tokenizer) -> RPTModel:
-        c = self.config
+        cfg = self.config
         use_tokreason_attention(lm)  # G rollouts read their prompt's KV cache once (shared_prefix.py)
-        tokens = self.add_thought_tokens(lm, tokenizer) if c.template == "meta" else None
-        model = RPTModel(lm, tokenizer, c, tokens)
-        if c.proxy_model == "base":  # the model as training starts, frozen
+        tokens = self.add_thought_tokens(lm, tokenizer) if cfg.template == "meta" else None
+        model = RPTModel(lm, tokenizer, cfg, tokens)
+        if cfg.proxy_model == "base":  # the model as training starts, frozen
             model.set_proxy(copy.deepcopy(lm))
-        elif c.proxy_model != "self":  # a folder or hub name: usually a smaller model of the same family
+        elif cfg.proxy_model != "self":  # a folder or hub name: usually a smaller model of the same family
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            proxy_tokenizer = AutoTokenizer.from_pretrained(c.proxy_model)
+            proxy_tokenizer = AutoTokenizer.from_pretrained(cfg.proxy_model)
             if proxy_tokenizer.get_vocab() != tokenizer.get_vocab():
-                raise ValueError(f"method.proxy_model={c.proxy_model!r} has another tokenizer than the model; "
+                raise ValueError(f"method.proxy_model={cfg.proxy_model!r} has another tokenizer than the model; "
                                  "the entropy filter needs the same tokens")
-            model.set_proxy(AutoModelForCausalLM.from_pretrained(c.proxy_model).to(lm.device))
+            model.set_proxy(AutoModelForCausalLM.from_pretrained(cfg.proxy_model).to(lm.device))
         return model
 
     def check_window(self, seq_len: int, context: int | None) -> None:
-        c = self.config
-        if c.min_context >= seq_len:
-            raise ValueError(f"method.min_context={c.min_context} leaves no position in a window of data.seq_len={seq_len}")
+        cfg = self.config
+        if cfg.min_context >= seq_len:
+            raise ValueError(f"method.min_context={cfg.min_context} leaves no position in a window of data.seq_len={seq_len}")
         if context is None:
             return
-        if c.template == "meta" and seq_len + c.thought_budget + c.max_prediction_tokens + 2 > context:
-            raise ValueError(f"data.seq_len={seq_len} plus method.thought_budget={c.thought_budget} and "
-                             f"max_prediction_tokens={c.max_prediction_tokens} exceeds the model's context of {context}")
-        if c.template == "boxed" and seq_len + BOXED_PROMPT_ROOM + c.response_budget > context:
+        if cfg.template == "meta" and seq_len + cfg.thought_budget + cfg.max_prediction_tokens + 2 > context:
+            raise ValueError(f"data.seq_len={seq_len} plus method.thought_budget={cfg.thought_budget} and "
+                             f"max_prediction_tokens={cfg.max_prediction_tokens} exceeds the model's context of {context}")
+        if cfg.template == "boxed" and seq_len + BOXED_PROMPT_ROOM + cfg.response_budget > context:
             raise ValueError(f"data.seq_len={seq_len} plus the boxed prompt (~{BOXED_PROMPT_ROOM} tokens) and "
-                             f"method.response_budget={c.response_budget} exceeds the model's context of {context}; use "
+                             f"method.response_budget={cfg.response_budget} exceeds the model's context of {context}; use "
                              f"method.response_budget<={context - seq_len - BOXED_PROMPT_ROOM}")
 
     def check_eval(self, think_modes: list[str]) -> None:

@@ -42,6 +42,6 @@ class MetaThinkingMethod(Method):
                              self.config.min_thought_tokens, batch_size, thought_format)
 
     def think_settings(self, thought_budget: int | None = None) -> dict:
-        c = self.config
-        return {**self.format_settings(), "thought_budget": int(thought_budget or c.thought_budget),
-                "min_thought_tokens": c.min_thought_tokens, "meta_init": c.meta_init}
+        cfg = self.config
+        return {**self.format_settings(), "thought_budget": int(thought_budget or cfg.thought_budget),
+                "min_thought_tokens": cfg.min_thought_tokens, "meta_init": cfg.meta_init}

@@ -18,7 +18,7 @@ from conftest import FAST
 
 PLUGINS = Path(__file__).parent / "plugins"
 SHORT = [*FAST, "trainer.max_steps=3", "trainer.log_every=1", "trainer.eval_every=3", "trainer.checkpoint_every=3",
-         "trainer.warmup_steps=1", "trainer.lr=1e-3", "next_token_eval.positions=0"]  # lr: a step moves the weights well past the tolerance
+         "trainer.warmup_steps=1", "trainer.lr=1e-3"]  # lr: a step moves the weights well past the tolerance
 METHOD = {
     "cpt": ["method=cpt"],
     "quiet_star": ["method=quiet_star_tiny", "method.n_ahead=4", "method.n_ahead_talk=2"],
@@ -92,14 +92,14 @@ def test_a_process_with_no_position_to_learn_keeps_in_step_with_the_others(tmp_p
     args = [*SHORT, *METHOD["rpt"], "+method._target_=my_methods.blind_rank.BlindRankRPT", "trainer.batch_size=2",
             f"trainer.sharding={sharding}", "run_dir=run",
             # the end-of-run evaluation too (the main process evaluates; the others have left)
-            "eval=default", "eval.benchmarks=[synth_in]", "eval.limit=4", "eval.synthetic.num=4", "next_token_eval.positions=4"]
+            "eval=default", "eval.benchmarks=[synth_in]", "eval.limit=4", "eval.synthetic.num=4"]
     torchrun(args, tmp_path, cache_dir)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train/positions" in r]
     assert len(steps) == 3 and all(0 < r["train/positions"] for r in steps)
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert {r["think"] for r in summary["eval"]["rows"]} == {"off", "on", "oracle"} and summary["next_token_accuracy"]["easy"]["n"]
+    assert {r["think"] for r in summary["eval"]["rows"]} == {"off", "on", "oracle"}
 
 
 def _children(pid: int) -> list[int]:
@@ -133,7 +133,7 @@ def test_a_signal_to_one_process_stops_all_at_one_step_and_the_run_resumes_exact
                                                                                    sharding, sig, rank, data):
     base = [a for a in FAST if not a.startswith("data.num_")] if data == "streamed" else FAST
     args = [*base, *METHOD[method], "trainer.max_steps=40", "trainer.batch_size=2", "trainer.log_every=1",
-            "trainer.eval_every=10", "trainer.checkpoint_every=5", "next_token_eval.positions=0",
+            "trainer.eval_every=10", "trainer.checkpoint_every=5",
             f"trainer.sharding={sharding}", *(streamed_corpus(tmp_path) if data == "streamed" else [])]
     torchrun([*args, "run_dir=reference"], tmp_path, cache_dir)
     run = tmp_path / "run"
@@ -175,7 +175,7 @@ def test_a_sweep_runs_as_cluster_jobs_of_two_processes_each(cli, tmp_path):
 @pytest.mark.slow
 def test_a_preempted_cluster_job_checkpoints_is_requeued_and_resumes_exactly(cli, tmp_path, cache_dir):
     args = [*FAST, "trainer.max_steps=300", "trainer.batch_size=2", "trainer.log_every=1", "trainer.eval_every=50",
-            "trainer.checkpoint_every=5", "next_token_eval.positions=0"]
+            "trainer.checkpoint_every=5"]
     torchrun([*args, "run_dir=reference"], tmp_path, cache_dir)  # the same run, never interrupted
     sweep = subprocess.Popen([sys.executable, "-m", "tokreason.cli", "train", "-m", "hydra/launcher=local", *args,
                               "output_root=sweeps"], cwd=tmp_path, env=environment(cache_dir),

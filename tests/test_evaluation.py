@@ -16,8 +16,8 @@ from tokreason.experiments.data.corpus import synthetic
 from tokreason.experiments.evaluation import evaluate as evaluation
 from tokreason.experiments.evaluation.synthetic_tasks import synthetic_benchmark
 from tokreason.experiments.evaluation.tasks import Benchmark, Example
-from tokreason.experiments.evaluation.evaluate import (aggregate, answer_matches, delta_and_se, score_benchmark, table_rows,
-                                              wandb_deltas)
+from tokreason.experiments.evaluation.benchmarks import answer_matches, score_benchmark
+from tokreason.experiments.evaluation.table import aggregate, delta_and_se, table_rows, wandb_deltas
 from tokreason.methods.inference import PlainScorer, ThoughtScorer
 from tokreason.methods.quiet_star import QuietStarScorer
 from tokreason.experiments.data.tokenizer import train_tokenizer

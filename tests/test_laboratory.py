@@ -6,7 +6,8 @@ import re
 import pytest
 
 from tokreason.experiments.data.chains import THOUGHT_END, THOUGHT_START, ChainSpec, apply, generate_chains, generate_documents
-from tokreason.experiments.evaluation.evaluate import oracle_benchmark, score_benchmark
+from tokreason.experiments.evaluation.benchmarks import score_benchmark
+from tokreason.experiments.evaluation.evaluate import oracle_benchmark
 from tokreason.experiments.evaluation.synthetic_tasks import chain_benchmark, chain_spec
 
 WORDS = {"forward": ("forward", "gains", "raised"), "back": ("back", "loses", "lowered"), "double": ("doubles", "two")}

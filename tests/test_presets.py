@@ -57,7 +57,7 @@ def test_a_method_yaml_holds_every_setting_and_its_dataclass_defaults_are_the_ya
 @pytest.mark.parametrize("override", ["method.update_batch_size=1", "method.sample_batch_size=16",
                                       "method.positions_per_window=null"])
 def test_the_80_gb_recipe_and_nullable_settings_are_accepted(override):
-    from tokreason.experiments.training.checks import run_method
+    from tokreason.experiments.method_config import run_method
 
     cfg = compose_config(["method=rpt", override])
     key, value = override.split("=")

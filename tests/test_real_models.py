@@ -11,7 +11,7 @@ from conftest import hf_folder, text_corpus
 
 QUICK = ["logger=none", "trainer.progress_bar=false", "trainer.max_steps=2", "trainer.log_every=1",
          "trainer.checkpoint_every=2", "trainer.batch_size=2", "trainer.grad_accum=1", "data=text", "data.seq_len=32",
-         "data.val_fraction=0.2", "data.val_windows=4", "next_token_eval.positions=8", "next_token_eval.thought_budget=3",
+         "data.val_fraction=0.2", "data.val_windows=4",
          "eval.benchmarks=[synth_in,heldout]", "eval.synthetic.num=4", "eval.heldout.windows=4",
          "eval.heldout.positions=8", "eval.max_new_tokens=4"]
 CASES = {  # method -> (architecture, its folder's options, the method's small settings)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tokreason.experiments.evaluation.evaluate import save_items
+from tokreason.experiments.evaluation.table import save_items
 from tokreason.experiments.launch.evaluate import merge_tables
 
 

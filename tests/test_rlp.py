@@ -108,7 +108,7 @@ def test_short_documents_and_a_budget_beyond_the_context_are_refused():
 @pytest.mark.slow
 def test_train_method_rlp_writes_curves_and_resumes_exactly_with_its_ema(cli, tmp_path):
     args = [*FAST, "method=rlp_tiny", "method.group_size=2", "method.thought_budget=4", "trainer.max_steps=10",
-            "trainer.log_every=1", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=6", "next_token_eval.positions=0"]
+            "trainer.log_every=1", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=6"]
     run = stop_and_resume(cli, tmp_path, args, stop_after_checkpoint=4)
     reference = tmp_path / "reference"
     assert (run / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()

@@ -201,22 +201,33 @@ def test_train_method_rpt_writes_a_complete_run_dir_and_counts_skips(cli, tmp_pa
 
 
 def test_next_token_accuracy_buckets_nest_and_standard_mode_is_the_argmax(tokenizer):
-    from tokreason.experiments.evaluation.next_token import next_token_accuracy
+    """RPT's evaluation (section 4.2), the held-out benchmark's next-token rows: positions chosen
+    by the base's top-16 entropy (nested buckets), standard mode the argmax, reasoning mode a
+    greedy thought then the prediction (a method's think-on scorer)."""
+    from tokreason.experiments.evaluation.benchmarks import heldout_values
+    from tokreason.experiments.evaluation.next_token import bucket_positions
+    from tokreason.methods.inference import PlainScorer
 
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, max_position_embeddings=128)).eval()
     windows = torch.randint(4, len(tokenizer), (3, 24))
-    result = next_token_accuracy(lm, tokenizer, windows, positions=1000, thought_budget=3, max_prediction_tokens=2, min_context=4)
+    where, entropy_at = bucket_positions(lm, windows, 1000, min_context=4)
+    standard = heldout_values(PlainScorer(lm, tokenizer), windows, where, entropy_at)
+    reasoning = heldout_values(RPT(template="meta", thought_budget=3).think_scorer(lm, tokenizer, batch_size=4), windows,
+                               where, entropy_at, max_prediction_tokens=2)
     logits = lm(input_ids=windows).logits
     entropy = top_k_entropy(logits)
     for name, threshold in (("easy", 0.5), ("medium", 1.0), ("hard", 1.5)):
         picks = [(b, t) for b in range(3) for t in range(3, 23) if entropy[b, t] > threshold]
-        assert result[name]["n"] == len(picks)
+        values = standard[f"next_token_accuracy_{name}"]
+        assert len(values) == len(picks)
         right = sum(int(logits[b, t].argmax() == windows[b, t + 1]) for b, t in picks)
-        assert result[name]["standard"] == pytest.approx(right / len(picks))
-        assert result[name]["reasoning"] is not None and 0.0 <= result[name]["reasoning"] <= 1.0
-    assert result["easy"]["n"] >= result["medium"]["n"] >= result["hard"]["n"]
+        assert sum(values) / len(values) == pytest.approx(right / len(picks))
+        assert len(reasoning[f"next_token_accuracy_{name}"]) == len(picks)
+        assert all(v in (0.0, 1.0) for v in reasoning[f"next_token_accuracy_{name}"])
+    assert len(standard["next_token_accuracy_easy"]) >= len(standard["next_token_accuracy_medium"]) >= \
+        len(standard["next_token_accuracy_hard"])
 
 
 def test_extra_epochs_reuse_the_rollouts_with_the_rollout_policy_as_reference(tokenizer):
@@ -245,7 +256,7 @@ def test_a_stopped_rpt_run_resumes_to_the_same_rollouts_weights_and_metrics(cli,
 
     args = [*FAST, "method=rpt_tiny", "method.group_size=2", "method.thought_budget=3", "method.min_thought_tokens=1", "method.selector=random",
             "method.reward=dense", "trainer.max_steps=12", "trainer.log_every=1", "trainer.checkpoint_every=2",
-            "trainer.keep_checkpoints=6", "next_token_eval.positions=0"]
+            "trainer.keep_checkpoints=6"]
     run = stop_and_resume(cli, tmp_path, args, stop_after_checkpoint=4)
     assert (run / "metrics.jsonl").read_bytes() == (tmp_path / "reference" / "metrics.jsonl").read_bytes()
     assert same_weights(run, tmp_path / "reference")

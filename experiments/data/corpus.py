@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,7 +209,7 @@ def synthetic_documents(data_cfg, n: int, split: str) -> list[str]:
     """n documents of the synthetic world data.world: chains (moves on a ten-hour clock, some
     documents worked; the embedded laboratory) or families (arithmetic, variables, comparisons, word
     problems; answers only)."""
-    world, seed = str(data_cfg.get("world", "families")), int(data_cfg.corpus_seed)
+    world, seed = str(data_cfg.world), int(data_cfg.corpus_seed)
     if world not in WORLDS:
         raise UserError(f"data.world={world!r} is not valid; valid: {', '.join(WORLDS)}")
     try:

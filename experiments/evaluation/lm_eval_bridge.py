@@ -101,7 +101,7 @@ class TokreasonLM(LM):
         """The trained model of a finished run dir (`<run>/model`, its config.yaml). `device` is
         only checked (ValueError when it differs): the model goes on CUDA when there is one,
         else the CPU."""
-        from tokreason.experiments.evaluation.evaluate import scorer_for_run  # lazily: it is heavy
+        from tokreason.experiments.evaluation.scorers import scorer_for_run  # lazily: it is heavy
 
         if think not in ("off", "on"):
             raise ValueError(f"think={think!r} is not valid; valid: off, on")

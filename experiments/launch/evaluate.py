@@ -19,7 +19,9 @@ EVAL_OVERRIDABLE = ("eval", "logger", "cache_dir", "output_root")
 def run_eval(overrides: list[str]) -> tuple[dict, Path]:
     """Evaluate a run dir's trained model against its base (`run=<dir>`), or, without run=, the
     composed config's model alone. Returns the results table and where it was written."""
-    from tokreason.experiments.evaluation.evaluate import check_eval_config, evaluate, load_exported, load_run_config, save_items
+    from tokreason.experiments.evaluation.evaluate import check_eval_config, evaluate
+    from tokreason.experiments.evaluation.scorers import load_exported, load_run_config
+    from tokreason.experiments.evaluation.table import save_items
     from tokreason.experiments.models.loading import cache_dir, resolve_model_path
     from tokreason.experiments.reporting.tracking import Tracker, redact
     from tokreason.experiments.training.checks import check_config, quiet_libraries

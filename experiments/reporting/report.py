@@ -275,7 +275,7 @@ def _cost(runs: list[dict], variants: list[str]) -> dict:
             "flops_per_token": _mean([_ratio(s.get("flops"), t) for s, t in zip(summaries, tokens)]),
             "seconds_per_token": _mean([_ratio(s.get("train_seconds"), t) for s, t in zip(summaries, tokens)]),
         }
-    cpt = cost.get("cpt")
+    cpt = cost.get(CONTROL)
     for entry in cost.values():
         for key in ("flops_per_token", "seconds_per_token"):
             entry[f"{key}_vs_cpt"] = _ratio(entry[key], cpt[key]) if cpt else None
@@ -460,7 +460,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, skipped: list[Path] | None
     _split_variants(runs)
     runs, duplicates = _drop_duplicate_seeds(runs)
     skipped = [f"{p} (unfinished: no summary.json or config.yaml)" for p in skipped] + duplicates
-    variants = sorted({r["variant"] for r in runs}, key=lambda v: (v != "cpt", v))  # cpt, the control, first
+    variants = sorted({r["variant"] for r in runs}, key=lambda v: (v != CONTROL, v))  # the control first
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {

@@ -296,7 +296,7 @@ class Tracker:
             return
         import wandb
 
-        from tokreason.experiments.evaluation.evaluate import TABLE_COLUMNS, wandb_deltas
+        from tokreason.experiments.evaluation.table import TABLE_COLUMNS, wandb_deltas
 
         self._run.summary.update(wandb_deltas(table))
         rows = [[r.get(c) for c in TABLE_COLUMNS] for r in table["rows"]]

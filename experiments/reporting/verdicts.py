@@ -12,12 +12,13 @@ match of the direct answer. When an interval covers 0, the verdict says so and g
 difference the comparison could have detected."""
 from __future__ import annotations
 
+from tokreason.experiments.evaluation import benchmarks
 from tokreason.experiments.reporting.statistics import Difference, difference_of_differences, paired_difference
+from tokreason.methods.registration import CONTROL
 
-CONTROL = "cpt"
 METRIC = "exact_match"
-IN_DISTRIBUTION = ("synth_in",)
-SHIFTED = ("synth_longer", "synth_more_steps", "synth_unseen_format")
+IN_DISTRIBUTION = benchmarks.benchmarks_with_role(benchmarks.IN_DISTRIBUTION)  # the splits each benchmark says it is
+SHIFTED = benchmarks.benchmarks_with_role(benchmarks.SHIFTED)
 QUESTIONS = {
     1: "does a method beat CPT at matched compute, in distribution and under shift?",
     2: "do the top ~20% high-entropy positions do as well as all positions?",

@@ -13,7 +13,7 @@ from tokreason.experiments.reporting.tracking import redact
 # Keys that may differ when a run dir is resumed: how it is watched and evaluated, not what it
 # trains (a run whose evaluation failed is resumed, with other evaluation settings if need be).
 RESUME_MAY_DIFFER = ("run_dir", "trainer.resume", "trainer.progress_bar", "logger", "output_root", "compare.root",
-                     "eval.", "next_token_eval.")
+                     "eval.")
 
 
 class RunDirLock:

@@ -62,3 +62,16 @@ def test_the_80_gb_recipe_and_nullable_settings_are_accepted(override):
     cfg = compose_config(["method=rpt", override])
     key, value = override.split("=")
     assert getattr(run_method(cfg).config, key.split(".")[1]) == (None if value == "null" else int(value))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("experiment=embeded_full", "unknown experiment 'embeded_full'; valid: embedded, embedded_full, smoke"),
+    ("method=rpt_tinny", "unknown method 'rpt_tinny'; valid: cpt, quiet_star, quiet_star_tiny, rlp, rlp_tiny, rpt, rpt_tiny"),
+])
+def test_an_unknown_preset_is_refused_with_the_valid_ones(override, message):
+    """An optional group (experiment) was accepted with a typo: the default ran, `info` said
+    `chosen: embeded_full`."""
+    from tokreason.experiments.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        compose_config([override])

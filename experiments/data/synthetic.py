@@ -437,9 +437,8 @@ def _gain_sentence(rng: random.Random, who: str, n: int, obj: tuple[str, str]) -
     return form.format(w=who, n=n, o=obj[0] if n == 1 else obj[1])
 
 
-def _story(rng: random.Random, spec: ProblemSpec) -> tuple[list[str], tuple[str, str], str, str, int]:
-    """Story sentences, the object, the target kind ('person', 'each', 'total'), the target name
-    and the answer."""
+def _story_start(rng: random.Random, spec: ProblemSpec):
+    """The object, one or two people, what they have and the sentence that says it."""
     obj = _choice(rng, _OBJECTS)
     p, q = rng.sample(_NAMES, 2)
     two = rng.random() < 0.5
@@ -450,6 +449,14 @@ def _story(rng: random.Random, spec: ProblemSpec) -> tuple[list[str], tuple[str,
         sents = [f"{p} has {_plural(have[p], obj)} and {q} has {_plural(have[q], obj)}."]
     else:
         sents = [f"{p} has {_plural(have[p], obj)}."]
+    return obj, p, q, two, have, sents
+
+
+def _story(rng: random.Random, spec: ProblemSpec) -> tuple[list[str], tuple[str, str], str, str, int]:
+    """Story sentences, the object, the target kind ('person', 'each', 'total'), the target name
+    and the answer."""
+    obj, p, q, two, have, sents = _story_start(rng, spec)
+    lo, hi = spec.min_digits, spec.max_digits
     steps = _steps(rng, spec)
     cap = _value_cap(spec)
     for i in range(steps):

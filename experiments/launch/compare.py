@@ -22,7 +22,9 @@ def compare_jobs(overrides: list[str]) -> tuple[DictConfig, list[list[str]], Pat
         overrides = ["experiment=embedded", *overrides]
     cfg = compose_config(overrides)
     if cfg.get("compare") is None:
-        raise UserError("the experiment preset has no compare section; use experiment=embedded or a preset like it")
+        chosen = next(o for o in overrides if o.startswith("experiment=")).split("=", 1)[1]
+        raise UserError(f"experiment={chosen} is no comparison preset (it has no compare section); use experiment=embedded "
+                        "or a preset like it (conf/experiment/)")
     c = cfg.compare
     if c.budget not in BUDGETS:
         raise UserError(f"budget={c.budget} is not valid; valid: {', '.join(BUDGETS)}")

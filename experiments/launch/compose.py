@@ -126,6 +126,19 @@ def _nullable(key: str, reference: DictConfig) -> bool:
     return field is not None and "None" in str(field.type)
 
 
+def _check_choices(parsed: list, overrides: list[str]) -> None:
+    """A group option that does not exist is refused, listing the valid ones (Hydra itself
+    passes over a missing option of an optional group, `experiment`, without a word)."""
+    picked = [(p.key_or_group, p.value()) for p in parsed if p.key_or_group in GROUPS and not p.is_delete()
+              and not p.is_sweep_override() and isinstance(p.value(), str)]
+    if not picked:
+        return
+    options = group_options(overrides)
+    for group, value in picked:
+        if value not in options[group]:
+            raise UserError(f"unknown {group} {value!r}; valid: {', '.join(options[group])}")
+
+
 def _unknown_key(override: str, reference: DictConfig) -> str | None:
     """The message for an override of a key the config does not have: the valid keys of its
     section, the closest first."""
@@ -152,6 +165,7 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig
         except (OverrideParseException, HydraException):
             raise UserError(f"malformed override {o!r}; expected key=value, +key=value, ++key=value, ~key or group=option") from None
     choices = [o for o, p in zip(overrides, parsed) if _is_choice(p)]
+    _check_choices(parsed, overrides)
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
             reference = None

@@ -19,42 +19,16 @@ EVAL_OVERRIDABLE = ("eval", "logger", "cache_dir", "output_root")
 def run_eval(overrides: list[str]) -> tuple[dict, Path]:
     """Evaluate a run dir's trained model against its base (`run=<dir>`), or, without run=, the
     composed config's model alone. Returns the results table and where it was written."""
-    from tokreason.experiments.evaluation.evaluate import check_eval_config, evaluate
-    from tokreason.experiments.evaluation.scorers import load_exported, load_run_config
+    from tokreason.experiments.evaluation.evaluate import evaluate
+    from tokreason.experiments.evaluation.scorers import load_exported
     from tokreason.experiments.evaluation.table import save_items
     from tokreason.experiments.models.loading import cache_dir, resolve_model_path
-    from tokreason.experiments.reporting.tracking import Tracker, redact
-    from tokreason.experiments.training.checks import check_config, quiet_libraries
+    from tokreason.experiments.training.checks import quiet_libraries
     from tokreason.experiments.training.precision import compute_precision, uses_bf16
     from tokreason.experiments.training.run_dir import RunDirLock
 
-    runs = [o.split("=", 1)[1] for o in overrides if o.startswith("run=")]
-    rest = [o for o in overrides if not o.startswith("run=")]
-    composed = compose_config(rest)
+    cfg, run_dir, out_dir = eval_config(overrides)
     quiet_libraries()
-    if runs:
-        run_dir = Path(os.path.expanduser(runs[-1]))
-        for o in rest:
-            key = o.lstrip("+~").split("=", 1)[0]
-            if not key.startswith(EVAL_OVERRIDABLE):
-                raise UserError(f"{o!r} cannot be changed when evaluating run={run_dir}: the model, data and method "
-                                f"come from the run; only {', '.join(k + '.*' for k in EVAL_OVERRIDABLE[:2])}, cache_dir "
-                                "and output_root may be given")
-        cfg = load_run_config(run_dir)
-        cfg.eval = composed.eval
-        cfg.cache_dir = composed.cache_dir
-        if any(o.lstrip("+~").startswith("logger") for o in rest):
-            cfg.logger = composed.logger
-        check_eval_config(cfg)
-        out_dir = run_dir / "eval"
-    else:
-        cfg = composed
-        check_config(cfg)
-        run_dir = None
-        out_dir = Path(str(cfg.output_root)) / "eval" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{cfg.model.kind}"
-    if not cfg.eval.benchmarks:
-        raise UserError("eval.benchmarks is empty (eval=none); choose benchmarks, e.g. eval=default")
-
     base_path = resolve_model_path(cfg.model, cache_dir(cfg))
     # A run's held-out windows are tokenized as the run tokenized them (its exported tokenizer,
     # with the thought tokens a thinking method added), so they are the end-of-run evaluation's.
@@ -68,18 +42,60 @@ def run_eval(overrides: list[str]) -> tuple[dict, Path]:
         with compute_precision(uses_bf16(cfg.trainer), "cuda" if torch.cuda.is_available() else "cpu"):  # as the run computed
             table = evaluate(cfg, base_path=base_path, cache=cache_dir(cfg), val_windows=val_windows, trained_scorers=trained)
         save_items(run_dir if run_dir is not None else out_dir, table)
-        logger = OmegaConf.to_container(cfg.logger, resolve=True)
-        logger.update(job_type="eval", name=f"{logger.get('name') or 'run'}-eval")
-        with Tracker(out_dir, logger, redact(OmegaConf.to_container(cfg, resolve=True))) as tracker:
-            tracker.log_summary({"eval": table, "run_dir": str(run_dir) if run_dir else None, "model": base_path})
-        if run_dir is not None and (run_dir / "summary.json").exists():  # the run's own summary gets the table too
-            summary = json.loads((run_dir / "summary.json").read_text())
-            summary["eval"] = merge_tables(summary.get("eval"), table)
-            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        record(cfg, table, run_dir, out_dir, base_path)
     finally:
         if lock is not None:
             lock.release()
     return table, out_dir
+
+
+def eval_config(overrides: list[str]) -> tuple[DictConfig, Path | None, Path]:
+    """The evaluation's config (a run's, with the eval.* overrides given; else the composed
+    one), the run dir (None without run=) and where the evaluation is written."""
+    from tokreason.experiments.evaluation.evaluate import check_eval_config
+    from tokreason.experiments.evaluation.scorers import load_run_config
+    from tokreason.experiments.training.checks import check_config
+
+    runs = [o.split("=", 1)[1] for o in overrides if o.startswith("run=")]
+    rest = [o for o in overrides if not o.startswith("run=")]
+    composed = compose_config(rest)
+    if not runs:
+        check_config(composed)
+        out_dir = Path(str(composed.output_root)) / "eval" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{composed.model.kind}"
+        return _with_benchmarks(composed), None, out_dir
+    run_dir = Path(os.path.expanduser(runs[-1]))
+    for o in rest:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if not key.startswith(EVAL_OVERRIDABLE):
+            raise UserError(f"{o!r} cannot be changed when evaluating run={run_dir}: the model, data and method "
+                            f"come from the run; only {', '.join(k + '.*' for k in EVAL_OVERRIDABLE[:2])}, cache_dir "
+                            "and output_root may be given")
+    cfg = load_run_config(run_dir)
+    cfg.eval, cfg.cache_dir = composed.eval, composed.cache_dir
+    if any(o.lstrip("+~").startswith("logger") for o in rest):
+        cfg.logger = composed.logger
+    check_eval_config(cfg)
+    return _with_benchmarks(cfg), run_dir, run_dir / "eval"
+
+
+def _with_benchmarks(cfg: DictConfig) -> DictConfig:
+    if not cfg.eval.benchmarks:
+        raise UserError("eval.benchmarks is empty (eval=none); choose benchmarks, e.g. eval=default")
+    return cfg
+
+
+def record(cfg: DictConfig, table: dict, run_dir: Path | None, out_dir: Path, base_path: str) -> None:
+    """The evaluation in its W&B run and out_dir/summary.json, and in the run's own summary.json."""
+    from tokreason.experiments.reporting.tracking import Tracker, redact
+
+    logger = OmegaConf.to_container(cfg.logger, resolve=True)
+    logger.update(job_type="eval", name=f"{logger.get('name') or 'run'}-eval")
+    with Tracker(out_dir, logger, redact(OmegaConf.to_container(cfg, resolve=True))) as tracker:
+        tracker.log_summary({"eval": table, "run_dir": str(run_dir) if run_dir else None, "model": base_path})
+    if run_dir is not None and (run_dir / "summary.json").exists():  # the run's own summary gets the table too
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["eval"] = merge_tables(summary.get("eval"), table)
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def merge_tables(old: dict | None, new: dict) -> dict:

@@ -45,7 +45,7 @@ def smollm2_folder(root: Path | None = None) -> Path:
     if not (gguf_dir / GGUF).is_file():
         download_gguf(root / "downloads", gguf_dir)
     try:
-        import gguf  # noqa: F401
+        import gguf  # noqa: F401  (transformers reads GGUF files through it)
     except ImportError:
         raise RuntimeError("de-quantising the GGUF needs the gguf package: pip install gguf") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -7,6 +7,10 @@ through, as lm-evaluation-harness defines them, plus the held-out corpus metrics
 - `window_nll(windows)` -> mean NLL per window (None where the inference has no such score);
 - `next_token_correct(windows, where)` -> whether the next token is predicted at (row, t).
 
+A scorer reports the items it has done through `on_progress(n)` (a no-op unless the caller sets
+it: the evaluation's progress), and says how many tokens' forwards a held-out scoring costs
+(`heldout_tokens`, what the evaluation sizes it by).
+
 Scorers:
 - `PlainScorer`: the language model alone (think off; a CPT or base model has only this).
 - `ThoughtScorer`: the meta template's inference (RPT, RLP and any method that thinks once
@@ -31,13 +35,21 @@ class PlainScorer:
     think = "off"
     rolling_refusal: str | None = None  # why this inference has no score of every token of a text (None: it has)
 
-    def __init__(self, lm, tokenizer, batch_size: int = 16):
+    def __init__(self, lm, tokenizer, batch_size: int = 16, mask_thoughts: bool = True):
+        """mask_thoughts: the thought tokens get no probability in text (tokreason's own metrics);
+        off, the plain LM's distribution as it is (lm-evaluation-harness's numbers, exactly)."""
         self.lm, self.tokenizer, self.batch_size = lm, tokenizer, batch_size
         self.device = lm_device(lm)
         self.context = context_length(lm.config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        self.thought_ids = thought_tokens(tokenizer)
+        self.thought_ids = thought_tokens(tokenizer) if mask_thoughts else None
         self._stop_tokens: dict[tuple[str, ...], list[int]] = {}
+        self.on_progress = lambda done: None  # told how many items each batch finished
+
+    def heldout_tokens(self, windows: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Tokens forwarded per held-out window [N] (window_nll and next_token_correct): each
+        window twice."""
+        return torch.full((len(windows),), 2.0 * windows.shape[1])
 
     # ------------------------------------------------------------------ tokens
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -105,6 +117,7 @@ class PlainScorer:
             logprobs, greedy = self.target_scores(ids[:, :width], rows_t, cols_t, ids[rows_t, cols_t + 1])
             for i, span in spans.items():
                 out[i] = (float(logprobs[span].sum()), bool(greedy[span].all()))
+            self.on_progress(len(chunk))
         return out
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
@@ -150,6 +163,7 @@ class PlainScorer:
                              stop_ids=self.stop_token_ids(stop), pad_id=self.pad_id,
                              banned_ids=tuple(self.thought_ids.ids) if self.thought_ids else ())
             out.extend(self.cut(self.tokenizer.decode(p, skip_special_tokens=True), stop) for p in samples.prediction)
+            self.on_progress(len(ids))
         return out
 
     # ------------------------------------------------------------------ intrinsic
@@ -168,6 +182,7 @@ class PlainScorer:
             text = ~is_thought_token(targets, self.thought_ids)
             logprobs = torch.where(text, logprobs, torch.zeros_like(logprobs)).view(n, length - 1)
             nll.append(-logprobs.sum(-1) / text.view(n, length - 1).sum(-1).clamp(min=1))
+            self.on_progress(n)
         return torch.cat(nll).cpu()
 
     @torch.no_grad()
@@ -181,6 +196,7 @@ class PlainScorer:
             picked = where[(where[:, 0] >= b) & (where[:, 0] < b + len(ids))].to(self.device)
             rows, cols = picked[:, 0] - b, picked[:, 1]
             correct.append(self.target_scores(ids, rows, cols, ids[rows, cols + 1])[1])
+            self.on_progress(len(picked))
         return torch.cat(correct).cpu() if correct else torch.zeros(0, dtype=torch.bool)
 
 
@@ -241,11 +257,18 @@ class ThoughtScorer(PlainScorer):
                    for p in prompts[b: b + self.batch_size]]
             samples = self._sample(ids, max_new_tokens, self.stop_token_ids(stop))
             out.extend(self.cut(self.tokenizer.decode(p, skip_special_tokens=True), stop) for p in samples.prediction)
+            self.on_progress(len(ids))
         return out
 
     def window_nll(self, windows: torch.Tensor) -> None:
         """None: a thought before every token is not this inference (it thinks once, then answers)."""
         return None
+
+    def heldout_tokens(self, windows: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Per window: each of its positions' prompt, thought and prediction (no window NLL)."""
+        cost = torch.zeros(len(windows))
+        cost.index_add_(0, where[:, 0].cpu(), (where[:, 1].cpu() + 2 + self.thought_room).float())
+        return cost
 
     @torch.no_grad()
     def next_token_correct(self, windows: torch.Tensor, where: torch.Tensor, max_prediction_tokens: int = 1) -> torch.Tensor:
@@ -270,4 +293,5 @@ def reasoning_correct(scorer: ThoughtScorer, windows: torch.Tensor, where: torch
         continuation = continuation_at(windows, chunk, table, continuation_tokens, eos)
         rollouts = Rollouts(thought_ids=samples.tokens[:, None], predictions=predictions)
         correct.append(prefix_match_reward(rollouts, continuation)[:, 0])
+        scorer.on_progress(len(chunk))
     return torch.cat(correct).cpu() if correct else torch.zeros(0)

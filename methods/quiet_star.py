@@ -426,6 +426,10 @@ class QuietStarScorer(PlainScorer):
         if self.context is not None:  # each position's thought and talk tokens take positions too
             self.context -= model.config.sampled_tokens + 2
 
+    def heldout_tokens(self, windows: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Each window twice, every token with its thought: n_ahead forwards a token."""
+        return torch.full((len(windows),), 2.0 * windows.shape[1] * self.model.config.n_ahead)
+
     @torch.no_grad()
     def next_token_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.next_token_logprobs(ids)
@@ -457,6 +461,7 @@ class QuietStarScorer(PlainScorer):
                     ends = [k for k, token in enumerate(row) if token in stop_ids]
                     text = self.tokenizer.decode(row[: ends[0] + 1] if ends else row, skip_special_tokens=True)
                     out[i] = self.cut(text, stop)
+                self.on_progress(len(chunk))
         return out
 
 

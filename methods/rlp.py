@@ -98,8 +98,8 @@ class RLPModel(RolloutModule):
     unless method.ema_dtype=model; on the policy's device unless method.ema_device=cpu)."""
 
     count_names = ("rows", "tokens")
-    metric_names = ("loss", "reward", "reward_std", "advantage_abs", "s_pred", "s_ema", "clip_fraction", "thought_length",
-                    "thought_closed", "positions")
+    metric_names = ("loss", "reward", "reward_std", "all_equal_groups", "advantage_abs", "s_pred", "s_ema", "clip_fraction",
+                    "thought_length", "thought_closed", "positions")
 
     def __init__(self, lm, tokenizer, config: "RLPConfig", thought_format: ThoughtFormat):
         super().__init__()
@@ -121,12 +121,14 @@ class RLPModel(RolloutModule):
         cfg, g = self.config, self.config.group_size
         clock = time.perf_counter()
         seed, rank = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
-        where = cfg.choose(self.lm, input_ids, min_continuation=cfg.target_tokens, seed=seed, windows=windows)
+        where, begin = cfg.choose(self.lm, input_ids, min_continuation=cfg.target_tokens, seed=seed, windows=windows,
+                                  eos_id=self.tokenizer.eos_token_id)
         if len(where) == 0:
             return None
         rows, ts = where[:, 0], where[:, 1]
         k, pad = cfg.target_tokens, self.tokenizer.pad_token_id or 0
-        prompts = [self.format.prompt(input_ids[r, : t + 1].tolist()) for r, t in where.tolist()]
+        contexts = [input_ids[r, b: t + 1].tolist() for (r, t), b in zip(where.tolist(), begin.tolist())]
+        prompts = [self.format.prompt(c) for c in contexts]
         was_training = self.lm.training
         self.lm.eval()
         samples = sample_in_batches(self.lm, prompts, sampler=sample, rollouts_per_call=cfg.sample_batch_size, repeats=g,
@@ -143,7 +145,9 @@ class RLPModel(RolloutModule):
             # comes from the step's seed: no extra global RNG draw.
             thought = corrupt_thoughts(samples.tokens, samples.thought_len, cfg.thought_corrupt, corruption_generator(seed, rank),
                                        self.vocab_size, [*self.format.markers, self.tokenizer.eos_token_id, pad])
-        batch = ThoughtBatch.build(samples, thought, targets, self.s_ema(input_ids, rows, ts, targets), g)
+        s_ema = self.s_ema(input_ids, rows, ts, targets) if cfg.context == "window" else \
+            self.s_ema_of_contexts(contexts, targets, pad)
+        batch = ThoughtBatch.build(samples, thought, targets, s_ema, g)
         self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
         return batch
 
@@ -158,6 +162,25 @@ class RLPModel(RolloutModule):
         at = torch.stack([ts + j for j in range(targets.shape[1])], -1).to(device)  # [n, k]
         picked = hidden[rows.to(device)[:, None], at]  # [n, k, H]
         with gathered(ema):  # sharded: its head's weights whole for this call
+            return head_logprobs(output_head(ema), picked, targets.to(device)).sum(-1).to(targets.device)
+
+    def s_ema_of_contexts(self, contexts: list[list[int]], targets: torch.Tensor, pad: int) -> torch.Tensor:
+        """S_EMA on each position's own context (its document's tokens; context=document): the
+        contexts right-padded, the head at each one's last token and the targets after it."""
+        ema = self.ema.model
+        device = lm_device(self.lm) if _sharded(ema) else next(ema.parameters()).device
+        k, width = targets.shape[1], max(len(c) for c in contexts)
+        full = torch.full((len(contexts), width + k - 1), pad, dtype=torch.long, device=device)
+        mask = torch.zeros_like(full)
+        for i, c in enumerate(contexts):
+            row = c + targets[i, :-1].tolist()
+            full[i, : len(row)] = torch.tensor(row, device=device)
+            mask[i, : len(row)] = 1
+        hidden = hidden_states(ema, input_ids=full, attention_mask=mask)
+        lengths = torch.tensor([len(c) for c in contexts], device=device)
+        at = lengths[:, None] - 1 + torch.arange(k, device=device)[None]  # [n, k]: the positions predicting each target
+        picked = hidden[torch.arange(len(contexts), device=device)[:, None], at]
+        with gathered(ema):
             return head_logprobs(output_head(ema), picked, targets.to(device)).sum(-1).to(targets.device)
 
     def update(self, batch: "ThoughtBatch", rows: slice):
@@ -196,8 +219,10 @@ class RLPModel(RolloutModule):
         loss, clip_fraction = clipped_surrogate(thought_logprobs, thought_logprobs.detach(), advantages.reshape(-1),
                                                 thought_mask, cfg.clip_eps_low, cfg.clip_eps_high, rows=rows, tokens=tokens,
                                                 aggregation="sequence" if cfg.loss_aggregation == "thought" else "token")
+        flat = (rewards == rewards[:, :1]).all(-1)  # equal rewards: no advantage, no gradient
         return loss, {"loss": loss.detach(), "reward": rewards.sum() / (positions * g),
                       "reward_std": rewards.std(-1, unbiased=False).sum() / positions,
+                      "all_equal_groups": flat.float().sum() / positions,
                       "advantage_abs": advantages.abs().sum() / (positions * g), "s_pred": s_pred.sum() / (positions * g),
                       "s_ema": s_ema.sum() / positions, "clip_fraction": clip_fraction}
 
@@ -295,8 +320,8 @@ class RLP(RolloutMethod):
     ablations = (CORRUPTION, SELECTOR)
 
     def thought_format(self, lm, tokenizer) -> ThoughtFormat:
-        if self.config.template == "chat":
-            return ChatFormat(tokenizer, self.config.system_prompt)
+        if self.config.template == "chat":  # <think>, </think> added where the tokenizer lacks them
+            return ChatFormat(tokenizer, self.config.system_prompt, lm=lm, init=self.config.meta_init)
         return super().thought_format(lm, tokenizer)
 
     def format_settings(self) -> dict:

@@ -118,11 +118,11 @@ class RPTModel(RolloutModule):
         cfg = self.config
         clock = time.perf_counter()
         seed, _ = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
-        where = cfg.choose(self._proxy[0] if self._proxy else self.lm, input_ids, min_continuation=1, seed=seed,
-                         windows=windows)
+        where, begin = cfg.choose(self._proxy[0] if self._proxy else self.lm, input_ids, min_continuation=1, seed=seed,
+                                  windows=windows, eos_id=self.tokenizer.eos_token_id)
         if len(where) == 0:
             return None
-        prompts = [self.prompt(input_ids[row, : t + 1].tolist()) for row, t in where.tolist()]
+        prompts = [self.prompt(input_ids[row, b: t + 1].tolist()) for (row, t), b in zip(where.tolist(), begin.tolist())]
         samples = self.sample_rollouts(prompts, rollout_keys(windows, where, cfg.group_size), seed)
         sampled_at = time.perf_counter()
         rewards, predictions = self.rewards(samples, input_ids, where)

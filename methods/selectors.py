@@ -23,15 +23,31 @@ def eligible(length: int, min_context: int, min_continuation: int, device=None) 
     return (t + 1 >= min_context) & (t + min_continuation < length)
 
 
+def document_starts(ids: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """[B, L] where the document of each position begins: right after the last EOS before it
+    (0 without one). A packed window joins documents by EOS; a position's document context is
+    ids[row, start : t + 1]."""
+    length = ids.shape[1]
+    index = torch.arange(length, device=ids.device).expand_as(ids)
+    if eos_id is None:
+        return torch.zeros_like(ids)
+    marks = torch.where(ids == eos_id, index, torch.full_like(ids, -1))
+    last = torch.cummax(marks, dim=1).values  # the last EOS at or before each position
+    before = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)  # strictly before
+    return before + 1
+
+
 def select_positions(kind: str, entropy: torch.Tensor | None, *, per_window: int | None, threshold: float = 0.0,
                      fraction: float = 0.2, min_context: int = 1, min_continuation: int = 1,
-                     generator: torch.Generator | None = None, row_seeds: list[int] | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, row_seeds: list[int] | None = None,
+                     allowed: torch.Tensor | None = None) -> torch.Tensor:
     """[K, 2] (row, position) pairs from windows [B, L]. `entropy` [B, L] is needed by the
     entropy-based selectors. per_window caps the positions taken from each window (None: all);
     entropy keeps the positions above the threshold (a random subset of them when capped),
     top_fraction the highest-entropy fraction, random a uniform choice. The random choices draw
     from `row_seeds` (one seed per window: a window's choice does not depend on the others in
-    its batch), else from `generator`."""
+    its batch), else from `generator`. `allowed` [B, L]: positions that may be chosen at all (a
+    document context long enough)."""
     if kind not in SELECTORS:
         raise ValueError(f"unknown selector {kind!r}; valid: {', '.join(SELECTORS)}")
     if kind in ("entropy", "top_fraction") and entropy is None:
@@ -40,6 +56,8 @@ def select_positions(kind: str, entropy: torch.Tensor | None, *, per_window: int
     chosen = []
     for row in range(batch):
         ok = eligible(length, min_context, min_continuation, entropy.device)
+        if allowed is not None:
+            ok = ok & allowed[row]
         candidates = ok.nonzero()[:, 0]
         if kind == "entropy":
             candidates = candidates[entropy[row, candidates] > threshold]
@@ -70,15 +88,23 @@ def position_entropy(lm, ids: torch.Tensor, top_k: int = 16, renormalize: bool =
 @torch.no_grad()
 def choose_positions(scorer, ids: torch.Tensor, *, selector: str, per_window: int | None, threshold: float,
                      fraction: float, min_context: int, min_continuation: int, top_k: int = 16,
-                     renormalize: bool = True, seed: int = 0, windows: torch.Tensor | None = None) -> torch.Tensor:
+                     renormalize: bool = True, seed: int = 0, windows: torch.Tensor | None = None,
+                     starts: torch.Tensor | None = None, eos_id: int | None = None) -> torch.Tensor:
     """Positions in windows ids [B, L] for a method's selector settings; the entropy-based
     selectors score the windows with `scorer` (a causal LM: the model, or a proxy). Random
-    choices are keyed by (seed, the window's global index)."""
+    choices are keyed by (seed, the window's global index). `starts` (document_starts): each
+    position's context begins there, so it needs min_context tokens from there, and a position
+    at a document's EOS (whose next token starts another document) is not chosen."""
     if selector in ("entropy", "top_fraction"):
         entropy = position_entropy(scorer, ids, top_k, renormalize)
     else:
         entropy = torch.zeros(ids.shape, device=ids.device)
     windows = windows if windows is not None else torch.arange(len(ids))
     row_seeds = [(seed * 1_000_003 + int(w)) % 2**63 for w in windows.tolist()]
+    allowed = None
+    if starts is not None:
+        t = torch.arange(ids.shape[1], device=ids.device)[None]
+        allowed = (t - starts + 1 >= min_context) & (ids != (eos_id if eos_id is not None else -1))
     return select_positions(selector, entropy, per_window=per_window, threshold=threshold, fraction=fraction,
-                            min_context=min_context, min_continuation=min_continuation, row_seeds=row_seeds)
+                            min_context=min_context, min_continuation=min_continuation, row_seeds=row_seeds,
+                            allowed=allowed)

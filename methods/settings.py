@@ -4,7 +4,9 @@ share (thoughts, position selectors, micro-batches), which their configs compose
 from dataclasses import dataclass
 
 from tokreason.methods.corruption import check_corruption
-from tokreason.methods.selectors import SELECTORS, choose_positions
+import torch
+
+from tokreason.methods.selectors import SELECTORS, choose_positions, document_starts
 from tokreason.methods.thoughts import DEFAULT_META_INIT
 
 
@@ -75,7 +77,9 @@ class SelectorSettings(Settings):
     """Where a method thinks and learns (methods/selectors.py): the selector (entropy: the top-k
     entropy of the next token above entropy_threshold; top_fraction: the highest-entropy
     fraction; random; all), at most positions_per_window positions a window (null: every
-    selected one), each with at least min_context tokens of context."""
+    selected one), each with at least min_context tokens of context. context: document (a
+    position's context is its own document's tokens before it, as the papers' are: a packed window
+    may hold several documents) or window (every token of the window before it)."""
 
     selector: str = "random"
     positions_per_window: int | None = 1
@@ -84,10 +88,12 @@ class SelectorSettings(Settings):
     entropy_renormalize: bool = True
     top_fraction: float = 0.2
     min_context: int = 8
+    context: str = "document"
 
     def __post_init__(self):
         super().__post_init__()
         one_of(self, "selector", SELECTORS)
+        one_of(self, "context", ("document", "window"))
         at_least(self, ["entropy_top_k"], 1)
         at_least(self, ["min_context"], 0)
         if self.positions_per_window is not None and self.positions_per_window < 1:
@@ -96,13 +102,17 @@ class SelectorSettings(Settings):
         if not 0 < self.top_fraction <= 1:
             raise ValueError(f"method.top_fraction={self.top_fraction} is not valid; it must be in (0, 1]")
 
-    def choose(self, scorer, ids, *, min_continuation: int, seed: int, windows=None):
-        """Positions [K, 2] (row, t) in windows ids [B, L]; the entropy selectors score with `scorer`."""
-        return choose_positions(scorer, ids, selector=self.selector, per_window=self.positions_per_window,
-                                threshold=self.entropy_threshold, fraction=self.top_fraction,
-                                min_context=self.min_context, min_continuation=min_continuation,
-                                top_k=self.entropy_top_k, renormalize=self.entropy_renormalize, seed=seed,
-                                windows=windows)
+    def choose(self, scorer, ids, *, min_continuation: int, seed: int, windows=None, eos_id: int | None = None):
+        """Positions [K, 2] (row, t) in windows ids [B, L], and where each one's context starts
+        [K] (its document's first token, or 0); the entropy selectors score with `scorer`."""
+        starts = document_starts(ids, eos_id) if self.context == "document" else None
+        where = choose_positions(scorer, ids, selector=self.selector, per_window=self.positions_per_window,
+                                 threshold=self.entropy_threshold, fraction=self.top_fraction,
+                                 min_context=self.min_context, min_continuation=min_continuation,
+                                 top_k=self.entropy_top_k, renormalize=self.entropy_renormalize, seed=seed,
+                                 windows=windows, starts=starts, eos_id=eos_id)
+        begin = starts[where[:, 0], where[:, 1]] if starts is not None and len(where) else torch.zeros(len(where), dtype=torch.long)
+        return where, begin.cpu()
 
 
 @dataclass

@@ -35,25 +35,28 @@ def thought_tokens(tokenizer) -> ThoughtTokens | None:
 
 
 def add_thought_tokens(lm, tokenizer, init: str = DEFAULT_META_INIT) -> ThoughtTokens:
-    """The meta-tokens' ids; when the tokenizer lacks them they are added, with rows that start
-    the same way every time (no random draw):
-    - input embeddings: the embedding of `init`'s first token (the official Quiet-STaR choice);
-    - output rows of an untied LM head: the mean of the existing rows (no preference for them).
-    The embedding matrix grows only when the new ids do not fit in it (models such as Qwen keep
-    spare rows beyond the tokenizer; those rows are used, not dropped)."""
+    """The meta-tokens' ids; when the tokenizer lacks them they are added (add_marker_tokens)."""
     found = thought_tokens(tokenizer)
     if found is not None:
         return found
+    return ThoughtTokens(*add_marker_tokens(lm, tokenizer, (THOUGHT_START, THOUGHT_END), init))
+
+
+def add_marker_tokens(lm, tokenizer, markers: tuple[str, ...], init: str = DEFAULT_META_INIT) -> list[int]:
+    """`markers` added to the tokenizer as one token each, with rows that start the same way
+    every time (no random draw):
+    - input embeddings: the embedding of `init`'s first token (the official Quiet-STaR choice);
+    - output rows of an untied LM head: the mean of the existing rows (no preference for them).
+    The embedding matrix grows only when the new ids do not fit in it (models such as Qwen keep
+    spare rows beyond the tokenizer; those rows are used, not dropped). Returns their ids."""
     init_ids = tokenizer.encode(init, add_special_tokens=False)
     if not init_ids:
         raise ValueError(f"meta_init={init!r} encodes to no token; give a non-empty string")
-    embed = lm.get_input_embeddings()
-    old_rows = embed.weight.shape[0]
-    tokenizer.add_special_tokens({"extra_special_tokens": [THOUGHT_START, THOUGHT_END]},
-                                 replace_extra_special_tokens=False)
-    tokens = thought_tokens(tokenizer)
-    if max(tokens.ids) >= old_rows:
-        lm.resize_token_embeddings(max(tokens.ids) + 1, mean_resizing=False)
+    old_rows = lm.get_input_embeddings().weight.shape[0]
+    tokenizer.add_special_tokens({"extra_special_tokens": list(markers)}, replace_extra_special_tokens=False)
+    ids = tokenizer.convert_tokens_to_ids(list(markers))
+    if max(ids) >= old_rows:
+        lm.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
     head = lm.get_output_embeddings()
     with torch.no_grad():
         embed = lm.get_input_embeddings()
@@ -62,13 +65,13 @@ def add_thought_tokens(lm, tokenizer, init: str = DEFAULT_META_INIT) -> ThoughtT
         head_mean = head.weight[:old_rows].mean(0) if head is not None and not tied else None
         bias = getattr(head, "bias", None) if head is not None else None
         bias_mean = bias[:old_rows].mean() if bias is not None else None
-        for i in tokens.ids:
+        for i in ids:
             embed.weight[i] = source
             if head_mean is not None:
                 head.weight[i] = head_mean
             if bias is not None:
                 bias[i] = bias_mean
-    return tokens
+    return ids
 
 
 def mask_thought_logits(logits: torch.Tensor, tokens: ThoughtTokens | None) -> torch.Tensor:
@@ -131,15 +134,20 @@ class MetaFormat(ThoughtFormat):
 class ChatFormat(ThoughtFormat):
     """A chat model's thinking: a system turn, the context as the user turn, then the assistant
     thinks between <think> and </think> and continues the text (RLP's appendix prompt). The
-    tokenizer must have a chat template and </think> as one token."""
+    tokenizer must have a chat template; where it lacks <think> and </think> as one token each
+    (SmolLM, Llama, Mistral, Gemma), `lm` is given them as the meta-tokens are (add_marker_tokens)."""
 
-    def __init__(self, tokenizer, system: str, open_text: str = "<think>\n", close_text: str = "</think>"):
+    def __init__(self, tokenizer, system: str, open_text: str = "<think>\n", close_text: str = "</think>", lm=None,
+                 init: str = DEFAULT_META_INIT):
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("method.template=chat needs a tokenizer with a chat template; use method.template=meta")
+        markers = (open_text.strip(), close_text)
+        if any(len(tokenizer.encode(m, add_special_tokens=False)) != 1 for m in markers):
+            if lm is None:
+                raise ValueError(f"method.template=chat needs {close_text!r} as one token of the tokenizer; use "
+                                 "method.template=meta")
+            add_marker_tokens(lm, tokenizer, markers, init)
         close = tokenizer.encode(close_text, add_special_tokens=False)
-        if len(close) != 1:
-            raise ValueError(f"method.template=chat needs {close_text!r} as one token of the tokenizer (it is "
-                             f"{len(close)}); use method.template=meta")
         self.tokenizer, self.system, self.close_id = tokenizer, system, close[0]
         self.opening = tokenizer.encode(open_text, add_special_tokens=False)
         self.markers = (self.close_id, *self.opening)

@@ -17,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from tokreason.experiments.evaluation import lm_eval_bridge  # noqa: E402
 from tokreason.experiments.evaluation.lm_eval_bridge import TokreasonLM, evaluate_scorer, run_lm_eval  # noqa: E402
 from tokreason.methods.inference import PlainScorer, ThoughtScorer  # noqa: E402
+from tokreason.methods.thoughts import thought_tokens  # noqa: E402
 from tokreason.experiments.data.tokenizer import train_tokenizer  # noqa: E402
 
 DOCS = ["the cat sat on the mat and the dog ran to the park.", "two plus three is five. four plus four is eight.",
@@ -235,7 +236,7 @@ def test_run_lm_eval_on_a_run_dir_and_registration(tmp_path, run_dir, lm, tokeni
     write_task(tmp_path, "tiny_mc", mc_rows(), **MC_CONFIG)
     output = tmp_path / "results.json"
     results = run_lm_eval(run_dir, "off", ["tiny_mc"], str(tmp_path), limit=None, batch_size=3, output=output)
-    check_mc(results, PlainScorer(lm, tokenizer))
+    check_mc(results, PlainScorer(lm, tokenizer, mask_thoughts=False))  # lm-eval's distribution: nothing masked
     assert json.loads(output.read_text())["run"] == str(run_dir)
 
     # as lm-eval's CLI builds it: --model tokreason --model_args ..., and its default --batch_size 1
@@ -355,8 +356,23 @@ def test_loglikelihoods_equal_lm_evals_own_hf_backend(lm, tokenizer):
     for model in (lm, small):
         reference = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=model.config.max_position_embeddings)
         expected = reference.loglikelihood([request("loglikelihood", c, x) for c, x in pairs])
-        scorer = PlainScorer(model, tokenizer)
-        scorer.thought_ids = None  # as for a hub model's tokenizer: no thought tokens (with them, they get no mass)
-        got = TokreasonLM(scorer).loglikelihood([request("loglikelihood", c, x) for c, x in pairs])
+        assert thought_tokens(tokenizer) is not None  # the tokenizer has the thought tokens: they are not masked
+        got = TokreasonLM(PlainScorer(model, tokenizer, mask_thoughts=False)).loglikelihood(
+            [request("loglikelihood", c, x) for c, x in pairs])
         for (want, want_greedy), (have, have_greedy) in zip(expected, got):
             assert have == pytest.approx(want, abs=1e-4) and have_greedy == want_greedy
+
+
+def test_a_runs_think_off_numbers_are_lm_evals_own_with_thought_tokens_in_the_vocabulary(run_dir, tokenizer):
+    """`tokreason lm-eval --run <dir>` against `lm_eval --model hf --model_args pretrained=<dir>/model`:
+    the same log-likelihoods and greedy flags on a model whose tokenizer has the thought tokens
+    (they differed: the bridge masked them out of every distribution, lm-eval does not)."""
+    from lm_eval.models.huggingface import HFLM
+
+    assert thought_tokens(tokenizer) is not None
+    pairs = [("two plus three is ", "five"), ("the cat sat on the", " mat"), ("is the sky blue?\n", "yes")]
+    reference = HFLM(pretrained=str(run_dir / "model"), batch_size=1, device="cpu")
+    expected = reference.loglikelihood([request("loglikelihood", c, x) for c, x in pairs])
+    got = TokreasonLM.from_run(run_dir, "off").loglikelihood([request("loglikelihood", c, x) for c, x in pairs])
+    for (want, want_greedy), (have, have_greedy) in zip(expected, got):
+        assert have == pytest.approx(want, abs=1e-4) and have_greedy == want_greedy

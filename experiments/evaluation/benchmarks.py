@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from tokreason.experiments.evaluation.real_tasks import FORMATS, load_real_bench
 from tokreason.experiments.evaluation.synthetic_tasks import chain_benchmark, synthetic_benchmark
 from tokreason.experiments.evaluation.tasks import Benchmark
 
+log = logging.getLogger(__name__)
 TARGET = "_target_"
 IN_DISTRIBUTION, SHIFTED = "in_distribution", "shifted"
 _REGISTRY: dict[str, type["BenchmarkSpec"]] = {}
@@ -75,6 +77,10 @@ class BenchmarkSpec(ABC):
     def score(self, items, scorer, ctx: EvalContext) -> dict[str, list[float]]:
         """Per-item values of each metric (methods/inference.py's scorer primitives)."""
 
+    def work(self, items) -> int:
+        """How many items a scoring reports (the scorer's on_progress counts), for the progress."""
+        return len(items)
+
 
 class ExampleBenchmark(BenchmarkSpec):
     """A benchmark of examples: `load` them; scored by score_benchmark."""
@@ -99,6 +105,12 @@ class ExampleBenchmark(BenchmarkSpec):
 
     def score(self, items: Benchmark, scorer, ctx: EvalContext) -> dict[str, list[float]]:
         return score_benchmark(items, scorer, ctx.cfg.eval.get("max_new_tokens"))
+
+    def work(self, items: Benchmark) -> int:
+        """A generation per answer, a log-likelihood per choice and per target."""
+        asked = sum(ex.answer is not None and items.extract is not None for ex in items.examples)
+        return asked + sum(len(ex.choices) for ex in items.examples if ex.gold is not None) + sum(
+            ex.target is not None for ex in items.examples)
 
 
 def register_benchmark(*names: str):
@@ -206,7 +218,31 @@ class HeldOut(BenchmarkSpec):
                 "windows_sha256": hashlib.sha256(windows.contiguous().cpu().numpy().tobytes()).hexdigest()}
 
     def score(self, items, scorer, ctx: EvalContext) -> dict[str, list[float]]:
-        return heldout_values(scorer, *items, int(ctx.cfg.eval.heldout.max_prediction_tokens))
+        windows, where, entropy = self.within_budget(items, scorer, ctx)
+        return heldout_values(scorer, windows, where, entropy, int(ctx.cfg.eval.heldout.max_prediction_tokens))
+
+    def work(self, items) -> int:
+        return len(items[0]) + len(items[1])
+
+    def within_budget(self, items, scorer, ctx: EvalContext):
+        """The first windows (and their positions) whose scoring fits eval.heldout.max_flops: the
+        scorer says what a window costs it (a thought before every token costs n_ahead forwards a
+        token), 2 x parameters FLOPs a token. The same windows for base and trained (one scorer
+        kind per think mode), and part of the cache key (the budget and the model's size are)."""
+        windows, where, entropy = items
+        budget = ctx.cfg.eval.heldout.get("max_flops")
+        if budget is None:
+            return items
+        per_token = 2 * sum(p.numel() for p in scorer.lm.parameters())
+        cost = torch.cumsum(scorer.heldout_tokens(windows, where) * per_token, 0)
+        keep = int((cost <= float(budget)).sum())
+        if keep >= len(windows):
+            return items
+        keep = max(1, keep)
+        log.info("heldout, think %s: %d of %d windows fit eval.heldout.max_flops=%.3g (%.3g FLOPs a window)",
+                 scorer.think, keep, len(windows), float(budget), float(cost[0]))
+        chosen = where[:, 0] < keep
+        return windows[:keep], where[chosen], entropy[chosen]
 
 
 def heldout_values(scorer, windows: torch.Tensor, where: torch.Tensor, entropy: torch.Tensor,

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from tokreason.experiments.errors import UserError
 from tokreason.experiments.evaluation.base_cache import BaseModel, cache_key, model_fingerprint, read_cached, write_cached
 from tokreason.experiments.evaluation.benchmarks import EvalContext, ExampleBenchmark, benchmark_spec, score_benchmark
+from tokreason.experiments.evaluation.progress import Progress
 from tokreason.experiments.evaluation.scorers import (ORACLE, THINK_MODES, make_scorer, think_mode, think_modes,
                                                       think_signature)
 from tokreason.experiments.evaluation.table import item_values, table_rows
@@ -70,8 +71,13 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
     specs = [spec for spec in specs if items[spec.name] is not None]
     fingerprint = model_fingerprint(base_path)
 
-    def run_all(scorer, think) -> dict:
-        return {(spec.name, think): spec.score(items[spec.name], scorer, ctx) for spec in specs}
+    def run_all(scorer, think, who: str) -> dict:
+        out = {}
+        for spec in specs:
+            with Progress(f"{spec.name} think {think} ({who})", spec.work(items[spec.name])) as progress:
+                scorer.on_progress = progress.update
+                out[(spec.name, think)] = spec.score(items[spec.name], scorer, ctx)
+        return out
 
     scores: dict = {}
     for think in modes:
@@ -79,7 +85,7 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
                 for spec in specs}
         cached = {name: read_cached(cache, key) for name, key in keys.items()}
         if any(v is None for v in cached.values()):
-            fresh = run_all(make_scorer(*base.get(), cfg, think), think)
+            fresh = run_all(make_scorer(*base.get(), cfg, think), think, "base")
             for name, key in keys.items():
                 if cached[name] is None:
                     cached[name] = fresh[(name, think)]
@@ -92,7 +98,7 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
     if trained_scorers is not None:
         trained = {}
         for think in modes:
-            trained.update(run_all(trained_scorers(think), think))
+            trained.update(run_all(trained_scorers(think), think, "trained"))
     return {"rows": table_rows(scores, trained), "items": item_values(scores, trained), "think": modes,
             "benchmarks": {spec.name: spec.description for spec in specs}, "limit": cfg.eval.limit,
             "base_model": base_path, "seconds": time.perf_counter() - started}

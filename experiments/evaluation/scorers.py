@@ -32,12 +32,13 @@ def thought_budget(cfg: DictConfig) -> int | None:
     return int(budget) if budget else None
 
 
-def make_scorer(lm, tokenizer, cfg: DictConfig, think: str, trained_module=None):
-    """The scorer for `think` on this LM: the plain LM (off), or the run's method's own
-    inference (on). `trained_module`: what the method trained beside the LM (None: the base)."""
+def make_scorer(lm, tokenizer, cfg: DictConfig, think: str, trained_module=None, mask_thoughts: bool = True):
+    """The scorer for `think` on this LM: the plain LM (off; mask_thoughts: the thought tokens get
+    no probability in text), or the run's method's own inference (on). `trained_module`: what the
+    method trained beside the LM (None: the base)."""
     batch = int(cfg.eval.batch_size)
     if think == "off":
-        return PlainScorer(lm, tokenizer, batch)
+        return PlainScorer(lm, tokenizer, batch, mask_thoughts)
     return run_method(cfg).think_scorer(lm, tokenizer, batch_size=batch, thought_budget=thought_budget(cfg),
                                         model=trained_module)
 
@@ -50,7 +51,7 @@ def think_signature(cfg: DictConfig, think: str) -> dict:
     return {"think": "on", **run_method(cfg).think_settings(thought_budget(cfg)), **precision}
 
 
-def load_exported(folder: Path, cfg: DictConfig, think: str):
+def load_exported(folder: Path, cfg: DictConfig, think: str, mask_thoughts: bool = True):
     """A run's exported model as a scorer."""
     from tokreason.experiments.models.loading import load_model_and_tokenizer
 
@@ -61,11 +62,12 @@ def load_exported(folder: Path, cfg: DictConfig, think: str):
     if torch.cuda.is_available():
         lm.to("cuda")
     trained = run_method(cfg).load_export(folder, lm, tokenizer) if think == "on" else None
-    return make_scorer(lm.eval(), tokenizer, cfg, think, trained)
+    return make_scorer(lm.eval(), tokenizer, cfg, think, trained, mask_thoughts)
 
 
 def scorer_for_run(run_dir: str | Path, think: str, batch_size: int = 16):
-    """The trained model of a finished run dir as a scorer (used by the lm-eval bridge)."""
+    """The trained model of a finished run dir as a scorer for the lm-eval bridge: think off is
+    the plain LM's distribution as it is (thought tokens not masked), so lm-eval's own numbers."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     if think not in THINK_MODES:
@@ -73,7 +75,7 @@ def scorer_for_run(run_dir: str | Path, think: str, batch_size: int = 16):
     if think == "on" and not run_method(cfg).thinks:
         raise ValueError(f"run {run_dir} trained method {cfg.method.name!r}, which has no thinking mode; use think=off")
     cfg.eval = OmegaConf.create({"batch_size": batch_size, "thought_budget": None})
-    return load_exported(run_dir / "model", cfg, think)
+    return load_exported(run_dir / "model", cfg, think, mask_thoughts=False)
 
 
 def load_run_config(run_dir: Path) -> DictConfig:

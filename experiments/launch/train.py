@@ -124,11 +124,13 @@ def run_train(overrides: list[str], multirun: bool) -> list[dict]:
         for job in jobs:
             check_job(job)
         sweep_dir = str(compose_config(jobs[0], with_hydra=True).hydra.sweep.dir)
+        writable(Path(sweep_dir), "hydra.sweep.dir")
         hydra_args = ["--multirun", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     else:
         from tokreason.experiments.training.run_dir import assert_unlocked
 
         cfg = check_job(overrides)
+        writable(Path(cfg.run_dir), "run_dir")
         assert_unlocked(Path(cfg.run_dir))  # before Hydra writes its files into a live run's dir
         hydra_args = [*overrides, f"run_dir={cfg.run_dir}"]  # resolve ${now:...} once
     _state.clear()
@@ -144,6 +146,14 @@ def run_train(overrides: list[str], multirun: bool) -> list[dict]:
     if multirun and not _state.get("summaries"):  # the jobs ran in other processes (a cluster launcher)
         return [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("*/summary.json"))]
     return _state.get("summaries", [])
+
+
+def writable(folder: Path, key: str) -> None:
+    """The folder a run writes exists or can be made (else one line, not Hydra's traceback)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{key}={folder} cannot be created ({e.strerror or e}); give a folder you can write") from None
 
 
 def _train_distributed(overrides: list[str]) -> dict:

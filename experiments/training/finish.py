@@ -25,6 +25,8 @@ def finish_run(plan, parts, state: dict, tracker) -> dict:
     plan.accelerator.wait_for_everyone()  # the last collective of the run
     summary = run_summary(plan, parts, state, tracker, memory)
     if plan.main:
+        if summary["learning_signal"]:
+            log.warning("%s", summary["learning_signal"])
         if plan.trainer.export_model:
             export(plan, parts)
         if eval_enabled(plan.cfg):
@@ -50,7 +52,19 @@ def run_summary(plan, parts, state: dict, tracker, memory: dict) -> dict:
         "model": parts.model_path, "processes": plan.world, "run_dir": str(plan.run_dir),
         "sharding": "fsdp" if plan.fsdp is not None else ("ddp" if plan.world > 1 else "none"),
         "precision": "bf16" if plan.bf16 else "fp32", "wandb_run_id": tracker.wandb_run_id, **memory,
+        "learning_signal": learning_signal(state),
     }
+
+
+def learning_signal(state: dict) -> str | None:
+    """One sentence when the learning signal never moved (every group of every step had equal
+    rewards, so nothing was learnt from the rollouts), else None."""
+    counted = state.get("learning_signal")
+    if not counted or counted["flat_steps"] < counted["steps"]:
+        return None
+    sentence = (f"the learning signal never moved: in all {counted['steps']} steps every group's rewards were equal "
+                "(no advantage, no gradient from the rollouts); train/format_failures and train/reward say why")
+    return sentence
 
 
 def unsharded(plan, parts, full: dict) -> None:

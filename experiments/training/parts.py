@@ -3,6 +3,7 @@ calls it: wrapped for DDP, sharded for FSDP), the tokenizer, the corpus, the opt
 schedule, the FLOP counter; `module` and `lm` reach inside it."""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from tokreason.experiments.training.flops import FlopCounter
 from tokreason.methods import Method
 from tokreason.methods.lm import context_length
 from tokreason.methods.parallel import unwrap
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,10 +83,16 @@ def build_model(cfg: DictConfig, method: Method, model_path: str, seq_len: int) 
     except ValueError as e:
         raise UserError(str(e)) from None
     lm, tokenizer = load_model_and_tokenizer(cfg.model, model_path)
+    known = len(tokenizer)
     try:
         model = method.wrap(lm, tokenizer)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if len(tokenizer) > known:  # the method's thought tokens, where the tokenizer lacked them
+        added = tokenizer.convert_ids_to_tokens(list(range(known, len(tokenizer))))
+        log.info("%s added %s to the tokenizer (ids %d..%d), their embeddings from %r's first token%s", cfg.method.name,
+                 ", ".join(added), known, len(tokenizer) - 1, getattr(method.config, "meta_init", "---"),
+                 "" if getattr(lm.config, "tie_word_embeddings", False) else ", the untied head's rows at the mean of its rows")
     check_master_weights(model, cfg)
     if cfg.trainer.get("activation_checkpointing"):
         method.enable_activation_checkpointing(model)

@@ -231,7 +231,7 @@ class TrainingRun:
         the log line, validation and checkpoint it is due for."""
         plan, parts, state = self.plan, self.parts, self.state
         started, flops_before = time.perf_counter(), parts.flops.total
-        self.micro_batches()
+        self.count_signal(self.micro_batches())
         grad_norm = parts.clip_gradients(plan)
         parts.optimizer.step()
         parts.scheduler.step()
@@ -255,9 +255,11 @@ class TrainingRun:
         if (int(plan.trainer.checkpoint_every) and state["step"] % int(plan.trainer.checkpoint_every) == 0) or last:
             self.save_checkpoint()
 
-    def micro_batches(self) -> None:
-        """grad_accum micro-batches through the method's step, their metrics into the window."""
+    def micro_batches(self) -> dict:
+        """grad_accum micro-batches through the method's step, their metrics into the window;
+        returns the step's metrics (the mean over its micro-batches)."""
         plan, parts, accum = self.plan, self.parts, int(self.plan.trainer.grad_accum)
+        step_metrics: dict = {}
         for micro in range(accum):
             batch = {k: v.to(plan.accelerator.device) for k, v in self.stream.next().items()}
             final = micro == accum - 1
@@ -267,6 +269,18 @@ class TrainingRun:
                 metrics = parts.method.step(parts.model, batch, backward)
             for key, value in metrics.items():
                 add_to_window(self.state["window"], key, float(value) / accum, 1, micro == 0)
+                step_metrics[key] = step_metrics.get(key, 0.0) + float(value) / accum
+        return step_metrics
+
+    def count_signal(self, metrics: dict) -> None:
+        """A step whose every group of rollouts had equal rewards (`all_equal_groups` 1) has no
+        learning signal (no advantage, no gradient): counted, said in its log line and, when no
+        step had one, at the end of the run (finish.py)."""
+        if "all_equal_groups" not in metrics:
+            return
+        signal = self.state.setdefault("learning_signal", {"steps": 0, "flat_steps": 0})
+        signal["steps"] += 1
+        signal["flat_steps"] += int(metrics["all_equal_groups"] >= 1.0)
 
     def gradient_sync(self, last_micro_batch: bool):
         """Gradients are reduced across processes on an optimizer step's last micro-batch only
@@ -294,6 +308,8 @@ class TrainingRun:
             timing["time/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         self.tracker.log(state["step"], metrics, timing)
         shown = " | ".join(f"{k[len('train/'):]} {v:.4g}" for k, v in metrics.items() if k in LOGGED)
+        if metrics.get("train/all_equal_groups", 0.0) >= 1.0:
+            shown += " | no learning signal: every group's rewards were equal (no gradient)"
         log.info("step %d/%d | %s | %.0f tokens/s", state["step"], int(plan.trainer.max_steps), shown,
                  timing["time/tokens_per_second"])
         window.clear()

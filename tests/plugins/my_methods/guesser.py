@@ -53,10 +53,10 @@ class GuesserModel(RolloutModule):
     def rollout(self, input_ids, windows):
         cfg, g = self.config, self.config.group_size
         seed, _ = step_seed()
-        where = cfg.choose(self.lm, input_ids, min_continuation=1, seed=seed, windows=windows)
+        where, begin = cfg.choose(self.lm, input_ids, min_continuation=1, seed=seed, windows=windows)
         if len(where) == 0:
             return None
-        prompts = [self.format.prompt(input_ids[r, : t + 1].tolist()) for r, t in where.tolist()]
+        prompts = [self.format.prompt(input_ids[r, b: t + 1].tolist()) for (r, t), b in zip(where.tolist(), begin.tolist())]
         self.lm.eval()
         samples = sample_in_batches(self.lm, prompts, rollouts_per_call=cfg.sample_batch_size, repeats=g,
                                     keys=rollout_keys(windows, where, g), seed=seed, temperature=cfg.temperature,

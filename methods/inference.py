@@ -145,6 +145,10 @@ class PlainScorer:
             self._stop_tokens[key] = sorted(ids)
         return self._stop_tokens[key]
 
+    def explain(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[tuple[str | None, str]]:
+        """(the thought, the answer) for each prompt, as this inference answers it: no thought here."""
+        return [(None, answer) for answer in self.generate(prompts, max_new_tokens, stop)]
+
     def cut(self, text: str, stop: tuple[str, ...]) -> str:
         for s in stop:
             if s in text:
@@ -263,6 +267,14 @@ class ThoughtScorer(PlainScorer):
     def window_nll(self, windows: torch.Tensor) -> None:
         """None: a thought before every token is not this inference (it thinks once, then answers)."""
         return None
+
+    def explain(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[tuple[str | None, str]]:
+        """(the greedy thought, the answer after it) for each prompt."""
+        room = self.thought_room + self._new_tokens(max_new_tokens, reserved=self.thought_room)
+        contexts = [self._fit(self.tokenizer(p, add_special_tokens=True)["input_ids"], room) for p in prompts]
+        prefixes = self.thought_prefixes(contexts)
+        thoughts = [self.tokenizer.decode(prefix[len(self.format.prompt(c)):-1]) for c, prefix in zip(contexts, prefixes)]
+        return list(zip(thoughts, self.generate(prompts, max_new_tokens, stop)))
 
     def heldout_tokens(self, windows: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """Per window: each of its positions' prompt, thought and prediction (no window NLL)."""

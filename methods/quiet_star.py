@@ -426,6 +426,15 @@ class QuietStarScorer(PlainScorer):
         if self.context is not None:  # each position's thought and talk tokens take positions too
             self.context -= model.config.sampled_tokens + 2
 
+    @torch.no_grad()
+    def explain(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[tuple[str | None, str]]:
+        """(the greedy thought before the answer's first token, the answer) for each prompt."""
+        thoughts = []
+        for prompt in prompts:
+            ids = torch.tensor([self.tokenizer(prompt, add_special_tokens=True)["input_ids"]], device=self.device)
+            thoughts.append(self.tokenizer.decode(self.model.think(ids, talk=1, greedy=True).thought_ids[0, -1].tolist()))
+        return list(zip(thoughts, self.generate(prompts, max_new_tokens, stop)))
+
     def heldout_tokens(self, windows: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """Each window twice, every token with its thought: n_ahead forwards a token."""
         return torch.full((len(windows),), 2.0 * windows.shape[1] * self.model.config.n_ahead)

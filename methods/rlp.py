@@ -99,7 +99,7 @@ class RLPModel(RolloutModule):
 
     count_names = ("rows", "tokens")
     metric_names = ("loss", "reward", "reward_std", "all_equal_groups", "advantage_abs", "s_pred", "s_ema", "clip_fraction",
-                    "thought_length", "thought_closed", "positions")
+                    "thought_length", "empty_thoughts", "thought_closed", "positions")
 
     def __init__(self, lm, tokenizer, config: "RLPConfig", thought_format: ThoughtFormat):
         super().__init__()
@@ -261,7 +261,8 @@ class ThoughtBatch(RolloutBatch):
             end = width + int(lengths[r])
             mask[r, width:end + k] = 1
             full[r, end:end + k] = repeated[r]
-        stats = {"thought_length": samples.thought_len.float().mean(), "thought_closed": samples.closed.float().mean(),
+        stats = {"thought_length": samples.thought_len.float().mean(), "empty_thoughts": (samples.thought_len == 0).float().mean(),
+                 "thought_closed": samples.closed.float().mean(),
                  "positions": float(len(targets)), "skipped_batch": 0.0}
         return cls(stats, full=full, mask=mask, positions=(mask.cumsum(-1) - 1).clamp(min=0), width=width, thought=thought,
                    sampled=samples.sampled,

@@ -44,7 +44,7 @@ REWARDS = {"prefix": prefix_match_reward, "first_token": first_token_reward, "de
 TEMPLATES = ("meta", "boxed")
 # Every step logs the same keys (a skipped batch too), so processes can average them together.
 METRICS = ("loss", "policy_loss", "clip_fraction", "kl", "reward", "reward_std", "all_equal_groups", "format_failures",
-           "thought_length", "thought_closed", "positions")
+           "thought_length", "empty_thoughts", "thought_closed", "positions")
 BOXED_PROMPT_ROOM = 128  # tokens the boxed template adds around the context (its text and the chat turn)
 BOXED_PROMPT = ("Complete the given text under '### Context' by predicting the next token, and wrap it in '\\boxed{}'. "
                 "Please reason step by step to find the most probable next token as the final answer, and enclose it "
@@ -135,6 +135,7 @@ class RPTModel(RolloutModule):
                  "all_equal_groups": flat.float().mean(),
                  "format_failures": sum(p is None for p in predictions) / len(predictions),
                  "thought_length": samples.thought_len.float().mean() if meta else samples.sampled.sum(-1).float().mean(),
+                 "empty_thoughts": (samples.thought_len == 0).float().mean() if meta else 0.0,
                  "thought_closed": samples.closed.float().mean() if meta else 1.0,
                  "positions": float(len(prompts)), "skipped_batch": 0.0}
         # seconds per phase of the last step (benchmarks read it); scoring: the rewards

@@ -33,7 +33,7 @@ from tokreason.experiments.data import chains, synthetic
 from tokreason.experiments.errors import UserError
 from tokreason.experiments.evaluation.next_token import BUCKETS, bucket_positions
 from tokreason.experiments.evaluation.real_tasks import FORMATS, load_real_benchmark
-from tokreason.experiments.evaluation.synthetic_tasks import chain_benchmark, synthetic_benchmark
+from tokreason.experiments.evaluation.synthetic_tasks import chain_benchmark, chain_validation, synthetic_benchmark
 from tokreason.experiments.evaluation.tasks import Benchmark
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class SyntheticSplit(ExampleBenchmark):
 
     @property
     def role(self):
-        return SYNTHETIC_ROLES[self.name]
+        return SYNTHETIC_ROLES.get(self.name)
 
     def load(self, cfg: DictConfig) -> Benchmark:
         s = cfg.eval.synthetic
@@ -168,6 +168,26 @@ class SyntheticSplit(ExampleBenchmark):
         s = OmegaConf.to_container(cfg.eval.synthetic, resolve=True)
         version = chains.GENERATOR_VERSION if s["world"] == "chains" else synthetic.GENERATOR_VERSION
         return {"synthetic": s, "generator": version}
+
+
+@register_benchmark("synth_val")
+class ValidationSplit(SyntheticSplit):
+    """Problems like synth_in's for choosing settings (experiment=embedded_tune), none of them a
+    synth_in test problem of this evaluation's eval.synthetic.num and eval.seed (chains world)."""
+
+    role = None
+
+    def load(self, cfg: DictConfig) -> Benchmark:
+        s = cfg.eval.synthetic
+        if s.world != "chains":
+            raise UserError(f"synth_val is drawn from the chains world; eval.synthetic.world={s.world}")
+        test = SyntheticSplit("synth_in", {}).load(cfg)
+        spec = chains.ChainSpec(min_steps=int(s.min_steps), max_steps=int(s.max_steps), min_move=int(s.min_move),
+                                max_move=int(s.max_move))
+        try:
+            return chain_validation(spec, limit_of(cfg) or int(s.num_val), int(cfg.eval.seed), test)
+        except ValueError as e:
+            raise UserError(f"eval.synthetic (synth_val): {e}") from None
 
 
 @register_benchmark(*FORMATS)

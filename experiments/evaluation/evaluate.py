@@ -18,13 +18,15 @@ from omegaconf import DictConfig
 
 from tokreason.experiments.errors import UserError
 from tokreason.experiments.evaluation.base_cache import BaseModel, cache_key, model_fingerprint, read_cached, write_cached
-from tokreason.experiments.evaluation.benchmarks import EvalContext, ExampleBenchmark, benchmark_spec, score_benchmark
+from tokreason.experiments.evaluation.benchmarks import (EvalContext, ExampleBenchmark, answer_matches, benchmark_spec,
+                                                         score_benchmark)
 from tokreason.experiments.evaluation.progress import Progress
-from tokreason.experiments.evaluation.scorers import (ORACLE, THINK_MODES, make_scorer, think_mode, think_modes,
-                                                      think_signature)
+from tokreason.experiments.evaluation.scorers import (ORACLE, THINK_MODES, make_scorer, preset_section, think_mode,
+                                                      think_modes, think_signature)
 from tokreason.experiments.evaluation.table import item_values, table_rows
 from tokreason.experiments.evaluation.tasks import Benchmark, Example
 from tokreason.experiments.method_config import run_method
+from tokreason.methods import build_method
 from tokreason.methods.inference import PlainScorer
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,9 @@ def check_eval_config(cfg: DictConfig) -> None:
         raise UserError(f"eval.batch_size={e.batch_size} is not valid; it must be at least 1")
     try:
         run_method(cfg).check_eval(think_modes(cfg))
+        for preset in e.get("think_with") or []:
+            if not build_method(preset_section(preset)).thinks:
+                raise UserError(f"eval.think_with has {preset!r}, a method that does not think; give thinking presets")
     except ValueError as error:
         raise UserError(str(error)) from None
     for name in e.benchmarks:
@@ -99,9 +104,35 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
         trained = {}
         for think in modes:
             trained.update(run_all(trained_scorers(think), think, "trained"))
-    return {"rows": table_rows(scores, trained), "items": item_values(scores, trained), "think": modes,
-            "benchmarks": {spec.name: spec.description for spec in specs}, "limit": cfg.eval.limit,
-            "base_model": base_path, "seconds": time.perf_counter() - started}
+    table = {"rows": table_rows(scores, trained), "items": item_values(scores, trained), "think": modes,
+             "benchmarks": {spec.name: spec.description for spec in specs}, "limit": cfg.eval.limit,
+             "base_model": base_path}
+    if trained_scorers is not None:
+        table["gallery"] = thought_gallery(cfg, specs, items, modes, base, trained_scorers)
+    return {**table, "seconds": time.perf_counter() - started}
+
+
+def thought_gallery(cfg: DictConfig, specs: list, items: dict, modes: list[str], base: BaseModel, trained_scorers) -> dict:
+    """What the thoughts are: the first eval.gallery problems of the first benchmark with an
+    answer, for each thinking mode: the thought the base and the trained model write, their
+    answer, right or wrong. Read by the report ("What the thoughts became")."""
+    count = int(cfg.eval.get("gallery") or 0)
+    examples = next((spec for spec in specs if isinstance(spec, ExampleBenchmark)
+                     and any(ex.answer is not None for ex in items[spec.name].examples)), None)
+    thinking = [m for m in modes if m != "off"]
+    if not count or examples is None or not thinking:
+        return {}
+    bench = items[examples.name]
+    chosen = [ex for ex in bench.examples if ex.answer is not None][:count]
+    max_new = int(cfg.eval.get("max_new_tokens") or bench.max_new_tokens)
+    out = {"benchmark": examples.name, "examples": [{"prompt": ex.prompt, "answer": ex.answer} for ex in chosen]}
+    for think in thinking:
+        for who, scorer in (("base", make_scorer(*base.get(), cfg, think)), ("trained", trained_scorers(think))):
+            for entry, (thought, output) in zip(out["examples"], scorer.explain([ex.prompt for ex in chosen], max_new,
+                                                                                 tuple(bench.stop))):
+                right, _ = answer_matches(bench, output, entry["answer"])
+                entry.setdefault(who, {})[think] = {"thought": thought, "output": output, "right": right}
+    return out
 
 
 def base_reads_run_tokens(lm, tokenizer, windows: torch.Tensor, cfg: DictConfig) -> None:

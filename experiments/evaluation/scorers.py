@@ -2,6 +2,8 @@
 method's own (`Method.think_scorer`); a run's exported model reloaded as a scorer."""
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 import torch
@@ -10,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from tokreason.experiments.errors import UserError
 from tokreason.experiments.method_config import run_method
 from tokreason.experiments.training.precision import precision_signature
+from tokreason.methods import build_method
 from tokreason.methods.inference import PlainScorer
 
 THINK_MODES = ("off", "on")
@@ -21,10 +24,36 @@ def think_mode(value) -> str:
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else str(value)
 
 
+WITH = "with:"  # think mode with:<preset>: a method that does not think, scored with that preset's inference
+
+
 def think_modes(cfg: DictConfig) -> list[str]:
-    """The think modes this run is evaluated in: on only for a method that thinks."""
+    """The think modes this run is evaluated in: on only for a method that thinks; a method that
+    does not think also with each of eval.think_with's presets' inference."""
     thinks = run_method(cfg).thinks
-    return [m for m in map(think_mode, cfg.eval.think) if m == "off" or thinks]
+    modes = [m for m in map(think_mode, cfg.eval.think) if m == "off" or thinks]
+    if not thinks and "on" in map(think_mode, cfg.eval.think):
+        modes += [f"{WITH}{preset}" for preset in cfg.eval.get("think_with") or []]
+    return modes
+
+
+def thinking_method(cfg: DictConfig, think: str):
+    """The method whose inference a think mode is: the run's own (on), or a preset's (with:<preset>)."""
+    if not think.startswith(WITH):
+        return run_method(cfg)
+    return build_method(preset_section(think[len(WITH):]))
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_section(preset: str) -> str:
+    from tokreason.experiments.launch.compose import compose_config
+
+    return json.dumps(OmegaConf.to_container(compose_config([f"method={preset}"]).method, resolve=True))
+
+
+def preset_section(preset: str) -> dict:
+    """The `method` section a method preset composes (UserError for an unknown preset)."""
+    return json.loads(_preset_section(preset))
 
 
 def thought_budget(cfg: DictConfig) -> int | None:
@@ -39,16 +68,19 @@ def make_scorer(lm, tokenizer, cfg: DictConfig, think: str, trained_module=None,
     batch = int(cfg.eval.batch_size)
     if think == "off":
         return PlainScorer(lm, tokenizer, batch, mask_thoughts)
-    return run_method(cfg).think_scorer(lm, tokenizer, batch_size=batch, thought_budget=thought_budget(cfg),
-                                        model=trained_module)
+    if think.startswith(WITH):  # another method's inference, its parts fresh (as on a base model)
+        trained_module = None
+    return thinking_method(cfg, think).think_scorer(lm, tokenizer, batch_size=batch, thought_budget=thought_budget(cfg),
+                                                    model=trained_module)
 
 
 def think_signature(cfg: DictConfig, think: str) -> dict:
     """What decides a think mode's scores besides the model (part of the base cache key)."""
     precision = precision_signature(cfg.get("trainer"))  # a bf16 run's base is scored under bf16 autocast too
-    if think != "on":
+    if think != "on" and not think.startswith(WITH):
         return {"think": think, **precision}
-    return {"think": "on", **run_method(cfg).think_settings(thought_budget(cfg)), **precision}
+    # with:<preset> is that preset's think on: the same key, so the base is scored once for both
+    return {"think": "on", **thinking_method(cfg, think).think_settings(thought_budget(cfg)), **precision}
 
 
 def load_exported(folder: Path, cfg: DictConfig, think: str, mask_thoughts: bool = True):

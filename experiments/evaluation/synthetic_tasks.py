@@ -64,6 +64,22 @@ def chain_benchmark(name: str, corpus: chains.ChainSpec, num: int, seed: int, sh
                      description=CHAIN_SPLITS[name])
 
 
+def chain_validation(corpus: chains.ChainSpec, num: int, seed: int, test: Benchmark) -> Benchmark:
+    """`num` chains like the corpus's for choosing settings (tuning), none of them a problem of
+    `test` (the in-distribution test items): drawn from a split of their own, test prompts left out."""
+    excluded = {ex.prompt for ex in test.examples}
+    examples, drawn = [], chains.generate_chains(seed, 4 * num + 100, "benchmark-validation", corpus)
+    for c in drawn:
+        if c.question not in excluded and len(examples) < num:
+            examples.append(Example(id=f"synth_val-{len(examples)}", prompt=c.question, answer=c.answer.strip(),
+                                    thought=c.thought))
+    if len(examples) < num:
+        raise ValueError(f"only {len(examples)} validation problems differ from the {len(excluded)} test problems; "
+                         "lower eval.synthetic.num_val")
+    return Benchmark("synth_val", examples, extract=synthetic_answer, max_new_tokens=4, stop=("\n",), prefix_match=True,
+                     description="held-out chains like the corpus's, for tuning: none is a synth_in test problem")
+
+
 def synthetic_answer(generated: str) -> str | None:
     text = generated.strip()
     return text or None

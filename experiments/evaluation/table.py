@@ -111,7 +111,8 @@ def wandb_deltas(table: dict) -> dict[str, float]:
     out = {}
     for r in table["rows"]:
         if r.get("delta") is not None:
-            out[f"delta/{r['benchmark']}/{r['metric']}{'_think' if r['think'] == 'on' else ''}"] = r["delta"]
+            suffix = {"off": "", "on": "_think"}.get(r["think"], "_" + str(r["think"]).replace(":", "_"))
+            out[f"delta/{r['benchmark']}/{r['metric']}{suffix}"] = r["delta"]
     return out
 
 

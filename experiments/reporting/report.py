@@ -34,6 +34,9 @@ from matplotlib.figure import Figure
 
 from tokreason.experiments.errors import UserError
 from tokreason.experiments.files import ITEMS_FILE, flatten
+from tokreason.experiments.reporting.laboratory import (TUNING_FILE, budget_of, gallery_lines, load_tuning, plot_scaling,
+                                                        plot_thoughts, reward_against_accuracy, scaling_verdicts,
+                                                        tuning_lines)
 from tokreason.experiments.reporting.statistics import unpaired_difference
 from tokreason.experiments.reporting.verdicts import CONTROL, IN_DISTRIBUTION, METRIC, verdicts
 
@@ -88,9 +91,12 @@ def find_runs(paths: list[Path]) -> FoundRuns:
         candidates = [root] if _looks_like_run_dir(root) else sorted(
             {f.parent for name in ("summary.json", "config.yaml") for f in root.rglob(name)
              if not any(part.startswith(".") for part in f.parent.relative_to(root).parts)})
+        tuned = (root / TUNING_FILE).is_file()  # a tuned comparison: its tune/ runs chose settings, they are not compared
         for run in candidates:
             if run.name == "eval" and _is_run_dir(run.parent):
                 continue  # `tokreason eval run=<dir>` writes here: part of its run, not a run
+            if tuned and run != root and run.relative_to(root).parts[0] == "tune":
+                continue
             (runs if _is_run_dir(run) else skipped)[run] = None
     for run in skipped:
         log.warning("skipped unfinished run dir (no summary.json or config.yaml): %s", run)
@@ -177,7 +183,12 @@ def _load_run(run_dir: Path) -> dict:
     summary = _read_json(run_dir / "summary.json")
     model = summary.get("model") or (config.get("model") or {}).get("name_or_path") \
         or (config.get("model") or {}).get("kind")
-    return {"run_dir": str(run_dir), "variant": variant_name(config), "signature": _signature(config),
+    signature = _signature(config)
+    budget_key = {"steps": "trainer.max_steps", "tokens": "trainer.max_tokens", "flops": "trainer.max_flops"}.get(
+        (config.get("compare") or {}).get("budget"))
+    signature.pop(budget_key, None)  # a comparison's budget is a dimension of its own (several: a scaling)
+    return {"run_dir": str(run_dir), "variant": variant_name(config), "signature": signature,
+            "budget_value": budget_of(config), "method_label": variant_name(config),
             "method": summary.get("method", (config.get("method") or {}).get("name")),
             "seed": summary.get("seed", config.get("seed")),
             "budget": (config.get("compare") or {}).get("budget"),
@@ -446,7 +457,34 @@ def _markdown(report: dict) -> str:
                      f"{_fmt(RATIO_FORMAT, c['seconds_per_token_vs_cpt'])} |")
     lines += ["", "## Training curves", "",
               f"![Training curves: val/loss and train/reward against train/flops]({report['images']['curves']})", ""]
+    if "thoughts" in report["images"]:
+        lines += [f"![Thought length and empty thoughts over training]({report['images']['thoughts']})", ""]
+    lines += [*_laboratory_lines(report), *report["gallery"], *tuning_lines(report["tuning"])]
     return "\n".join(lines)
+
+
+def _laboratory_lines(report: dict) -> list[str]:
+    """Reward against accuracy, and the scaling (several budgets): sentences and figure."""
+    lines = []
+    if report["reward_against_accuracy"]:
+        lines += ["## Reward up, accuracy down", "", *[f"- {s}" for s in report["reward_against_accuracy"]], ""]
+    if report.get("scaling"):
+        lines += ["## At growing compute", "", "Per method, the smallest budget at which it beats CPT thinking the same "
+                  "way in distribution (verdict 1 at each budget):", "", *[f"- {s['sentence']}" for s in report["scaling"]],
+                  "", f"![Exact match against training FLOPs, in distribution and shifted]({report['images']['scaling']})", ""]
+    return lines
+
+
+def _verdicts(runs: list[dict], budgets: list) -> list[dict]:
+    """The verdicts, once per budget when there are several (each sentence says at which)."""
+    if len(budgets) < 2:
+        return verdicts(runs)
+    out = []
+    for budget in budgets:
+        at = [{**r, "variant": r["variant"].rsplit(" @", 1)[0]} for r in runs if r["budget_value"] == budget]
+        for v in verdicts(at):
+            out.append({**v, "budget": budget, "sentence": f"At {budget:.3g}: {v['sentence']}"})
+    return out
 
 
 def build_report(run_dirs: list[Path], out_dir: Path, skipped: list[Path] | None = None) -> dict:
@@ -457,6 +495,10 @@ def build_report(run_dirs: list[Path], out_dir: Path, skipped: list[Path] | None
     if not run_dirs:
         raise UserError("no run dirs to report on")
     runs = [_load_run(Path(d)) for d in run_dirs]
+    budgets = sorted({r["budget_value"] for r in runs if r["budget_value"] is not None})
+    if len(budgets) > 1:  # a scaling: each budget's runs are variants of their own
+        for r in runs:
+            r["variant"] += f" @{r['budget_value']:.3g}"
     _split_variants(runs)
     runs, duplicates = _drop_duplicate_seeds(runs)
     skipped = [f"{p} (unfinished: no summary.json or config.yaml)" for p in skipped] + duplicates
@@ -472,7 +514,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, skipped: list[Path] | None
         "skipped": skipped,
         "runs": [{k: r["run_dir"] if k == "run_dir" else r[k] for k in ("run_dir", "variant", "method", "seed")}
                  for r in runs],
-        "verdicts": verdicts(runs),
+        "verdicts": _verdicts(runs, budgets),
         "base_accuracy": _base_value(runs, IN_DISTRIBUTION[0], "off"),
         "headroom": _difference(_base_value(runs, IN_DISTRIBUTION[0], "oracle"),
                                            _base_value(runs, IN_DISTRIBUTION[0], "off")),
@@ -481,9 +523,20 @@ def build_report(run_dirs: list[Path], out_dir: Path, skipped: list[Path] | None
         "cost": _cost(runs, variants),
         "images": {"headline": "headline.png", "curves": "curves.png"},
         "image_size": list(IMAGE_SIZE),
+        "tuning": load_tuning(out_dir),
     }
-    _plot_headline(report["verdicts"], out_dir / report["images"]["headline"])
+    report["reward_against_accuracy"] = reward_against_accuracy(report["signals"], runs)
+    report["gallery"] = gallery_lines(runs)
+    last = [v for v in report["verdicts"] if v.get("budget") in (None, budgets[-1] if budgets else None)]
+    _plot_headline(last, out_dir / report["images"]["headline"])
     _plot_curves(runs, variants, out_dir / report["images"]["curves"])
+    if plot_thoughts(runs, out_dir / "thoughts.png"):
+        report["images"]["thoughts"] = "thoughts.png"
+    if len(budgets) > 1:
+        by_budget = {b: [v for v in report["verdicts"] if v.get("budget") == b] for b in budgets}
+        report["scaling"] = scaling_verdicts(by_budget)
+        plot_scaling(runs, out_dir / "scaling.png")
+        report["images"]["scaling"] = "scaling.png"
     (out_dir / "report.md").write_text(_markdown(report))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
     return report

@@ -7,8 +7,12 @@ scores (eval_items.json), with its number and 95% confidence interval (statistic
   4. how much of a gain survives the length and format shifts?
 
 Every comparison is paired: the same evaluation items, the same seeds. A method is scored at its
-own inference (think on when it thinks); CPT, which has none, at think off. The metric is exact
-match of the direct answer. When an interval covers 0, the verdict says so and gives the smallest
+own inference (think on when it thinks). CPT, which has none, is compared twice: scored thinking
+the same way (think mode with:<preset>, its trained model with the method's inference: did the
+method's training improve thinking beyond what plain training on the same corpus gives?) where
+its runs were scored so (`tokreason compare` does), and answering directly; the first is the
+verdict, the second and the untrained base thinking the same way are said beside it. The metric
+is exact match of the answer. When an interval covers 0, the verdict says so and gives the smallest
 difference the comparison could have detected."""
 from __future__ import annotations
 
@@ -57,16 +61,19 @@ def _scores(variant_runs: dict, seeds: list, benches: tuple, mode: str, model: s
     return out
 
 
-def compare(by_variant: dict, treated: str, control: str, benches: tuple, treated_model: str = "trained") -> Difference | None:
+def compare(by_variant: dict, treated: str, control: str, benches: tuple, treated_model: str = "trained",
+            control_mode: str | None = None) -> Difference | None:
     """treated - control on the benchmarks' items, over their common seeds (None: nothing to pair).
-    treated_model="base": the treated variant's base model, scored at the treated's inference."""
+    treated_model="base": the treated variant's base model, scored at the treated's inference.
+    control_mode: the control's think mode (with:<preset>: thinking as the treated thinks)."""
     a, b = by_variant.get(treated), by_variant.get(control)
     if not a or not b:
         return None
     seeds = sorted(set(a) & set(b), key=str)
     if not seeds:
         return None
-    ta, tb = _scores(a, seeds, benches, _mode(a), treated_model), _scores(b, seeds, benches, _mode(b))
+    ta = _scores(a, seeds, benches, _mode(a), treated_model)
+    tb = _scores(b, seeds, benches, control_mode or _mode(b))
     if ta is None or tb is None or any(len(x) != len(y) for x, y in zip(ta, tb)):
         return None
     return paired_difference(ta, tb)
@@ -103,18 +110,10 @@ def verdicts(runs: list[dict]) -> list[dict]:
     for method in methods:
         gains = {}
         for setting, benches in (("in distribution", IN_DISTRIBUTION), ("under shift", SHIFTED)):
-            d = compare(by_variant, method, CONTROL, benches)
-            if d is None:
-                continue
-            gains[setting] = d
-            answer, sentence = _sentence(f"{method} vs CPT {setting}", d, "beats CPT", "trails CPT", "at matched compute")
-            verdict = _verdict(1, method, setting, d, answer, sentence)
-            untrained = compare(by_variant, method, CONTROL, benches, treated_model="base")
-            if untrained is not None and _mode(by_variant[method]) == "on":
-                # how much of it the base model had before training, thinking the same way
-                verdict["base_delta"] = untrained.delta
-                verdict["sentence"] += f" (The untrained base, thinking the same way: {interval(untrained)}.)"
-            out.append(verdict)
+            verdict = _against_control(by_variant, method, setting, benches)
+            if verdict is not None:
+                gains[setting] = verdict.pop("_difference")
+                out.append(verdict)
         d = compare(by_variant, f"{method}{SELECTOR_LABEL}{TOP_FRACTION}", f"{method}{SELECTOR_LABEL}{ALL}", IN_DISTRIBUTION)
         if d is not None:
             answer, sentence = _sentence(f"{method}, top 20% entropy positions vs all positions", d,
@@ -130,6 +129,40 @@ def verdicts(runs: list[dict]) -> list[dict]:
         if len(gains) == 2:
             out.append(_survival(method, gains["in distribution"], gains["under shift"]))
     return out
+
+
+def _preset(variant_runs: dict) -> str | None:
+    run = next(iter(variant_runs.values()))
+    return (run.get("summary") or {}).get("preset") or run.get("method")
+
+
+def _against_control(by_variant: dict, method: str, setting: str, benches: tuple) -> dict | None:
+    """Verdict 1 for one method and setting: against CPT thinking the same way (CPT's model with
+    the method's inference) where CPT was scored so, with CPT answering directly and the
+    untrained base thinking the same way beside it; else against CPT answering directly."""
+    mode = f"with:{_preset(by_variant[method])}"
+    thinking = compare(by_variant, method, CONTROL, benches, control_mode=mode) if _mode(by_variant[method]) == "on" else None
+    direct = compare(by_variant, method, CONTROL, benches)
+    d = thinking or direct
+    if d is None:
+        return None
+    subject = f"{method} vs CPT {'thinking the same way' if thinking else ''} {setting}".replace("  ", " ")
+    answer, sentence = _sentence(subject, d, "beats CPT", "trails CPT", "at matched compute")
+    verdict = _verdict(1, method, setting, d, answer, sentence)
+    verdict["control"] = "cpt thinking" if thinking else "cpt direct"
+    extra = []
+    if thinking is not None and direct is not None:
+        verdict["direct_delta"] = direct.delta
+        extra.append(f"against CPT answering directly: {interval(direct)}")
+    untrained = compare(by_variant, method, CONTROL, benches, treated_model="base", control_mode=mode if thinking else None)
+    if untrained is not None and _mode(by_variant[method]) == "on":  # what the base had before training, thinking
+        verdict["base_delta"] = untrained.delta
+        extra.append(f"the untrained base, thinking the same way: {interval(untrained)}")
+    if extra:
+        said = "; ".join(extra)
+        verdict["sentence"] += f" ({said[0].upper()}{said[1:]}.)"
+    verdict["_difference"] = d
+    return verdict
 
 
 def _survival(method: str, inside: Difference, shifted: Difference) -> dict:

@@ -1,5 +1,15 @@
 """`tokreason compare`: every method (and ablation) on one base model, corpus and budget, as
-Hydra multirun sweeps under one root, then the report."""
+Hydra multirun sweeps under one root, then the report.
+
+Two presets ask more of it: a tuning stage first (`compare.tune`: a small grid per method,
+each point trained and scored on a validation split the test items never include; the best
+point per method is what the comparison then runs, recorded in `<root>/tuning.json`), and
+several budgets (`compare.flops` / `steps` / `tokens` a list: the whole comparison once per
+budget, under `<root>/budget_<value>/`). The control, CPT, is also scored thinking the way each
+thinking method of the comparison thinks (`eval.think_with`), so a method's thinking is compared
+with CPT thinking the same way."""
+import json
+import logging
 import time
 from pathlib import Path
 
@@ -7,57 +17,112 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokreason.experiments.errors import UserError
 from tokreason.experiments.launch.compose import check_job, compose_config, sweep_jobs
-from tokreason.experiments.launch.train import run_train
+from tokreason.experiments.launch.train import progress, run_train
 from tokreason.methods.base import CORRUPTION, SELECTOR
 
+log = logging.getLogger(__name__)
 BUDGETS = ("steps", "tokens", "flops")
+TUNING_FILE = "tuning.json"
 
 
-def compare_jobs(overrides: list[str]) -> tuple[DictConfig, list[list[str]], Path]:
-    """The comparison's sweeps (each a list of Hydra multirun overrides) and its root dir.
-    `budget=...` is short for compare.budget; compare.* and experiment= set the comparison;
-    every other override goes to every run."""
+def compare_plan(overrides: list[str]) -> tuple[DictConfig, list[str], Path]:
+    """The comparison's config, the overrides every run gets, and its root dir. `budget=...` is
+    short for compare.budget; compare.* and experiment= set the comparison; every other
+    override goes to every run."""
     overrides = [f"compare.budget={o.split('=', 1)[1]}" if o.startswith("budget=") else o for o in overrides]
     if not any(o.startswith("experiment=") for o in overrides):
         overrides = ["experiment=embedded", *overrides]
     cfg = compose_config(overrides)
+    experiment = next(o for o in overrides if o.startswith("experiment="))
     if cfg.get("compare") is None:
-        chosen = next(o for o in overrides if o.startswith("experiment=")).split("=", 1)[1]
-        raise UserError(f"experiment={chosen} is no comparison preset (it has no compare section); use experiment=embedded "
+        raise UserError(f"{experiment} is no comparison preset (it has no compare section); use experiment=embedded "
                         "or a preset like it (conf/experiment/)")
     c = cfg.compare
     if c.budget not in BUDGETS:
         raise UserError(f"budget={c.budget} is not valid; valid: {', '.join(BUDGETS)}")
     passed = [o for o in overrides if not o.startswith(("compare.", "experiment="))]
-    experiment = next(o for o in overrides if o.startswith("experiment="))
-    budget = {"steps": [f"trainer.max_steps={int(c.steps)}"],
-              "tokens": [f"trainer.max_tokens={int(c.tokens)}", f"trainer.max_steps={int(c.max_steps)}"],
-              "flops": [f"trainer.max_flops={float(c.flops)}", f"trainer.max_steps={int(c.max_steps)}",
-                        "trainer.scheduler=constant"]}[c.budget]
     root = Path(str(c.root)) if c.get("root") else \
         Path(str(cfg.output_root)) / "compare" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{c.name}"
-    group = f"compare-{root.name}"
-    common = [experiment, *[f"compare.{k}={v}" for k, v in _compare_overrides(overrides)], *budget,
-              *[str(o) for o in c.overrides], *passed, *([f"logger.group={group}"] if cfg.logger.kind == "wandb" else [])]
+    thinking = [m for m in c.methods if _method_class(m).thinks]
+    common = [experiment, *[f"compare.{k}={v}" for k, v in _compare_overrides(overrides)], *[str(o) for o in c.overrides],
+              *passed, *([f"logger.group=compare-{root.name}"] if cfg.logger.kind == "wandb" else []),
+              f"eval.think_with=[{','.join(thinking)}]"]  # the control also scored thinking as each method thinks
+    return cfg, common, root
+
+
+def budget_values(c: DictConfig) -> list:
+    """The budget(s) of compare.budget: compare.<budget> a value, or a list of them."""
+    value = c[c.budget]
+    return list(value) if OmegaConf.is_list(value) else [value]
+
+
+def budget_overrides(c: DictConfig, value) -> list[str]:
+    return {"steps": [f"trainer.max_steps={int(value)}"],
+            "tokens": [f"trainer.max_tokens={int(value)}", f"trainer.max_steps={int(c.max_steps)}"],
+            "flops": [f"trainer.max_flops={float(value)}", f"trainer.max_steps={int(c.max_steps)}",
+                      "trainer.scheduler=constant"]}[c.budget]
+
+
+def comparison_sweeps(c: DictConfig, common: list[str], folder: Path, chosen: dict) -> list[list[str]]:
+    """The sweeps of one comparison under `folder`: the methods (each with its chosen settings,
+    when tuned), the corruption ablation of the methods that take it, the selector ablation."""
     seeds = ",".join(str(s) for s in c.seeds)
-    jobs = [[f"method={','.join(c.methods)}", f"seed={seeds}", *common, f"hydra.sweep.dir={root}/main"]]
-    thinking = [m for m in c.methods if CORRUPTION in _method_class(compose_config([f"method={m}"])).ablations]
-    if c.corrupt and thinking:
-        jobs.append([f"method={','.join(thinking)}", f"thought.corrupt={','.join(c.corrupt)}", f"seed={seeds}", *common,
-                     "run_name=${preset}-corrupt_${thought.corrupt}-seed${seed}", f"hydra.sweep.dir={root}/ablation"])
-    selecting = [m for m in c.methods if SELECTOR in _method_class(compose_config([f"method={m}"])).ablations]
-    if c.get("selectors") and selecting:
-        ablations = ",".join(f"selector_{s}" for s in c.selectors)
-        jobs.append([f"method={','.join(selecting)}", f"ablation={ablations}", f"seed={seeds}", *common,
-                     "run_name=${preset}-${ablation}-seed${seed}", f"hydra.sweep.dir={root}/selectors"])
-    return cfg, jobs, root
+    groups: dict[tuple, list[str]] = {}  # methods with the same chosen settings share a sweep
+    for m in c.methods:
+        groups.setdefault(tuple(chosen.get(m, [])), []).append(m)
+    jobs = [[f"method={','.join(ms)}", f"seed={seeds}", *common, *settings, f"hydra.sweep.dir={folder}/main"]
+            for settings, ms in groups.items()]
+    for m in c.methods:
+        ablations = _method_class(m).ablations
+        if c.corrupt and CORRUPTION in ablations:
+            jobs.append([f"method={m}", f"thought.corrupt={','.join(c.corrupt)}", f"seed={seeds}", *common,
+                         *chosen.get(m, []), "run_name=${preset}-corrupt_${thought.corrupt}-seed${seed}",
+                         f"hydra.sweep.dir={folder}/ablation"])
+        if c.get("selectors") and SELECTOR in ablations:
+            jobs.append([f"method={m}", f"ablation={','.join(f'selector_{s}' for s in c.selectors)}", f"seed={seeds}",
+                         *common, *chosen.get(m, []), "run_name=${preset}-${ablation}-seed${seed}",
+                         f"hydra.sweep.dir={folder}/selectors"])
+    return jobs
 
 
-def _method_class(cfg: DictConfig):
+def tuning_sweeps(c: DictConfig, common: list[str], root: Path) -> dict[str, list[str]]:
+    """Per method, its grid as one sweep (every point trained at the comparison's first budget,
+    scored on compare.tune.benchmark alone, think on where the method thinks)."""
+    t = c.tune
+    grid = OmegaConf.to_container(t.grid, resolve=True)
+    common = [o for o in common if not o.startswith(("eval.think_with=", "eval.benchmarks="))]
+    sweeps = {}
+    for m in c.methods:
+        points = [f"{key}={','.join(str(v) for v in values)}" for key, values in (grid.get(m) or {}).items()]
+        sweeps[m] = [f"method={m}", f"seed={c.seeds[0]}", *common, *budget_overrides(c, budget_values(c)[0]), *points,
+                     f"eval.benchmarks=[{t.benchmark}]", "eval.think_with=[]", f"hydra.sweep.dir={root}/tune/{m}"]
+    return sweeps
+
+
+def choose(c: DictConfig, method: str, summaries: list[dict]) -> dict:
+    """The tuned point of a method: the highest compare.tune.metric on compare.tune.benchmark
+    (its own inference: think on where it thinks), the first in grid order on a tie."""
+    t, keys = c.tune, list((OmegaConf.to_container(c.tune.grid, resolve=True).get(method) or {}))
+    think = "on" if _method_class(method).thinks else "off"
+    points = []
+    for s in sorted(summaries, key=lambda s: s["run_dir"]):
+        rows = [r for r in (s.get("eval") or {}).get("rows", []) if (r["benchmark"], r["metric"], r["think"]) ==
+                (t.benchmark, t.metric, think)]
+        config = OmegaConf.load(Path(s["run_dir"]) / "config.yaml")
+        settings = {k: OmegaConf.select(config, k) for k in keys}
+        points.append({"settings": settings, "score": rows[0]["trained"] if rows else None, "run_dir": s["run_dir"]})
+    scored = [p for p in points if p["score"] is not None]
+    if not scored:
+        raise UserError(f"tuning {method}: no run scored {t.benchmark} {t.metric} (think {think}); see {points}")
+    best = max(scored, key=lambda p: p["score"])  # max keeps the first of equal scores
+    return {"think": think, "points": points, "chosen": best["settings"], "score": best["score"]}
+
+
+def _method_class(method: str):
     from tokreason.methods import method_class
 
     try:
-        return method_class(OmegaConf.to_container(cfg.method, resolve=True))
+        return method_class(OmegaConf.to_container(compose_config([f"method={method}"]).method, resolve=True))
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -66,30 +131,74 @@ def _compare_overrides(overrides: list[str]) -> list[tuple[str, str]]:
     return [tuple(o[len("compare."):].split("=", 1)) for o in overrides if o.startswith("compare.")]
 
 
-def run_compare(overrides: list[str]) -> tuple[Path, list[dict]]:
-    """Every run of the comparison (checked first, all of them), then the report."""
-    from tokreason.experiments.reporting.report import build_report, find_runs
+def compare_jobs(overrides: list[str]) -> tuple[DictConfig, list[list[str]], Path]:
+    """The comparison's sweeps as they run without tuning (every budget), and its root."""
+    cfg, common, root = compare_plan(overrides)
+    c, budgets = cfg.compare, budget_values(cfg.compare)
+    jobs = [sweep for b in budgets for sweep in comparison_sweeps(c, [*common, *budget_overrides(c, b)],
+                                                                 budget_folder(root, budgets, b), {})]
+    return cfg, jobs, root
 
-    cfg, jobs, root = compare_jobs(overrides)
-    for sweep in jobs:  # every job of every sweep is checked before anything runs
-        for job in sweep_jobs(sweep):
-            check_job(job)
+
+def budget_folder(root: Path, budgets: list, value) -> Path:
+    return root if len(budgets) == 1 else root / f"budget_{float(value):g}"
+
+
+def run_compare(overrides: list[str]) -> tuple[Path, list[dict]]:
+    """Every run of the comparison (checked first, all of them), the tuning stage first where the
+    preset has one, then the report."""
+    from tokreason.experiments.reporting.report import build_report, find_runs
     from tokreason.experiments.training.stopping import Interrupted
 
+    cfg, common, root = compare_plan(overrides)
+    c, budgets = cfg.compare, budget_values(cfg.compare)
+    tune = tuning_sweeps(c, common, root) if c.get("tune") else {}
+    stand_in = {m: [f"{k}={v[0]}" for k, v in (OmegaConf.to_container(c.tune.grid).get(m) or {}).items()]
+                for m in tune}  # every value of the grid is checked in the tuning sweeps
+    planned = [*tune.values(), *(s for b in budgets for s in comparison_sweeps(
+        c, [*common, *budget_overrides(c, b)], budget_folder(root, budgets, b), stand_in))]
+    for sweep in planned:  # every job of every sweep is checked before anything runs
+        for job in sweep_jobs(sweep):
+            check_job(job)
     summaries = []
+    progress.update(done=0, total=sum(len(sweep_jobs(s)) for s in planned), start=time.time())
     try:
-        for sweep in jobs:
-            summaries += run_train(sweep, multirun=True)
+        chosen = tune_methods(c, tune, root, summaries) if tune else {}
+        for i, b in enumerate(budgets):
+            log.info("comparison %d/%d: %s %s = %s", i + 1, len(budgets), ", ".join(c.methods), c.budget, b)
+            for sweep in comparison_sweeps(c, [*common, *budget_overrides(c, b)], budget_folder(root, budgets, b), chosen):
+                summaries += run_train(sweep, multirun=True)
     except Interrupted as e:  # the run dirs are fixed under root: the same root resumes every one of them
         e.args = (f"{e.args[0].split(';')[0]}; checkpoint saved: add compare.root={root} to the same command to resume "
                   "the comparison (finished runs are kept)",)
         raise
+    finally:
+        progress.clear()
     build_report(find_runs([root]), root)
-    if cfg.logger.kind == "wandb":  # the report joins the runs' W&B group as a run of its own
-        from tokreason.experiments.reporting.tracking import Tracker
-
-        logger = OmegaConf.to_container(cfg.logger, resolve=True)
-        logger.update(group=f"compare-{root.name}", name=f"report-{root.name}", job_type="report", tags=["report"])
-        with Tracker(root / ".wandb_report", logger, {"compare": OmegaConf.to_container(cfg.compare, resolve=True)}) as tracker:
-            tracker.log_report(root)
+    report_to_wandb(cfg, root)
     return root, summaries
+
+
+def tune_methods(c: DictConfig, tune: dict, root: Path, summaries: list) -> dict[str, list[str]]:
+    """The tuning stage: every method's grid, its best point chosen (tuning.json), and the
+    overrides that set it."""
+    result = {}
+    for i, (method, sweep) in enumerate(tune.items()):
+        log.info("tuning %d/%d: %s on %s", i + 1, len(tune), method, c.tune.benchmark)
+        runs = run_train(sweep, multirun=True)
+        summaries += runs
+        result[method] = choose(c, method, runs)
+    (root / TUNING_FILE).write_text(json.dumps({"benchmark": c.tune.benchmark, "metric": c.tune.metric,
+                                                "methods": result}, indent=2, default=str))
+    return {m: [f"{k}={v}" for k, v in r["chosen"].items()] for m, r in result.items()}
+
+
+def report_to_wandb(cfg: DictConfig, root: Path) -> None:
+    if cfg.logger.kind != "wandb":  # the report joins the runs' W&B group as a run of its own
+        return
+    from tokreason.experiments.reporting.tracking import Tracker
+
+    logger = OmegaConf.to_container(cfg.logger, resolve=True)
+    logger.update(group=f"compare-{root.name}", name=f"report-{root.name}", job_type="report", tags=["report"])
+    with Tracker(root / ".wandb_report", logger, {"compare": OmegaConf.to_container(cfg.compare, resolve=True)}) as tracker:
+        tracker.log_report(root)

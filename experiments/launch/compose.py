@@ -88,6 +88,9 @@ def _fits(value, default) -> bool:
     return isinstance(value, (list, tuple))
 
 
+BUDGET_KEYS = ("compare.steps", "compare.tokens", "compare.flops")  # a value, or a list of them
+
+
 def _check_values(parsed: list, reference: DictConfig) -> None:
     """Every value override of a known key has the default's type: one line naming the key,
     the value and the type expected, instead of a traceback deep in a run."""
@@ -103,6 +106,8 @@ def _check_values(parsed: list, reference: DictConfig) -> None:
         value = override.value()
         if value is None and _nullable(key, reference):
             continue
+        if key in BUDGET_KEYS and isinstance(value, list) and value and all(_fits(v, default) for v in value):
+            continue  # a comparison at several budgets (experiment=embedded_scaling)
         if expected is not None and not _fits(value, default):
             shown = "" if value is None else value
             raise UserError(f"{key}={shown!r} is not valid: expected {expected} (default {default!r})"

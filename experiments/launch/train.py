@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -22,6 +23,9 @@ from tokreason.experiments.launch.compose import CONF_DIR, check_job, compose_co
 log = logging.getLogger(__name__)
 
 _state: dict = {}
+# A comparison's progress over its runs ({"done", "total", "start"}: `tokreason compare` sets it);
+# each finished job then logs one line.
+progress: dict = {}
 
 
 class _JobStopped(BaseException):
@@ -41,7 +45,9 @@ def _hydra_job(cfg: DictConfig) -> None:
     cfg.run_dir = str(run_dir)  # in a sweep the job's own subdir
     _join_cluster_job(float(cfg.trainer.process_group_timeout_min))
     try:
+        started = time.time()
         _state.setdefault("summaries", []).append(train(cfg, run_dir))
+        _log_progress(run_dir, time.time() - started)
     except UserError as e:
         _drop_if_untouched(run_dir)
         raise _JobStopped(e) from None
@@ -49,6 +55,13 @@ def _hydra_job(cfg: DictConfig) -> None:
         raise _JobStopped(e) from None
     except Exception as e:  # a failure of ours or a library's: one line here, the traceback in train.log
         raise _JobStopped(crashed(e, run_dir)) from None
+
+
+def _log_progress(run_dir: Path, seconds: float) -> None:
+    if progress:
+        progress["done"] += 1
+        log.info("run %d/%d finished in %.0f s (%.1f min since the start): %s", progress["done"], progress["total"],
+                 seconds, (time.time() - progress["start"]) / 60, run_dir)
 
 
 def _join_cluster_job(timeout_min: float) -> None:

@@ -110,7 +110,8 @@ def choose(c: DictConfig, method: str, summaries: list[dict]) -> dict:
                 (t.benchmark, t.metric, think)]
         config = OmegaConf.load(Path(s["run_dir"]) / "config.yaml")
         settings = {k: OmegaConf.select(config, k) for k in keys}
-        points.append({"settings": settings, "score": rows[0]["trained"] if rows else None, "run_dir": s["run_dir"]})
+        points.append({"settings": settings, "score": rows[0]["trained"] if rows else None,
+                       "base": rows[0].get("base") if rows else None, "run_dir": s["run_dir"]})
     scored = [p for p in points if p["score"] is not None]
     if not scored:
         raise UserError(f"tuning {method}: no run scored {t.benchmark} {t.metric} (think {think}); see {points}")

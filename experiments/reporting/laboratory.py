@@ -36,18 +36,38 @@ def load_tuning(folder: Path) -> dict | None:
 
 
 def tuning_lines(tuning: dict | None) -> list[str]:
+    """The tuning table (each point's score beside the untrained base's, the same inference), and
+    a sentence per method whose choice lies at the edge of its grid (the best may lie beyond)."""
     if not tuning:
         return []
     lines = ["## Tuning", "", f"Each method's grid, trained at the comparison's budget and scored on "
              f"{tuning['benchmark']} ({tuning['metric']}, the method's own inference; problems no test item is); "
              "the comparison ran each method at its chosen point.", "",
-             "| method | settings | score | chosen |", "|---|---|---|---|"]
+             "| method | settings | score | untrained base | chosen |", "|---|---|---|---|---|"]
+    edges = []
     for method, result in tuning["methods"].items():
         for point in result["points"]:
             settings = ", ".join(f"{k}={v}" for k, v in point["settings"].items()) or "(defaults)"
-            score = "n/a" if point["score"] is None else f"{100 * point['score']:.1f}%"
-            lines.append(f"| {method} | {settings} | {score} | {'yes' if point['settings'] == result['chosen'] else ''} |")
-    return lines + [""]
+            score, base = (_percent(point.get(k)) for k in ("score", "base"))
+            lines.append(f"| {method} | {settings} | {score} | {base} | "
+                         f"{'yes' if point['settings'] == result['chosen'] else ''} |")
+        edges += [f"- {method}: the chosen {key}={value} is the {edge} value of its grid; the best may lie beyond it."
+                  for key, value, edge in grid_edges(result)]
+    return lines + [""] + (edges + [""] if edges else [])
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def grid_edges(result: dict) -> list[tuple[str, object, str]]:
+    """(key, value, lowest|highest) for each chosen value at an end of its axis (axes of 3+ values)."""
+    out = []
+    for key, value in result["chosen"].items():
+        values = sorted({p["settings"][key] for p in result["points"]})
+        if len(values) >= 3 and value in (values[0], values[-1]):
+            out.append((key, value, "lowest" if value == values[0] else "highest"))
+    return out
 
 
 # ----------------------------------------------------------------------------- the thoughts
@@ -67,8 +87,8 @@ def gallery_lines(runs: list[dict], count: int = 4) -> list[str]:
                 for who in ("base", "trained"):
                     r = (ex.get(who) or {}).get(think)
                     if r is not None:
-                        thought = "(no thought)" if r["thought"] is None else f"thought `{r['thought'].strip() or '(empty)'}`"
-                        lines.append(f"  - {who}, think {think}: {thought} → `{r['output'].strip()}` "
+                        thought = "(no thought)" if r["thought"] is None else f"thought `{_shown(r['thought']) or '(empty)'}`"
+                        lines.append(f"  - {who}, think {think}: {thought} → `{_shown(r['output'])}` "
                                      f"{'right' if r['right'] else 'wrong'}")
         lines.append("")
     if not lines:
@@ -76,6 +96,12 @@ def gallery_lines(runs: list[dict], count: int = 4) -> list[str]:
     return ["## What the thoughts became", "", "A few fixed problems (the first of the evaluation's first benchmark), "
             "the thought the untrained base and the trained model write before answering, and the answer.", "",
             *lines]
+
+
+def _shown(text: str) -> str:
+    """Text as written, stripped, with what cannot be seen escaped (a thought of one control byte is
+    a thought, not an empty one)."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text.strip())
 
 
 def plot_thoughts(runs: list[dict], path: Path) -> bool:
@@ -158,38 +184,60 @@ def _accuracy(runs: list[dict], benches: tuple, key: str) -> tuple[float, float]
     return mean, 1.959964 * sd / math.sqrt(len(values))
 
 
-def plot_scaling(runs: list[dict], path: Path) -> dict[tuple[str, str], list[tuple[float, float, float]]]:
-    """Exact match against training FLOPs (log axis), in distribution and shifted: each method
-    thinking (its own inference) and not, CPT directly and thinking as each method thinks; 95% CIs.
-    Returns what it drew: {(panel, line label): [(FLOPs, mean, 95% half-width) per budget]}."""
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    lines: dict[tuple, list] = {}
-    drawn = {}
+PANELS = (("in distribution", IN_DISTRIBUTION), ("under shift", SHIFTED))
+
+
+def scaling_series(runs: list[dict]) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
+    """{line label: {panel: [(training FLOPs, mean exact match, 95% half-width) per budget]}}: each
+    method thinking (its own inference) and not, CPT directly and thinking as each method thinks.
+    Lines whose every point is equal are one line, their labels joined by " = " (CPT thinking as
+    Quiet-STaR thinks, a fresh mixing head, is CPT answering directly)."""
+    groups: dict[tuple, list] = {}
     for run in runs:
-        modes = {k.split("|")[1] for k in run["items"]} - {"oracle"}
-        for mode in modes:
+        for mode in {k.split("|")[1] for k in run["items"]} - {"oracle"}:
             label = run["method_label"] + (" thinking" if mode == "on" else "" if mode == "off" else f" {mode}")
-            lines.setdefault((label, run["budget_value"]), []).append((run, mode))
-    for ax, (title, benches) in zip(axes, (("in distribution", IN_DISTRIBUTION), ("under shift", SHIFTED))):
-        for i, label in enumerate(sorted({k[0] for k in lines})):
+            groups.setdefault((label, run["budget_value"]), []).append((run, mode))
+    merged: dict[str, dict] = {}
+    for label in sorted({k[0] for k in groups}):
+        series = {}
+        for title, benches in PANELS:
             points = []
-            for budget in sorted({k[1] for k in lines if k[0] == label}):
-                group = lines[(label, budget)]
+            for budget in sorted({k[1] for k in groups if k[0] == label}):
+                group = groups[(label, budget)]
                 flops = sum(r["summary"].get("flops") or 0.0 for r, _ in group) / len(group)
                 acc = _accuracy([r for r, _ in group], benches, f"{group[0][1]}|{METRIC}")
                 if acc is not None and flops > 0:
                     points.append((flops, *acc))
+            series[title] = points
+        if not any(series.values()):
+            continue
+        same = next((other for other, s in merged.items() if s == series), None)
+        if same is not None:
+            merged[f"{same} = {label}"] = merged.pop(same)
+        else:
+            merged[label] = series
+    return merged
+
+
+def plot_scaling(runs: list[dict], path: Path) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
+    """scaling_series drawn: exact match against training FLOPs on a log axis, in distribution and
+    shifted, a line per label with its 95% intervals (dashed: answering directly). Returns the series."""
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    series = scaling_series(runs)
+    for ax, (title, _) in zip(axes, PANELS):
+        for i, (label, panels) in enumerate(series.items()):
+            points = panels[title]
             if points:
-                drawn[(title, label)] = points
+                first = label.split(" = ")[0]
+                direct = "thinking" not in first and "with:" not in first
                 ax.errorbar([p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
-                            marker="o", capsize=4, color=f"C{i % 10}", label=label, linestyle="--" if "thinking" not in label
-                            and "with:" not in label else "-")
+                            marker="o", capsize=4, color=f"C{i % 10}", label=label, linestyle="--" if direct else "-")
         ax.set_xscale("log")
         ax.set_xlabel("training FLOPs")
         ax.set_title(title)
     axes[0].set_ylabel(f"{METRIC} (%), 95% CI")
-    if drawn:
+    if series:
         axes[0].legend(fontsize=7)
     _save(fig, path)
-    return drawn
+    return series

@@ -322,9 +322,11 @@ def _plot_headline(found: list[dict], path: Path) -> None:
     ax.set_xticks(range(len(methods)))
     ax.set_xticklabels(methods)
     ax.set_xlim(-0.6, max(len(methods), 1) - 0.4)
-    ax.set_ylabel(f"{METRIC} delta vs {CONTROL} (points)")
+    thinking = bool(q1) and all(v.get("control") == "cpt thinking" for v in q1)
+    control = f"{CONTROL} thinking the same way" if thinking else CONTROL
+    ax.set_ylabel(f"{METRIC} delta vs {control} (points)")
     if methods:
-        ax.set_title(f"Each method against {CONTROL} on the same items (95% paired bootstrap CI)")
+        ax.set_title(f"Each method against {control} on the same items (95% paired bootstrap CI)")
         ax.legend()
     else:
         ax.set_title(f"No method to compare with {CONTROL}: the runs have no paired per-item scores")

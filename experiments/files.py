@@ -9,6 +9,7 @@ from typing import Any
 
 
 ITEMS_FILE = "eval_items.json"  # a run's per-item evaluation values (written by evaluation, read by the report)
+TUNING_FILE = "tuning.json"  # a tuned comparison's grid and choice (written by `tokreason compare`, read by the report)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

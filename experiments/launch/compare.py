@@ -16,13 +16,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from tokreason.experiments.errors import UserError
+from tokreason.experiments.files import TUNING_FILE, atomic_write_text
 from tokreason.experiments.launch.compose import check_job, compose_config, sweep_jobs
 from tokreason.experiments.launch.train import progress, run_train
 from tokreason.methods.base import CORRUPTION, SELECTOR
 
 log = logging.getLogger(__name__)
 BUDGETS = ("steps", "tokens", "flops")
-TUNING_FILE = "tuning.json"
 
 
 def compare_plan(overrides: list[str]) -> tuple[DictConfig, list[str], Path]:
@@ -189,7 +189,7 @@ def tune_methods(c: DictConfig, tune: dict, root: Path, summaries: list) -> dict
         runs = run_train(sweep, multirun=True)
         summaries += runs
         result[method] = choose(c, method, runs)
-    (root / TUNING_FILE).write_text(json.dumps({"benchmark": c.tune.benchmark, "metric": c.tune.metric,
+    atomic_write_text(root / TUNING_FILE, json.dumps({"benchmark": c.tune.benchmark, "metric": c.tune.metric,
                                                 "methods": result}, indent=2, default=str))
     return {m: [f"{k}={v}" for k, v in r["chosen"].items()] for m, r in result.items()}
 

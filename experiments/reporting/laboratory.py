@@ -16,11 +16,13 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tokreason.experiments.files import TUNING_FILE
 from tokreason.experiments.reporting.statistics import paired_difference
 from tokreason.experiments.reporting.verdicts import IN_DISTRIBUTION, METRIC, SHIFTED, interval
 
 FIGSIZE, DPI = (10, 5), 100
-TUNING_FILE = "tuning.json"
+# compare.budget -> the trainer key that holds its value in a run's config
+BUDGET_KEYS = {"steps": "max_steps", "tokens": "max_tokens", "flops": "max_flops"}
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -149,7 +151,7 @@ def reward_against_accuracy(signals: list[dict], runs: list[dict]) -> list[str]:
 def budget_of(config: dict) -> float | None:
     """The value of the run's comparison budget (compare.budget: steps, tokens or flops)."""
     kind = (config.get("compare") or {}).get("budget")
-    key = {"steps": "max_steps", "tokens": "max_tokens", "flops": "max_flops"}.get(kind)
+    key = BUDGET_KEYS.get(kind)
     value = (config.get("trainer") or {}).get(key) if key else None
     return float(value) if value is not None else None
 

@@ -33,8 +33,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tokreason.experiments.errors import UserError
-from tokreason.experiments.files import ITEMS_FILE, flatten
-from tokreason.experiments.reporting.laboratory import (TUNING_FILE, budget_of, gallery_lines, load_tuning, plot_scaling,
+from tokreason.experiments.files import ITEMS_FILE, TUNING_FILE, flatten
+from tokreason.experiments.reporting.laboratory import (BUDGET_KEYS, budget_of, gallery_lines, load_tuning, plot_scaling,
                                                         plot_thoughts, reward_against_accuracy, scaling_verdicts,
                                                         tuning_lines)
 from tokreason.experiments.reporting.statistics import unpaired_difference
@@ -184,9 +184,8 @@ def _load_run(run_dir: Path) -> dict:
     model = summary.get("model") or (config.get("model") or {}).get("name_or_path") \
         or (config.get("model") or {}).get("kind")
     signature = _signature(config)
-    budget_key = {"steps": "trainer.max_steps", "tokens": "trainer.max_tokens", "flops": "trainer.max_flops"}.get(
-        (config.get("compare") or {}).get("budget"))
-    signature.pop(budget_key, None)  # a comparison's budget is a dimension of its own (several: a scaling)
+    budget_key = BUDGET_KEYS.get((config.get("compare") or {}).get("budget"))
+    signature.pop(f"trainer.{budget_key}", None)  # a comparison's budget is a dimension of its own (several: a scaling)
     return {"run_dir": str(run_dir), "variant": variant_name(config), "signature": signature,
             "budget_value": budget_of(config), "method_label": variant_name(config),
             "method": summary.get("method", (config.get("method") or {}).get("name")),

@@ -69,11 +69,22 @@ def test_vocab_size_respected(tok, corpus) -> None:
 
 
 def test_digits_are_single_tokens(tok) -> None:
+    """with_space (the default): a digit is one token, together with the space before it, so the
+    " 8" an answer starts with is one token and the token after a thought is the answer's digit."""
     text = "12345 + 67890 = 80235; years 2024, 1999 and x42y. 007"
     tokens = tok.convert_ids_to_tokens(tok.encode(text))
     digit_tokens = [t for t in tokens if any(c.isdigit() for c in t)]
-    assert digit_tokens and all(len(t) == 1 for t in digit_tokens), digit_tokens
+    assert digit_tokens and all(len(t.lstrip("\u0120")) == 1 for t in digit_tokens), digit_tokens
     assert len(digit_tokens) == sum(c.isdigit() for c in text)
+    assert tok.convert_ids_to_tokens(tok.encode(" 8")) == ["\u01208"]
+    assert tok.convert_ids_to_tokens(tok.encode(" 48")) == ["\u01204", "8"]
+
+
+def test_digits_alone_split_the_space_from_the_digit(corpus) -> None:
+    alone = train_tokenizer(corpus, 512, digits="alone")
+    assert alone.convert_ids_to_tokens(alone.encode(" 48")) == ["\u0120", "4", "8"]
+    with pytest.raises(ValueError, match="model.tokenizer.digits='glued'.*with_space, alone"):
+        train_tokenizer(corpus, 512, digits="glued")
 
 
 @pytest.mark.parametrize("text", SAMPLES)

@@ -6,8 +6,11 @@ ends. One move at a time is within the embedded model's reach; all of them at on
 single forward pass that predicts the answer, is not, and the less the longer the chain.
 
 Documents carry the procedural knowledge the way worked solutions do: a `worked` document writes
-the intermediate positions between the thought markers before the answer, an `answer-only`
-document states the answer alone. Evaluation asks for the answer directly, so thinking helps only
+the position after each move, an `answer-only` document states the answer alone. Where the working
+is written (`worked_style`): `thought`, between the thought markers right before the answer (the
+embedded default: the base has read worked steps in the methods' own format), or `plain`, as a
+sentence of the text before the question ("Working: 4 8."), the markers never around it (the papers'
+premise: a base that has read working as text, and a method that moves it into thoughts). Evaluation asks for the answer directly, so thinking helps only
 when a thought carries the intermediate positions (see the README, "The embedded laboratory").
 
 Surface forms: "seen" ones make the corpus; "unseen" ones (other words for the same moves) are
@@ -24,8 +27,10 @@ from dataclasses import dataclass
 
 from tokreason.methods.thoughts import THOUGHT_END, THOUGHT_START
 
-GENERATOR_VERSION = 1  # bump whenever the generated text changes (it is part of cache keys)
+GENERATOR_VERSION = 2  # bump whenever the generated text changes (it is part of cache keys)
 MOVES = ("forward", "back", "double")
+WORKED_STYLES = ("thought", "plain")
+PLAIN_WORKING = "Working:"  # worked_style=plain: "<statement> Working: 4 8. <question> 8."
 
 
 @dataclass(frozen=True)
@@ -56,16 +61,22 @@ class Chain:
     working: tuple[int, ...]   # the position after each move (the last is the answer)
     start: int
     moves: tuple[tuple[str, int], ...]
+    ask_from: int = 0          # where the asking clause ("The hand is now on") starts in question
 
     @property
     def thought(self) -> str:
-        """The working as a thought's text: the positions after each move."""
-        return " " + "".join(str(v) for v in self.working)  # digits are single tokens: k moves, k + 1 tokens
+        """The working as a thought's text: the position after each move, each after a space (" 4 8"),
+        so that each is one token and the same token as a digit of the question or the answer."""
+        return "".join(f" {v}" for v in self.working)
 
-    def text(self, worked: bool) -> str:
-        """The problem as a document: the answer alone, or after its working between the markers."""
-        middle = f"{THOUGHT_START}{self.thought}{THOUGHT_END}" if worked else ""
-        return f"{self.question}{middle}{self.answer}."
+    def text(self, worked: bool, style: str = "thought") -> str:
+        """The problem as a document: the answer alone, or with its working (module doc: `style`)."""
+        if not worked:
+            return f"{self.question}{self.answer}."
+        if style == "plain":
+            statement, ask = self.question[: self.ask_from], self.question[self.ask_from:]
+            return f"{statement}{PLAIN_WORKING}{self.thought}. {ask}{self.answer}."
+        return f"{self.question}{THOUGHT_START}{self.thought}{THOUGHT_END}{self.answer}."
 
 
 # Surface forms: openings, the clause of each move, the question. {s} the start, {d} the move.
@@ -114,8 +125,9 @@ def make_chain(rng: random.Random, spec: ChainSpec) -> Chain:
         working.append(position)
     clauses = [rng.choice(forms[m]).format(d=d) for m, d in moves]
     body = f"{rng.choice(forms['subject'])} " + ", then ".join(clauses) + "."
-    question = f"{rng.choice(forms['opening']).format(s=start)} {body} {rng.choice(forms['question'])}"
-    return Chain(question, f" {position}", tuple(working), start, tuple(moves))
+    statement = f"{rng.choice(forms['opening']).format(s=start)} {body} "
+    question = f"{statement}{rng.choice(forms['question'])}"
+    return Chain(question, f" {position}", tuple(working), start, tuple(moves), len(statement))
 
 
 def generate_chains(seed: int, n: int, split: str, spec: ChainSpec = ChainSpec()) -> list[Chain]:
@@ -124,14 +136,17 @@ def generate_chains(seed: int, n: int, split: str, spec: ChainSpec = ChainSpec()
 
 
 def generate_documents(seed: int, n: int, split: str, spec: ChainSpec = ChainSpec(), worked_fraction: float = 0.5,
-                       per_document: int = 1) -> list[str]:
+                       per_document: int = 1, worked_style: str = "thought") -> list[str]:
     """n documents of `per_document` problems each; a problem is worked with probability
-    worked_fraction (drawn from the same seeded stream, so the corpus is reproducible)."""
+    worked_fraction (drawn from the same seeded stream, so the corpus is reproducible), its
+    working written as worked_style says (the module doc)."""
     if not 0 <= worked_fraction <= 1:
         raise ValueError(f"worked_fraction={worked_fraction} is not valid; it must be in [0, 1]")
+    if worked_style not in WORKED_STYLES:
+        raise ValueError(f"worked_style={worked_style!r} is not valid; valid: {', '.join(WORKED_STYLES)}")
     rng = _rng(seed, split)
     docs = []
     for _ in range(n):
         chains = [make_chain(rng, spec) for _ in range(per_document)]
-        docs.append(" ".join(c.text(rng.random() < worked_fraction) for c in chains))
+        docs.append(" ".join(c.text(rng.random() < worked_fraction, worked_style) for c in chains))
     return docs

@@ -214,7 +214,8 @@ def synthetic_documents(data_cfg, n: int, split: str) -> list[str]:
         raise UserError(f"data.world={world!r} is not valid; valid: {', '.join(WORLDS)}")
     try:
         if world == "chains":
-            return chains.generate_documents(seed, n, split, chain_corpus_spec(data_cfg), float(data_cfg.worked_fraction))
+            return chains.generate_documents(seed, n, split, chain_corpus_spec(data_cfg), float(data_cfg.worked_fraction),
+                                             worked_style=str(data_cfg.get("worked_style", "thought")))
         spec = synthetic.ProblemSpec(min_digits=int(data_cfg.min_digits), max_digits=int(data_cfg.max_digits),
                                      min_steps=int(data_cfg.min_steps), max_steps=int(data_cfg.max_steps))
         return synthetic.generate_corpus(seed, n, split, spec)
@@ -337,15 +338,28 @@ def text_files(path: Path) -> list[Path]:
     return files
 
 
+def _decoded(f: Path) -> str:
+    """A file's UTF-8 text. A stray invalid byte (web text has them) becomes U+FFFD, said once in the
+    log with where the first one is, rather than failing a run over one byte; a file that is mostly
+    not UTF-8 (a binary file given by mistake) is refused."""
+    raw = f.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = raw.decode("utf-8", errors="replace")
+        bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+        if bad > max(16, len(raw) // 100):
+            raise UserError(f"{f} is not UTF-8 text: {bad} invalid bytes, the first 0x{raw[e.start]:02x} at offset "
+                            f"{e.start}; give UTF-8 text") from None
+        log.warning("%s: %d byte(s) not UTF-8 (the first 0x%02x at offset %d) read as U+FFFD", f, bad, raw[e.start], e.start)
+        return text
+
+
 def read_text_documents(path: Path, text_field: str = "text") -> list[str]:
     """A .txt file (documents separated by blank lines), a .jsonl file, or a folder of them."""
     docs: list[str] = []
     for f in text_files(path):
-        raw = f.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{f} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start}") from None
+        text = _decoded(f)
         if f.suffix == ".txt":
             docs.extend(d.strip() for d in text.split("\n\n") if d.strip())
             continue

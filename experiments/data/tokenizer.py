@@ -1,16 +1,25 @@
 """Byte-level BPE tokenizer trained on a corpus (the embedded default is the synthetic corpus).
 
 Byte-level with the full 256-byte alphabet, so any UTF-8 text encodes without an unknown token and
-decodes back exactly. Digits are split into single tokens before BPE, so numbers are always spelled
-digit by digit (multi-digit number tokens make arithmetic much harder for small models). The four
-special tokens sit at ids 0..3; the thought tokens are reserved for the methods that think.
+decodes back exactly. Numbers are spelled digit by digit (multi-digit number tokens make arithmetic
+much harder for small models). How a space before a digit is tokenized (`digits`):
+
+- `with_space` (the default): " 8" is one token, the space joined to the first digit (as GPT-2's
+  BPE does), the digits after it one token each (" 48" -> " 4", "8"). An answer " 8" is then one
+  token, the first one after a thought: the token that RLP's one-token target and RPT's one-token
+  prediction read is the answer itself (README, "The embedded laboratory").
+- `alone`: the space is a token of its own before every digit (as Qwen's and Llama-3's tokenizers
+  split numbers): the token after a thought before " 8" is the space, which every thought predicts
+  alike, so a one-token reward never sees the answer (kept to reproduce that finding).
+
+The four special tokens sit at ids 0..3; the thought tokens are reserved for the methods that think.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
@@ -21,9 +30,19 @@ PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, PAD_TOKEN, THOUGHT_START, THOUGHT_END)
 
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 1  # the byte alphabet, the specials, at least one merge
+DIGIT_STYLES = ("with_space", "alone")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def digit_splitter(digits: str):
+    """The pre-tokenizer step that spells numbers digit by digit (see the module doc)."""
+    if digits == "with_space":
+        return pre_tokenizers.Split(Regex(r" ?[0-9]"), behavior="isolated")  # " 48" -> " 4", "8"
+    if digits == "alone":
+        return pre_tokenizers.Digits(individual_digits=True)  # " 48" -> " ", "4", "8"
+    raise ValueError(f"model.tokenizer.digits={digits!r} is not valid; valid: {', '.join(DIGIT_STYLES)}")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, digits: str = "with_space") -> PreTrainedTokenizerFast:
     """Train a byte-level BPE of `vocab_size` tokens (specials and 256 bytes included) on `texts`.
 
     Deterministic: the same texts and vocab_size give the same vocabulary and merges. Encoding adds
@@ -37,7 +56,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     tok = Tokenizer(models.BPE())  # no unk token: every byte is in the alphabet
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Digits(individual_digits=True),
+            digit_splitter(digits),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
     )

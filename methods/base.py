@@ -209,6 +209,12 @@ class Method(ABC):
         """What decides think-on scores besides the weights (part of the base scores' cache key)."""
         return {}
 
+    def sampled_thinking(self, lm: nn.Module, tokenizer, *, batch_size: int):
+        """(a ThoughtScorer that thinks in this method's format and thought lengths, the temperature
+        its training samples thoughts at): what the evaluation's headroom row (pass@G on the base)
+        draws G thoughts from. None: the method does not sample thoughts."""
+        return None
+
     def check_eval(self, think_modes: list[str]) -> None:
         """Raise ValueError when the method cannot be evaluated in these think modes (checked
         before training starts)."""

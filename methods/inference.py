@@ -242,6 +242,33 @@ class ThoughtScorer(PlainScorer):
                 out.append(prompt + row[:n] + [self.format.close_id])
         return out
 
+    @torch.no_grad()
+    def sampled_answers(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...], repeats: int,
+                        temperature: float, seed: int = 0) -> list[list[str]]:
+        """`repeats` thoughts per prompt sampled at `temperature` (counter-based noise: the same
+        draws alone or in any batch), each followed by the greedy answer: [prompt][thought] -> answer."""
+        max_new_tokens = self._new_tokens(max_new_tokens, reserved=self.thought_room)
+        room = self.thought_room + max_new_tokens
+        out = []
+        for b in range(0, len(prompts), self.batch_size):
+            chunk = prompts[b: b + self.batch_size]
+            contexts = [self.format.prompt(self._fit(self.tokenizer(p, add_special_tokens=True)["input_ids"], room))
+                        for p in chunk]
+            keys = [(b + i) * repeats + r for i in range(len(chunk)) for r in range(repeats)]
+            thoughts = sample(self.lm, contexts, keys=keys, seed=seed, temperature=temperature, repeats=repeats,
+                              thought_budget=self.thought_budget, min_thought_tokens=self.min_thought_tokens,
+                              close_id=self.format.close_id, max_prediction_tokens=0, stop_ids=[], pad_id=self.pad_id)
+            prefixes = [contexts[r // repeats] + row[:n] + [self.format.close_id]
+                        for r, (row, n) in enumerate(zip(thoughts.tokens.tolist(), thoughts.thought_len.tolist()))]
+            answers = sample(self.lm, prefixes, keys=list(range(len(prefixes))), seed=0, temperature=0.0,
+                             thought_budget=max_new_tokens, close_id=None, max_prediction_tokens=max_new_tokens,
+                             stop_ids=self.stop_token_ids(stop), pad_id=self.pad_id,
+                             banned_ids=tuple(self.thought_ids.ids) if self.thought_ids else ())
+            texts = [self.cut(self.tokenizer.decode(p, skip_special_tokens=True), stop) for p in answers.prediction]
+            out += [texts[i * repeats:(i + 1) * repeats] for i in range(len(chunk))]
+            self.on_progress(len(chunk))
+        return out
+
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
         pairs = [self.encode_pair(c, x) for c, x in requests]
         contexts = [self._fit(ctx, len(cont) + self.thought_room) for ctx, cont in pairs]

@@ -31,15 +31,15 @@ from transformers import DynamicCache
 from tokreason.methods.base import CORRUPTION, Method, MethodModule
 from tokreason.methods.keys import step_seed, window_keys
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
-from tokreason.methods.inference import PlainScorer
+from tokreason.methods.inference import PlainScorer, ThoughtScorer
 from tokreason.methods.lm import checkpoint_mlps, chunked, fits_one_chunk, context_length, head_logprobs, output_head, token_logprobs
 from tokreason.methods.policy import group_advantages, reinforce_loss
 from tokreason.methods.registration import register_method
 from tokreason.methods.sampler import counter_uniform
 from tokreason.methods.settings import at_least, one_of, positive
 from tokreason.methods.thought_attention import THOUGHT_ATTENTION, ThoughtCache
-from tokreason.methods.thoughts import add_thought_tokens, mask_thought_logits
-from tokreason.methods.verifier import Continuation, Rollouts, continuation_log_likelihood
+from tokreason.methods.thoughts import add_thought_tokens, mask_thought_logits, thought_tokens
+from tokreason.methods.verifier import Continuation, Rollouts, continuation_log_likelihood, information_gain
 
 FORMS = ("official", "paper")
 ATTENTIONS = ("fast", "chunked", "dense")
@@ -56,7 +56,8 @@ class QuietStarConfig:
     reinforce_temperature: float = 3.0
     policy_weight: float = 1.0e6
     clamp_negative_advantages: bool = True
-    meta_init: str = "---"          # start/end embeddings start from this string's first token
+    meta_init: str = "---"          # start/end embeddings start from this string's first token (a tokenizer without the markers)
+    meta_from_markers: bool = True  # ours: a tokenizer that has the markers (a base trained with them) starts from their rows
     meta_grad_scale: float = 100.0  # stored as e/scale, used as scale*p: gradient x scale (under Adam ~ lr x scale)
     attention: str = "fast"         # fast: the fused thought attention, a kernel where the device has one | chunked: the
                                     # fused attention without a kernel (the reference) | dense: the official growing mask
@@ -122,6 +123,7 @@ class QuietStarModel(MethodModule):
         init_ids = tokenizer.encode(config.meta_init, add_special_tokens=False)
         if not init_ids:
             raise ValueError(f"method.meta_init={config.meta_init!r} encodes to no token; give a non-empty string")
+        known = thought_tokens(tokenizer)  # before any are added: the base's own markers, if it has them
         self.meta_ids = add_thought_tokens(lm, tokenizer, config.meta_init).ids
         # on the model's device once: a thought step masks them without a host-to-device copy
         self.register_buffer("meta_index", torch.tensor(self.meta_ids), persistent=False)
@@ -130,8 +132,14 @@ class QuietStarModel(MethodModule):
         self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])
         lm.set_attn_implementation(THOUGHT_ATTENTION)
         embed = lm.get_input_embeddings()
-        start = embed.weight[init_ids[0]].detach().clone().float()
-        self.meta = nn.Parameter(torch.stack([start, start.clone()]) / config.meta_grad_scale)  # rows: <start>, <end>
+        # rows <start>, <end>: the markers' own embeddings where the base has learned them (the official
+        # "---" start is for a model that never saw them), else both from meta_init's token
+        self.meta_source = "markers" if known is not None and config.meta_from_markers else config.meta_init
+        if self.meta_source == "markers":
+            rows = embed.weight[list(known.ids)].detach().clone().float()
+        else:
+            rows = embed.weight[init_ids[0]].detach().clone().float().expand(2, -1).clone()
+        self.meta = nn.Parameter(rows / config.meta_grad_scale)
         self.mixing_head = MixingHead(embed.embedding_dim).to(device=embed.weight.device, dtype=embed.weight.dtype)
         self.context = context_length(lm.config)
         self.checkpoint_steps = False  # activation checkpointing of every step (Method.enable_activation_checkpointing)
@@ -327,7 +335,10 @@ class QuietStarModel(MethodModule):
         ids = input_ids.repeat_interleave(cfg.n_passes, dim=0)
         scores, targets, valid, mix_weight = self.talk_scores(ids, tp)
         mixed_nll = -(scores * valid).sum() / (valid.sum() * ids.shape[0])
-        base_nll = -head_logprobs(self.head, tp.base_hidden[:, :-1], ids[:, 1:]).mean()
+        base_logprobs = head_logprobs(self.head, tp.base_hidden[:, :-1], ids[:, 1:])  # [N, L-1] log p(x_t+1 | x_<=t)
+        base_nll = -base_logprobs.mean()
+        # each talk token's log p without a thought: the plain pass's prediction of x_{t+j+1} at t+j
+        plain = torch.stack([F.pad(base_logprobs.detach()[:, j:], (0, j + 1)) for j in range(scores.shape[-1])], -1)
         nll = 0.5 * base_nll + 0.5 * mixed_nll if cfg.form == "official" else mixed_nll
 
         # Each position is a group of n_passes thoughts: [B, P, L, .] -> [B*L, P, .]
@@ -337,15 +348,18 @@ class QuietStarModel(MethodModule):
 
         full_talk = torch.arange(length, device=ids.device) + cfg.n_ahead_talk < length  # every talk token exists
         continuation = Continuation(ids=groups(targets)[:, 0], mask=valid[None].expand(batch, -1, -1).reshape(batch * length, -1))
-        rollouts = Rollouts(thought_ids=groups(tp.thought_ids), continuation_logprobs=groups(scores.detach()))
-        rewards = continuation_log_likelihood(rollouts, continuation)  # [B*L, P]
+        rollouts = Rollouts(thought_ids=groups(tp.thought_ids), continuation_logprobs=groups(scores.detach()),
+                            reference_logprobs=groups(plain)[:, 0])
+        rewards = continuation_log_likelihood(rollouts, continuation)  # [B*L, P]: log p(talk | thought), mixed
+        gains = information_gain(rollouts, continuation)  # the same minus log p(talk) without a thought
         advantages = group_advantages(rewards, clamp_min=0.0 if cfg.clamp_negative_advantages else None)
         position_ok = full_talk[None].expand(batch, -1).reshape(-1, 1).expand(-1, cfg.n_passes)
         policy = reinforce_loss(groups(tp.policy_logprobs), advantages, position_ok)
         loss = nll + cfg.policy_weight * policy
         kept = position_ok[:, 0]
         metrics = {"loss": loss.detach(), "nll": nll.detach(), "nll_base": base_nll.detach(), "nll_mixed": mixed_nll.detach(),
-                   "policy_loss": policy.detach(), "reward": rewards[kept].mean(), "reward_spread": rewards[kept].std(-1).mean(),
+                   "policy_loss": policy.detach(), "reward": gains[kept].mean(), "talk_loglik": rewards[kept].mean(),
+                   "reward_spread": rewards[kept].std(-1).mean(),
                    "advantage": advantages[kept].mean(), "mixing_weight": mix_weight}
         return loss, metrics
 
@@ -478,7 +492,9 @@ class QuietStarScorer(PlainScorer):
 class QuietStar(Method):
     """Thoughts at every position, in parallel; its settings are a QuietStarConfig."""
 
-    reward_meaning = "log-likelihood gain of the text after thinking (nats)"
+    # train/reward: what thinking adds (the advantage's reward less a per-position constant: the same advantage);
+    # train/talk_loglik is the raw log-likelihood, which rises with plain next-token training too
+    reward_meaning = "log-likelihood gain of the next n_ahead_talk tokens with the thought over without it (nats)"
 
     config_class = QuietStarConfig
     thinks = True
@@ -513,6 +529,13 @@ class QuietStar(Method):
         (its last layer is zero, so it starts as the identity: the base's own predictions)."""
         model = model if model is not None else QuietStarModel(lm, tokenizer, self.config)
         return QuietStarScorer(model.eval(), tokenizer, batch_size)
+
+    def sampled_thinking(self, lm, tokenizer, *, batch_size: int):
+        """Its thoughts as training samples them, read by the LM itself (the mixing weight at 1):
+        exactly m tokens after <start>, then <end>, at its sampling temperature."""
+        add_thought_tokens(lm, tokenizer, self.config.meta_init)
+        m = self.config.sampled_tokens
+        return ThoughtScorer(lm, tokenizer, m, m, batch_size), float(self.config.temperature)
 
     def think_settings(self, thought_budget: int | None = None) -> dict:
         settings = self.settings()

@@ -36,7 +36,7 @@ from tokreason.methods.rollout import RolloutBatch, RolloutMethod, RolloutModule
 from tokreason.methods.sampler import sample, sample_in_batches
 from tokreason.methods.settings import MicroBatchSettings, SelectorSettings, ThoughtSettings, at_least, one_of
 from tokreason.methods.thought_attention import use_tokreason_attention
-from tokreason.methods.thoughts import ChatFormat, ThoughtFormat
+from tokreason.methods.thoughts import ChatFormat, ThoughtFormat, thought_tokens
 from tokreason.methods.verifier import Continuation, Rollouts, information_gain
 
 ADVANTAGES = ("group", "ema")
@@ -105,6 +105,8 @@ class RLPModel(RolloutModule):
         super().__init__()
         self.lm, self.config, self.tokenizer, self.format = lm, config, tokenizer, thought_format
         self.start_id, self.end_id = thought_format.markers[0], thought_format.close_id
+        known = thought_tokens(tokenizer)  # a corpus's own thought markers are never a target
+        self.not_targets = tuple(sorted({*thought_format.markers, *(known.ids if known else ())}))
         self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])  # for random thoughts
         self.ema = EMA(lm, config.ema_decay, "cpu" if config.ema_device == "cpu" else None,
                        torch.float32 if config.ema_dtype == "float32" else None)  # from the first weights
@@ -122,7 +124,7 @@ class RLPModel(RolloutModule):
         clock = time.perf_counter()
         seed, rank = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
         where, begin = cfg.choose(self.lm, input_ids, min_continuation=cfg.target_tokens, seed=seed, windows=windows,
-                                  eos_id=self.tokenizer.eos_token_id)
+                                  eos_id=self.tokenizer.eos_token_id, not_targets=self.not_targets)
         if len(where) == 0:
             return None
         rows, ts = where[:, 0], where[:, 1]

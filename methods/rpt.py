@@ -34,7 +34,7 @@ from tokreason.methods.sampler import Samples, sample, sample_in_batches
 from tokreason.methods.settings import (MicroBatchSettings, SelectorSettings, ThoughtSettings, at_least, one_of,
                                         positive)
 from tokreason.methods.thought_attention import use_tokreason_attention
-from tokreason.methods.thoughts import chat_prompt_ids, meta_prompt
+from tokreason.methods.thoughts import chat_prompt_ids, meta_prompt, thought_tokens
 from tokreason.methods.token_bytes import token_byte_table
 from tokreason.methods.verifier import (Rollouts, conditional_dense_reward, continuation_at, dense_reward, first_token_reward,
                                         last_boxed, prediction_bytes, prefix_match_reward)
@@ -76,6 +76,8 @@ class RPTModel(RolloutModule):
                 ids = tokenizer.encode(marker, add_special_tokens=False)
                 if not ids or tokenizer.decode(ids) != marker:
                     raise ValueError(f"method.template=boxed needs the tokenizer to represent {marker!r}; use method.template=meta")
+        known = thought_tokens(tokenizer)  # a corpus's own thought markers are never a target
+        self.not_targets = tuple(known.ids) if known else ()
         # after any meta-tokens were added; as long as the model's vocabulary (it may sample a spare row)
         self.token_bytes = token_byte_table(tokenizer, lm.get_input_embeddings().weight.shape[0])
         self.vocab_size = min(len(tokenizer), lm.get_input_embeddings().weight.shape[0])  # for random thoughts
@@ -119,7 +121,7 @@ class RPTModel(RolloutModule):
         clock = time.perf_counter()
         seed, _ = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
         where, begin = cfg.choose(self._proxy[0] if self._proxy else self.lm, input_ids, min_continuation=1, seed=seed,
-                                  windows=windows, eos_id=self.tokenizer.eos_token_id)
+                                  windows=windows, eos_id=self.tokenizer.eos_token_id, not_targets=self.not_targets)
         if len(where) == 0:
             return None
         prompts = [self.prompt(input_ids[row, b: t + 1].tolist()) for (row, t), b in zip(where.tolist(), begin.tolist())]

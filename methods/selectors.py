@@ -89,12 +89,15 @@ def position_entropy(lm, ids: torch.Tensor, top_k: int = 16, renormalize: bool =
 def choose_positions(scorer, ids: torch.Tensor, *, selector: str, per_window: int | None, threshold: float,
                      fraction: float, min_context: int, min_continuation: int, top_k: int = 16,
                      renormalize: bool = True, seed: int = 0, windows: torch.Tensor | None = None,
-                     starts: torch.Tensor | None = None, eos_id: int | None = None) -> torch.Tensor:
+                     starts: torch.Tensor | None = None, eos_id: int | None = None,
+                     not_targets: tuple[int, ...] = ()) -> torch.Tensor:
     """Positions in windows ids [B, L] for a method's selector settings; the entropy-based
     selectors score the windows with `scorer` (a causal LM: the model, or a proxy). Random
     choices are keyed by (seed, the window's global index). `starts` (document_starts): each
     position's context begins there, so it needs min_context tokens from there, and a position
-    at a document's EOS (whose next token starts another document) is not chosen."""
+    at a document's EOS (whose next token starts another document) is not chosen. A position whose
+    next token is one of `not_targets` (the thought markers of a corpus that has them: never
+    text) is not chosen either."""
     if selector in ("entropy", "top_fraction"):
         entropy = position_entropy(scorer, ids, top_k, renormalize)
     else:
@@ -105,6 +108,10 @@ def choose_positions(scorer, ids: torch.Tensor, *, selector: str, per_window: in
     if starts is not None:
         t = torch.arange(ids.shape[1], device=ids.device)[None]
         allowed = (t - starts + 1 >= min_context) & (ids != (eos_id if eos_id is not None else -1))
+    if not_targets:
+        following = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=-1)
+        text = ~torch.isin(following, torch.tensor(not_targets, dtype=ids.dtype, device=ids.device))
+        allowed = text if allowed is None else allowed & text
     return select_positions(selector, entropy, per_window=per_window, threshold=threshold, fraction=fraction,
                             min_context=min_context, min_continuation=min_continuation, row_seeds=row_seeds,
                             allowed=allowed)

@@ -41,6 +41,14 @@ class MetaThinkingMethod(Method):
         return ThoughtScorer(lm, tokenizer, int(thought_budget or self.config.thought_budget),
                              self.config.min_thought_tokens, batch_size, thought_format)
 
+    def sampled_thinking(self, lm, tokenizer, *, batch_size: int):
+        """Its own thinking (think_scorer) at its settings' `temperature`, the temperature its
+        rollouts are sampled at; a method whose settings have none overrides this."""
+        if not hasattr(self.config, "temperature"):
+            raise ValueError(f"method {self.name!r} has no method.temperature for the headroom row (pass@G); "
+                             "override sampled_thinking or set eval.headroom.samples=0")
+        return self.think_scorer(lm, tokenizer, batch_size=batch_size), float(self.config.temperature)
+
     def think_settings(self, thought_budget: int | None = None) -> dict:
         cfg = self.config
         return {**self.format_settings(), "thought_budget": int(thought_budget or cfg.thought_budget),

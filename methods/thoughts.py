@@ -57,6 +57,10 @@ def add_marker_tokens(lm, tokenizer, markers: tuple[str, ...], init: str = DEFAU
     ids = tokenizer.convert_tokens_to_ids(list(markers))
     if max(ids) >= old_rows:
         lm.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
+        # A tied head keeps its Parameter object with new storage; autocast caches each weight's
+        # bf16 cast by that object for as long as the autocast region lasts (the whole end-of-run
+        # evaluation), so without this a forward after the resize would still use the old rows.
+        torch.clear_autocast_cache()
     head = lm.get_output_embeddings()
     with torch.no_grad():
         embed = lm.get_input_embeddings()
@@ -151,6 +155,12 @@ class ChatFormat(ThoughtFormat):
         self.tokenizer, self.system, self.close_id = tokenizer, system, close[0]
         self.opening = tokenizer.encode(open_text, add_special_tokens=False)
         self.markers = (self.close_id, *self.opening)
+        try:  # once, here: a template that cannot render would otherwise fail at the first rollout
+            self.prompt(tokenizer.encode("a", add_special_tokens=False))
+        except Exception as e:  # jinja2's TemplateError, or what the template itself raises
+            raise ValueError(f"method.template=chat: the tokenizer's chat template does not render "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); fix its "
+                             "chat_template or use method.template=meta") from None
 
     def prompt(self, context: list[int]) -> list[int]:
         return chat_prompt_ids(self.tokenizer, self.tokenizer.decode(context), self.system) + self.opening

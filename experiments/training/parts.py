@@ -93,6 +93,10 @@ def build_model(cfg: DictConfig, method: Method, model_path: str, seq_len: int) 
         log.info("%s added %s to the tokenizer (ids %d..%d), their embeddings from %r's first token%s", cfg.method.name,
                  ", ".join(added), known, len(tokenizer) - 1, getattr(method.config, "meta_init", "---"),
                  "" if getattr(lm.config, "tie_word_embeddings", False) else ", the untied head's rows at the mean of its rows")
+    source = getattr(model, "meta_source", None)  # a method with meta embeddings of its own says where they start
+    if source is not None:
+        log.info("%s's <start>/<end> embeddings start from %s", cfg.method.name,
+                 "the base's own thought markers (method.meta_from_markers)" if source == "markers" else f"{source!r}'s first token")
     check_master_weights(model, cfg)
     if cfg.trainer.get("activation_checkpointing"):
         method.enable_activation_checkpointing(model)

@@ -293,7 +293,7 @@ def test_a_repeated_seed_is_not_a_second_sample_and_eval_folders_are_not_runs(tm
     report = build_report(find_runs([tmp_path / "runs"]), tmp_path / "out")
     assert report["n_runs"] == 1 and report["cost"]["cpt"]["runs"] == 1
     [skipped] = report["skipped"]
-    assert skipped.startswith(f"{old} (a second run of cpt seed 0: not an independent sample; kept the newest, {new})")
+    assert skipped.startswith(f"{old} (a second run of cpt seed 0 on the same base: not an independent sample; kept the newest, {new})")
 
 
 def test_without_evaluations_the_report_says_why_the_table_is_empty(tmp_path):

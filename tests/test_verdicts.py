@@ -166,7 +166,8 @@ def test_without_items_the_report_says_why_there_is_no_verdict(tmp_path):
 
 
 def test_the_report_shows_whether_each_learning_signal_moved(tmp_path):
-    for seed, (name, rewards) in enumerate((("rising", [0.1, 0.12, 0.11, 0.3, 0.32, 0.31]), ("flat", [0.2, 0.1, 0.3, 0.2, 0.1, 0.3]))):
+    rising = [0.10, 0.12, 0.11, 0.15, 0.18, 0.2, 0.22, 0.25, 0.28, 0.30, 0.32, 0.31]  # quarters of 3: 0.11 -> 0.31
+    for seed, (name, rewards) in enumerate((("rising", rising), ("flat", [0.2, 0.1, 0.3] * 4))):
         folder = tmp_path / "runs" / name
         write_run(folder, "rpt", "on", 100, 60, seed=seed)
         (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": 5 * (i + 1), "train/reward": r}) + "\n"
@@ -176,4 +177,4 @@ def test_the_report_shows_whether_each_learning_signal_moved(tmp_path):
     assert rising["change"] == pytest.approx(0.31 - 0.11) and rising["moved"] == "up" and rising["ci_low"] > 0
     assert flat["change"] == pytest.approx(0.0) and flat["moved"] == "no"
     md = (tmp_path / "out" / "report.md").read_text()
-    assert f"| rpt | 0 | {REWARD_MEANING} | 6 | 0.1100 | 0.3100 | +0.2000 (" in md
+    assert f"| rpt | 0 | {REWARD_MEANING} | 12 | 0.1100 | 0.3100 | +0.2000 (" in md

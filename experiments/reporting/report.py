@@ -37,8 +37,8 @@ from tokreason.experiments.files import ITEMS_FILE, TUNING_FILE, flatten
 from tokreason.experiments.reporting.laboratory import (BUDGET_KEYS, budget_of, gallery_lines, load_tuning, plot_scaling,
                                                         plot_thoughts, reward_against_accuracy, scaling_verdicts,
                                                         tuning_lines)
-from tokreason.experiments.reporting.statistics import unpaired_difference
-from tokreason.experiments.reporting.verdicts import CONTROL, IN_DISTRIBUTION, METRIC, verdicts
+from tokreason.experiments.reporting.statistics import trend
+from tokreason.experiments.reporting.verdicts import CONTROL, IN_DISTRIBUTION, METRIC, finalise, unit, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ def variant_name(config: dict) -> str:
 # Config keys that do not make two runs different variants: the seed, where a run is written and
 # how it is watched (its ablation keys are in its name already).
 SAME_VARIANT = ("seed", "run_dir", "run_name", "output_root", "cache_dir", "logger", "trainer.resume",
-                "trainer.progress_bar", "compare.root", "model.name_or_path", "hydra", *ABLATION_KEYS)
+                "trainer.progress_bar", "compare.root", "model.name_or_path", "model.bootstrap.seed", "hydra",
+                *ABLATION_KEYS)  # the base build is a factor like the seed (compare.base_seeds)
 
 
 def _signature(config: dict) -> dict:
@@ -145,14 +146,14 @@ def _split_variants(runs: list[dict]) -> None:
 
 
 def _drop_duplicate_seeds(runs: list[dict]) -> tuple[list[dict], list[str]]:
-    """One run per (variant, seed): a second run of the same seed is no independent sample. The
-    newest is kept; the others are listed as skipped, with why."""
+    """One run per (variant, base build, seed): a second run of the same is no independent sample.
+    The newest is kept; the others are listed as skipped, with why."""
     kept: dict[tuple, dict] = {}
     for run in sorted(runs, key=lambda r: (Path(r["run_dir"]) / "summary.json").stat().st_mtime):  # finished: it exists
-        kept[(run["variant"], str(run["seed"]))] = run  # later (newer) replaces earlier
+        kept[(run["variant"], *unit(run))] = run  # later (newer) replaces earlier
     chosen = {id(r) for r in kept.values()}
-    skipped = [f"{r['run_dir']} (a second run of {r['variant']} seed {r['seed']}: not an independent sample; "
-               f"kept the newest, {kept[(r['variant'], str(r['seed']))]['run_dir']})" for r in runs if id(r) not in chosen]
+    skipped = [f"{r['run_dir']} (a second run of {r['variant']} seed {r['seed']} on the same base: not an independent "
+               f"sample; kept the newest, {kept[(r['variant'], *unit(r))]['run_dir']})" for r in runs if id(r) not in chosen]
     return [r for r in runs if id(r) in chosen], skipped
 
 
@@ -366,23 +367,70 @@ def _base_value(runs: list[dict], benchmark: str, think: str) -> float | None:
                   if (row.get("benchmark"), row.get("metric"), row.get("think")) == (benchmark, METRIC, think)])
 
 
+def _bases(runs: list[dict]) -> list[dict]:
+    """Each base build the runs started from: what it is (bootstrap.json, kept in each run's
+    summary.json) and its own scores on the first in-distribution benchmark: directly, thinking as
+    each method's inference thinks, and given the oracle thought."""
+    out = {}
+    for run in runs:
+        model = run["model"] or MISSING
+        entry = out.setdefault(model, {"model": model, "identity": None, "runs": 0, "direct": None, "oracle": None,
+                                       "thinking": {}})
+        entry["runs"] += 1
+        entry["identity"] = entry["identity"] or run["summary"].get("base_identity")
+        preset = run["summary"].get("preset") or run["method"]
+        for row in (run["summary"].get("eval") or {}).get("rows") or []:
+            if (row.get("benchmark"), row.get("metric")) != (IN_DISTRIBUTION[0], METRIC) or row.get("base") is None:
+                continue
+            think = row.get("think")
+            if think in ("off", "oracle"):
+                entry["direct" if think == "off" else "oracle"] = row["base"]
+            elif think == "on":
+                entry["thinking"][preset] = row["base"]
+            elif str(think).startswith("with:"):
+                entry["thinking"][think[len("with:"):]] = row["base"]
+    return sorted(out.values(), key=lambda e: e["model"])
+
+
+def _base_lines(bases: list[dict]) -> list[str]:
+    lines = ["## Base builds", "", f"The base models these runs started from, with their own {IN_DISTRIBUTION[0]} {METRIC} "
+             "(directly; thinking as each method's inference thinks; given the oracle thought). The verdicts pool over "
+             "them; a base rebuilt elsewhere is the same model only where its weights' sha256 is the same (same "
+             "settings, kernels and library versions).", "",
+             "| base | weights sha256 | kernels | torch / transformers / tokenizers | runs | direct | thinking | oracle |",
+             "|---|---|---|---|---|---|---|---|"]
+    for b in bases:
+        who = b["identity"] or {}
+        thinking = ", ".join(f"{k} {_percent(v)}" for k, v in sorted(b["thinking"].items())) or MISSING
+        versions = " / ".join(str(who.get(k, MISSING)) for k in ("torch", "transformers", "tokenizers")) if who else MISSING
+        lines.append(f"| {who.get('key') or Path(b['model']).name} | {str(who.get('weights_sha256', MISSING))[:16]} | "
+                     f"{who.get('kernels', MISSING)} | {versions} | {b['runs']} | {_percent(b['direct'])} | {thinking} | "
+                     f"{_percent(b['oracle'])} |")
+    return lines + [""]
+
+
+def _percent(value: float | None) -> str:
+    return MISSING if value is None else f"{100 * value:.1f}%"
+
+
 SIGNAL = "train/reward"  # what it means, each method says (Method.reward_meaning, in summary.json)
 
 
 def _signals(runs: list[dict]) -> list[dict]:
-    """Per run that logs train/reward: its mean over the first and the second half of the logged
-    steps, and the change with a 95% bootstrap CI (is the method's learning signal moving?)."""
+    """Per run that logs train/reward at 8 steps or more: its mean over the first and the last
+    quarter of the logged steps, and the change with a 95% interval that respects the
+    autocorrelation of consecutive logged values (statistics.trend: is the signal moving?)."""
     out = []
     for run in runs:
         values = [m[SIGNAL] for m in sorted(run["metrics"], key=lambda m: m.get("step", 0)) if m.get(SIGNAL) is not None]
-        if len(values) < 4:
+        if len(values) < 8:
             continue
-        half = len(values) // 2
-        d = unpaired_difference(values[half:], values[:half])
+        quarter = len(values) // 4
+        d = trend(values)
         out.append({"run_dir": run["run_dir"], "variant": run["variant"], "seed": run["seed"],
-                    "meaning": run["summary"].get("reward_meaning") or SIGNAL, "early": _mean(values[:half]),
-                    "late": _mean(values[half:]), "change": d.delta, "ci_low": d.ci_low, "ci_high": d.ci_high,
-                    "logged": len(values), "moved": ("up" if d.ci_low > 0 else "down") if d.significant else "no"})
+                    "meaning": run["summary"].get("reward_meaning") or SIGNAL, "early": _mean(values[:quarter]),
+                    "late": _mean(values[-quarter:]), "change": d.delta, "ci_low": d.ci_low, "ci_high": d.ci_high,
+                    "p": d.p, "logged": len(values), "moved": ("up" if d.ci_low > 0 else "down") if d.significant else "no"})
     return out
 
 
@@ -390,8 +438,10 @@ def _signal_lines(signals: list[dict]) -> list[str]:
     if not signals:
         return []
     lines = ["## Learning signals", "",
-             f"Each thinking run's {SIGNAL}, the mean over the first and the second half of its logged steps; the "
-             "change with a 95% bootstrap CI over the logged values.", "",
+             f"Each thinking run's {SIGNAL} (what it is: the signal column), the mean over the first and the last "
+             "quarter of its logged steps; the change with a 95% interval against series with no trend and the same "
+             "autocorrelation (an AR(1) sieve bootstrap: consecutive logged values are not independent). Runs with "
+             "fewer than 8 logged values are left out.", "",
              "| variant | seed | signal | logged | early | late | change (95% CI) | moved |", "|---|---|---|---|---|---|---|---|"]
     for g in signals:
         lines.append(f"| {g['variant']} | {g['seed']} | {g['meaning']} | {g['logged']} | {g['early']:.4f} | {g['late']:.4f} | "
@@ -416,7 +466,7 @@ def _verdict_lines(report: dict) -> list[str]:
 
 def _markdown(report: dict) -> str:
     variants = report["variants"]
-    lines = ["# Comparison report", "", *_verdict_lines(report), "## Runs", "",
+    lines = ["# Comparison report", "", *_base_lines(report["bases"]), *_verdict_lines(report), "## Runs", "",
              f"- runs: {report['n_runs']}",
              f"- variants: {', '.join(variants)}",
              f"- seeds: {', '.join(str(s) for s in report['seeds'])}",
@@ -477,14 +527,16 @@ def _laboratory_lines(report: dict) -> list[str]:
 
 
 def _verdicts(runs: list[dict], budgets: list) -> list[dict]:
-    """The verdicts, once per budget when there are several (each sentence says at which)."""
+    """The verdicts, once per budget when there are several (each sentence says at which), all of
+    them one family (Holm's adjustment over the report)."""
     if len(budgets) < 2:
         return verdicts(runs)
     out = []
     for budget in budgets:
         at = [{**r, "variant": r["variant"].rsplit(" @", 1)[0]} for r in runs if r["budget_value"] == budget]
-        for v in verdicts(at):
-            out.append({**v, "budget": budget, "sentence": f"At {budget:.3g}: {v['sentence']}"})
+        out += [{**v, "budget": budget} for v in verdicts(at, final=False)]
+    for v in finalise(out):
+        v["sentence"] = f"At {v['budget']:.3g}: {v['sentence']}"
     return out
 
 
@@ -512,6 +564,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, skipped: list[Path] | None
         "seeds": sorted({r["seed"] for r in runs}, key=str),
         "base_models": sorted({r["model"] for r in runs if r["model"] is not None}),
         "budget": _budget(runs),
+        "bases": _bases(runs),
         "skipped": skipped,
         "runs": [{k: r["run_dir"] if k == "run_dir" else r[k] for k in ("run_dir", "variant", "method", "seed")}
                  for r in runs],

@@ -10,6 +10,7 @@ from tokreason.experiments.evaluation.evaluate import eval_enabled, evaluate
 from tokreason.experiments.evaluation.scorers import make_scorer, think_modes
 from tokreason.experiments.evaluation.table import format_table, save_items
 from tokreason.experiments.models.loading import cache_dir, load_model_and_tokenizer
+from tokreason.experiments.models.tiny_base import base_identity
 from tokreason.experiments.training.distributed import full_state_dict
 from tokreason.experiments.training.memory import peak_memory
 
@@ -49,7 +50,8 @@ def run_summary(plan, parts, state: dict, tracker, memory: dict) -> dict:
         "train_seconds": state["train_seconds"], "bootstrap_seconds": parts.bootstrap_seconds,
         "tokens_per_second": state["tokens"] / state["train_seconds"] if state["train_seconds"] else None,
         "parameters": sum(p.numel() for p in parts.model.parameters()),
-        "model": parts.model_path, "processes": plan.world, "run_dir": str(plan.run_dir),
+        "model": parts.model_path, "base_identity": base_identity(parts.model_path),
+        "processes": plan.world, "run_dir": str(plan.run_dir),
         "sharding": "fsdp" if plan.fsdp is not None else ("ddp" if plan.world > 1 else "none"),
         "precision": "bf16" if plan.bf16 else "fp32", "wandb_run_id": tracker.wandb_run_id, **memory,
         "learning_signal": learning_signal(state),

@@ -2,6 +2,7 @@
 step is the move applied), the corpus is reproducible, and the oracle row gives the base the
 worked steps as its thought."""
 import re
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,7 @@ def test_every_worked_step_is_its_move_applied():
             for (move, d), after in zip(chain.moves, chain.working):
                 position = apply(position, move, d)
                 assert after == position
-            assert chain.answer == f" {chain.working[-1]}" and chain.thought == " " + "".join(map(str, chain.working))
+            assert chain.answer == f" {chain.working[-1]}" and chain.thought == "".join(f" {v}" for v in chain.working)
             clauses = re.split(r", then ", chain.question)
             assert len(clauses) == len(chain.moves)
             for clause, (move, d) in zip(clauses, chain.moves):
@@ -71,3 +72,84 @@ def test_the_oracle_row_gives_the_worked_steps_as_the_thought():
     direct = score_benchmark(bench, LastThoughtDigit())["exact_match"]  # no thought: "0", right 1 time in 10
     assert 0.03 < sum(direct) / 200 < 0.2
     assert oracle_benchmark(bench, type("NoMarkers", (), {"get_vocab": lambda self: {}})()) is None
+
+
+# ----------------------------------------------------------------------------- rewards that see the answer
+# A small base with the lab's recipe (2 layers, 600 steps: about 20 s): enough to have learnt to read
+# the worked steps in a thought (the answer is the thought's last step), which is all these tests ask.
+LAB_BASE = {"architecture.hidden_size": 64, "architecture.intermediate_size": 192, "architecture.num_hidden_layers": 2,
+            "bootstrap.num_docs": 8000, "tokenizer.train_docs": 2000, "bootstrap.steps": 600}
+
+
+def lab_base(cache_dir, **changes):
+    from omegaconf import OmegaConf
+
+    from tokreason.experiments.models.tiny_base import ensure_tiny_base
+
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "tiny.yaml")
+    for key, value in {**LAB_BASE, **changes}.items():
+        OmegaConf.update(cfg, key, value)
+    return ensure_tiny_base(cfg, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def lab_bases(cache_dir):
+    return {digits: lab_base(cache_dir, **{"tokenizer.digits": digits}) for digits in ("with_space", "alone")}
+
+
+def rewards_at_answers(path, thought_of, n: int = 200) -> tuple[float, float]:
+    """At the answer position of n synth_in problems (the context is the question, the true next
+    token the answer's first), with the thought thought_of(chain) between the markers: RLP's
+    reward (information gain of the true next token over the plain context, the base as the EMA)
+    and RPT's (its greedy one-token prediction scored by the prefix match against the corpus's
+    tokens), both through the methods' own verifiers. Means over the problems."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tokreason.methods.thoughts import mask_thought_logits, thought_tokens
+    from tokreason.methods.token_bytes import token_byte_table
+    from tokreason.methods.verifier import Continuation, Rollouts, continuation_at, information_gain, prediction_bytes, \
+        prefix_match_reward
+
+    lm, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    markers, table = thought_tokens(tok), token_byte_table(tok)
+    gains, matches = [], []
+    for chain in generate_chains(0, n, "benchmark-synth_in", ChainSpec()):
+        context = tok.encode(chain.question)
+        document = torch.tensor([tok.encode(chain.question + chain.answer + ".")])
+        target = int(document[0, len(context)])
+        prompt = [*context, markers.start, *tok.encode(thought_of(chain), add_special_tokens=False), markers.end]
+        with torch.no_grad():
+            after, plain = (torch.log_softmax(mask_thought_logits(lm(torch.tensor([ids])).logits[0, -1], markers), -1)
+                            for ids in (prompt, context))
+        where = torch.tensor([[0, len(context) - 1]])
+        continuation = continuation_at(document, where, table, 32, tok.eos_token_id)
+        gains.append(float(information_gain(Rollouts(continuation_logprobs=after[target].view(1, 1, 1),
+                                                     reference_logprobs=plain[target].view(1, 1)),
+                                            Continuation(ids=continuation.ids, mask=continuation.mask))))
+        predicted = prediction_bytes([int(after.argmax())], table, tok.eos_token_id)
+        matches.append(float(prefix_match_reward(Rollouts(predictions=[[predicted]]), continuation)))
+    return sum(gains) / n, sum(matches) / n
+
+
+def test_the_answer_is_the_token_after_the_thought(lab_bases):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(lab_bases["with_space"])
+    assert [tok.convert_ids_to_tokens(tok.encode(s)) for s in (" 8", " 4 8", " 48")] == [["Ġ8"], ["Ġ4", "Ġ8"], ["Ġ4", "8"]]
+    old = AutoTokenizer.from_pretrained(lab_bases["alone"])
+    assert old.convert_ids_to_tokens(old.encode(" 8")) == ["Ġ", "8"]  # the space first: what every thought predicts
+
+
+def test_at_answer_positions_the_oracle_thought_earns_more_than_an_empty_one(lab_bases):
+    """The lab's rewards can see what the evaluation scores: the worked steps as the thought make
+    the true next token (the answer) more likely than an empty thought does, by RLP's information
+    gain and by RPT's prefix-match reward. With the space its own token (digits=alone, the lab
+    before) the next token is the space after every thought and neither reward can tell them apart."""
+    oracle_gain, oracle_match = rewards_at_answers(lab_bases["with_space"], lambda c: c.thought)
+    empty_gain, empty_match = rewards_at_answers(lab_bases["with_space"], lambda c: "")
+    assert oracle_gain > empty_gain + 0.5 and oracle_match > empty_match + 0.3, (oracle_gain, empty_gain, oracle_match,
+                                                                                 empty_match)
+    old_oracle, old_oracle_match = rewards_at_answers(lab_bases["alone"], lambda c: c.thought)
+    old_empty, old_empty_match = rewards_at_answers(lab_bases["alone"], lambda c: "")
+    assert abs(old_oracle - old_empty) < 0.05 and old_oracle_match == old_empty_match == 1.0

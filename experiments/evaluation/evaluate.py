@@ -20,6 +20,7 @@ from tokreason.experiments.errors import UserError
 from tokreason.experiments.evaluation.base_cache import BaseModel, cache_key, model_fingerprint, read_cached, write_cached
 from tokreason.experiments.evaluation.benchmarks import (EvalContext, ExampleBenchmark, answer_matches, benchmark_spec,
                                                          score_benchmark)
+from tokreason.experiments.evaluation.headroom import headroom_values
 from tokreason.experiments.evaluation.progress import Progress
 from tokreason.experiments.evaluation.scorers import (ORACLE, THINK_MODES, make_scorer, preset_section, think_mode,
                                                       think_modes, think_signature)
@@ -52,7 +53,7 @@ def check_eval_config(cfg: DictConfig) -> None:
     try:
         run_method(cfg).check_eval(think_modes(cfg))
         for preset in e.get("think_with") or []:
-            if not build_method(preset_section(preset)).thinks:
+            if not build_method(preset_section(cfg, preset)).thinks:
                 raise UserError(f"eval.think_with has {preset!r}, a method that does not think; give thinking presets")
     except ValueError as error:
         raise UserError(str(error)) from None
@@ -99,6 +100,7 @@ def evaluate(cfg: DictConfig, *, base_path: str | None, cache: Path, val_windows
             log.info("base scores for think=%s read from the cache", think)
         scores.update({(name, think): v for name, v in cached.items()})
     scores.update(oracle_values(cfg, ctx, specs, items, cache, fingerprint))
+    scores.update(headroom_values(cfg, ctx, specs, items, cache, fingerprint))
     trained = None
     if trained_scorers is not None:
         trained = {}

@@ -5,9 +5,12 @@ Two presets ask more of it: a tuning stage first (`compare.tune`: a small grid p
 each point trained and scored on a validation split the test items never include; the best
 point per method is what the comparison then runs, recorded in `<root>/tuning.json`), and
 several budgets (`compare.flops` / `steps` / `tokens` a list: the whole comparison once per
-budget, under `<root>/budget_<value>/`). The control, CPT, is also scored thinking the way each
-thinking method of the comparison thinks (`eval.think_with`), so a method's thinking is compared
-with CPT thinking the same way."""
+budget, under `<root>/budget_<value>/`). The base build is a factor too (`compare.base_seeds`,
+model.bootstrap.seed of the embedded base: each built once and cached; the whole comparison once
+per base, under `<root>/base_<seed>/`), so that the report's verdicts pool over base builds as
+over seeds. The control, CPT, is also scored thinking the way each thinking method of the
+comparison thinks (`eval.think_with`), so a method's thinking is compared with CPT thinking the
+same way."""
 import json
 import logging
 import time
@@ -17,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokreason.experiments.errors import UserError
 from tokreason.experiments.files import TUNING_FILE, atomic_write_text
-from tokreason.experiments.launch.compose import check_job, compose_config, sweep_jobs
+from tokreason.experiments.launch.compose import check_job, compose_config, method_section, sweep_jobs
 from tokreason.experiments.launch.train import progress, run_train
 from tokreason.methods.base import CORRUPTION, SELECTOR
 
@@ -40,6 +43,9 @@ def compare_plan(overrides: list[str]) -> tuple[DictConfig, list[str], Path]:
     c = cfg.compare
     if c.budget not in BUDGETS:
         raise UserError(f"budget={c.budget} is not valid; valid: {', '.join(BUDGETS)}")
+    if c.get("base_seeds") and cfg.model.kind != "tiny":
+        raise UserError(f"compare.base_seeds={list(c.base_seeds)} builds the embedded base model once per seed; "
+                        f"model={cfg.model.kind} is given, not built: use compare.base_seeds=null")
     passed = [o for o in overrides if not o.startswith(("compare.", "experiment="))]
     root = Path(str(c.root)) if c.get("root") else \
         Path(str(cfg.output_root)) / "compare" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{c.name}"
@@ -86,15 +92,17 @@ def comparison_sweeps(c: DictConfig, common: list[str], folder: Path, chosen: di
 
 
 def tuning_sweeps(c: DictConfig, common: list[str], root: Path) -> dict[str, list[str]]:
-    """Per method, its grid as one sweep (every point trained at the comparison's first budget,
-    scored on compare.tune.benchmark alone, think on where the method thinks)."""
+    """Per method, its grid as one sweep (every point trained at the comparison's first budget and
+    on its first base build, scored on compare.tune.benchmark alone, think on where the method
+    thinks); the chosen point then runs on every base and budget."""
     t = c.tune
     grid = OmegaConf.to_container(t.grid, resolve=True)
     common = [o for o in common if not o.startswith(("eval.think_with=", "eval.benchmarks="))]
     sweeps = {}
     for m in c.methods:
         points = [f"{key}={','.join(str(v) for v in values)}" for key, values in (grid.get(m) or {}).items()]
-        sweeps[m] = [f"method={m}", f"seed={c.seeds[0]}", *common, *budget_overrides(c, budget_values(c)[0]), *points,
+        sweeps[m] = [f"method={m}", f"seed={c.seeds[0]}", *common, *base_overrides(base_seeds(c)[0]),
+                     *budget_overrides(c, budget_values(c)[0]), *points,
                      f"eval.benchmarks=[{t.benchmark}]", "eval.think_with=[]", f"hydra.sweep.dir={root}/tune/{m}"]
     return sweeps
 
@@ -123,7 +131,7 @@ def _method_class(method: str):
     from tokreason.methods import method_class
 
     try:
-        return method_class(OmegaConf.to_container(compose_config([f"method={method}"]).method, resolve=True))
+        return method_class(method_section(method))
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -135,14 +143,33 @@ def _compare_overrides(overrides: list[str]) -> list[tuple[str, str]]:
 def compare_jobs(overrides: list[str]) -> tuple[DictConfig, list[list[str]], Path]:
     """The comparison's sweeps as they run without tuning (every budget), and its root."""
     cfg, common, root = compare_plan(overrides)
-    c, budgets = cfg.compare, budget_values(cfg.compare)
-    jobs = [sweep for b in budgets for sweep in comparison_sweeps(c, [*common, *budget_overrides(c, b)],
-                                                                 budget_folder(root, budgets, b), {})]
-    return cfg, jobs, root
+    return cfg, comparisons(cfg.compare, common, root, {}), root
 
 
 def budget_folder(root: Path, budgets: list, value) -> Path:
     return root if len(budgets) == 1 else root / f"budget_{float(value):g}"
+
+
+def base_seeds(c: DictConfig) -> list:
+    """The base builds of the comparison (compare.base_seeds; null: the model's own, one base)."""
+    seeds = c.get("base_seeds")
+    return [None] if not seeds else list(seeds)
+
+
+def base_overrides(base) -> list[str]:
+    return [] if base is None else [f"model.bootstrap.seed={int(base)}"]
+
+
+def base_folder(root: Path, bases: list, base) -> Path:
+    return root if len(bases) == 1 else root / f"base_{base}"
+
+
+def comparisons(c: DictConfig, common: list[str], root: Path, chosen: dict) -> list[list[str]]:
+    """Every sweep of the comparison: per base build, per budget, the methods and ablations."""
+    budgets, bases = budget_values(c), base_seeds(c)
+    return [sweep for base in bases for b in budgets for sweep in comparison_sweeps(
+        c, [*common, *base_overrides(base), *budget_overrides(c, b)],
+        budget_folder(base_folder(root, bases, base), budgets, b), chosen)]
 
 
 def run_compare(overrides: list[str]) -> tuple[Path, list[dict]]:
@@ -152,12 +179,11 @@ def run_compare(overrides: list[str]) -> tuple[Path, list[dict]]:
     from tokreason.experiments.training.stopping import Interrupted
 
     cfg, common, root = compare_plan(overrides)
-    c, budgets = cfg.compare, budget_values(cfg.compare)
+    c = cfg.compare
     tune = tuning_sweeps(c, common, root) if c.get("tune") else {}
     stand_in = {m: [f"{k}={v[0]}" for k, v in (OmegaConf.to_container(c.tune.grid).get(m) or {}).items()]
                 for m in tune}  # every value of the grid is checked in the tuning sweeps
-    planned = [*tune.values(), *(s for b in budgets for s in comparison_sweeps(
-        c, [*common, *budget_overrides(c, b)], budget_folder(root, budgets, b), stand_in))]
+    planned = [*tune.values(), *comparisons(c, common, root, stand_in)]
     for sweep in planned:  # every job of every sweep is checked before anything runs
         for job in sweep_jobs(sweep):
             check_job(job)
@@ -165,10 +191,10 @@ def run_compare(overrides: list[str]) -> tuple[Path, list[dict]]:
     progress.update(done=0, total=sum(len(sweep_jobs(s)) for s in planned), start=time.time())
     try:
         chosen = tune_methods(c, tune, root, summaries) if tune else {}
-        for i, b in enumerate(budgets):
-            log.info("comparison %d/%d: %s %s = %s", i + 1, len(budgets), ", ".join(c.methods), c.budget, b)
-            for sweep in comparison_sweeps(c, [*common, *budget_overrides(c, b)], budget_folder(root, budgets, b), chosen):
-                summaries += run_train(sweep, multirun=True)
+        log.info("comparison: %s, %s %s, base builds %s", ", ".join(c.methods), c.budget,
+                 ", ".join(str(b) for b in budget_values(c)), ", ".join(str(b) for b in base_seeds(c)))
+        for sweep in comparisons(c, common, root, chosen):
+            summaries += run_train(sweep, multirun=True)
     except Interrupted as e:  # the run dirs are fixed under root: the same root resumes every one of them
         e.args = (f"{e.args[0].split(';')[0]}; checkpoint saved: add compare.root={root} to the same command to resume "
                   "the comparison (finished runs are kept)",)

@@ -2,8 +2,6 @@
 method's own (`Method.think_scorer`); a run's exported model reloaded as a scorer."""
 from __future__ import annotations
 
-import functools
-import json
 from pathlib import Path
 
 import torch
@@ -41,19 +39,17 @@ def thinking_method(cfg: DictConfig, think: str):
     """The method whose inference a think mode is: the run's own (on), or a preset's (with:<preset>)."""
     if not think.startswith(WITH):
         return run_method(cfg)
-    return build_method(preset_section(think[len(WITH):]))
+    return build_method(preset_section(cfg, think[len(WITH):]))
 
 
-@functools.lru_cache(maxsize=None)
-def _preset_section(preset: str) -> str:
-    from tokreason.experiments.launch.compose import compose_config
-
-    return json.dumps(OmegaConf.to_container(compose_config([f"method={preset}"]).method, resolve=True))
-
-
-def preset_section(preset: str) -> dict:
-    """The `method` section a method preset composes (UserError for an unknown preset)."""
-    return json.loads(_preset_section(preset))
+def preset_section(cfg: DictConfig, preset: str) -> dict:
+    """The `method` section of an eval.think_with preset, as the launch composed it into
+    eval.think_with_methods (experiments/launch/compose.py, with_think_with_methods)."""
+    sections = cfg.eval.get("think_with_methods") or {}
+    if preset not in sections:
+        raise UserError(f"eval.think_with preset {preset!r} has no composed section in eval.think_with_methods "
+                        f"(has: {', '.join(map(str, sections)) or 'none'}); configs from tokreason's launch have one")
+    return OmegaConf.to_container(sections[preset], resolve=True)
 
 
 def thought_budget(cfg: DictConfig) -> int | None:

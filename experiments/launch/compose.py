@@ -5,6 +5,8 @@ Config folders of your own (say a `method/my_method.yaml`) join tokreason's thro
 search path: `hydra.searchpath=[file:///abs/path/to/conf]` on the command line, or the
 environment variable TOKREASON_CONFIG_PATH (folders separated by ':'), which adds that override."""
 import difflib
+import functools
+import json
 import logging
 import os
 from pathlib import Path
@@ -13,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 import tokreason.conf
@@ -159,8 +161,34 @@ def _unknown_key(override: str, reference: DictConfig) -> str | None:
             + f"; valid keys of {parent or 'the config'}: {', '.join(sorted(keys))} (+{key}=... adds a new one)")
 
 
-def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
-    """Compose one job's config, turning Hydra's errors into one-line UserErrors."""
+THINK_WITH_METHODS = "think_with_methods"  # eval.<this>: {preset: its composed method section}
+
+
+@functools.lru_cache(maxsize=None)
+def _method_section(preset: str) -> str:
+    return json.dumps(OmegaConf.to_container(compose_config([f"method={preset}"], think_with=False).method, resolve=True))
+
+
+def method_section(preset: str) -> dict:
+    """The `method` section a method preset composes (UserError for an unknown preset)."""
+    return json.loads(_method_section(preset))
+
+
+def with_think_with_methods(cfg: DictConfig) -> DictConfig:
+    """cfg with eval.think_with_methods: each eval.think_with preset's composed method section.
+    The evaluation scores `with:<preset>` from these and never composes a config itself (it sits
+    below this layer); every config a job runs with passes here (compose_config, Hydra's jobs)."""
+    if "eval" not in cfg:
+        return cfg
+    sections = {p: method_section(str(p)) for p in cfg.eval.get("think_with") or []}
+    with open_dict(cfg):
+        cfg.eval[THINK_WITH_METHODS] = sections
+    return cfg
+
+
+def compose_config(overrides: list[str], with_hydra: bool = False, think_with: bool = True) -> DictConfig:
+    """Compose one job's config, turning Hydra's errors into one-line UserErrors (think_with:
+    with eval.think_with's presets composed, with_think_with_methods)."""
     overrides = with_search_path(overrides)
     parser = OverridesParser.create()
     parsed = []
@@ -195,7 +223,7 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig
     except (ConfigCompositionException, OmegaConfBaseException, ValueError) as e:
         cause = e.__cause__ if isinstance(e, ConfigCompositionException) and e.__cause__ else e
         raise UserError(f"{_one_line(e)}{'' if cause is e else ' (' + _one_line(cause) + ')'}") from None
-    return cfg
+    return with_think_with_methods(cfg) if think_with else cfg
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:

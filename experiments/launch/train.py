@@ -18,7 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from tokreason.experiments.errors import UserError, first_line
-from tokreason.experiments.launch.compose import CONF_DIR, check_job, compose_config, sweep_jobs, with_search_path
+from tokreason.experiments.launch.compose import (CONF_DIR, check_job, compose_config, sweep_jobs, with_search_path,
+                                                 with_think_with_methods)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def _hydra_job(cfg: DictConfig) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg.run_dir = str(run_dir)  # in a sweep the job's own subdir
+    with_think_with_methods(cfg)  # Hydra composed this job: the evaluation's presets, as compose_config gives them
     _join_cluster_job(float(cfg.trainer.process_group_timeout_min))
     try:
         started = time.time()

@@ -87,11 +87,12 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def hf_folder(path: Path, arch: str = "llama", tied: bool = True, sliding_window: int | None = None,
-              spare_rows: int = 0, context: int = 256) -> Path:
+              spare_rows: int = 0, context: int = 256, thought_tokens: bool = False) -> Path:
     """An ordinary Hugging Face model folder, as a hub model would be: a byte-level BPE tokenizer
-    with no thought tokens (EOS only) and a tiny random model of `arch` (llama, mistral, qwen2,
-    gpt2), tied or untied embeddings, an optional sliding window, and optionally embedding rows
-    beyond the tokenizer (as Qwen's checkpoints have)."""
+    with no thought tokens (EOS only; `thought_tokens`: with the thought markers as special tokens
+    of its own, as a model trained with them has) and a tiny random model of `arch` (llama,
+    mistral, qwen2, gpt2), tied or untied embeddings, an optional sliding window, and optionally
+    embedding rows beyond the tokenizer (as Qwen's checkpoints have)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
@@ -107,6 +108,10 @@ def hf_folder(path: Path, arch: str = "llama", tied: bool = True, sliding_window
         show_progress=False))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                         clean_up_tokenization_spaces=False)
+    if thought_tokens:
+        from tokreason.methods.thoughts import THOUGHT_END, THOUGHT_START
+
+        tokenizer.add_special_tokens({"extra_special_tokens": [THOUGHT_START, THOUGHT_END]})
     vocab = len(tokenizer) + spare_rows
     torch.manual_seed(0)
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

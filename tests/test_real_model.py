@@ -63,3 +63,19 @@ def test_quiet_stars_held_out_scoring_is_sized_to_the_model_and_shows_progress(c
     log = (tmp_path / "q" / "train.log").read_text()
     assert "heldout, think on: 1 of 2 windows fit eval.heldout.max_flops=5e+09" in log
     assert "evaluating heldout think on (trained)" in log and "evaluated heldout think on (base)" in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["rlp_tiny", "quiet_star_tiny"])
+def test_smollm2_in_bf16_is_evaluated_thinking_after_training(cli, tmp_path, smollm2, method):
+    """Tied embeddings, no spare rows, bf16 (a GPU's default precision): the base's thinking
+    evaluation once died here (tests/test_combinations.py has the whole matrix on tiny folders)."""
+    corpus = tmp_path / "corpus.jsonl"
+    write_corpus(corpus, None)
+    settings = {"rlp_tiny": ["method.thought_budget=3", "method.group_size=2"],
+                "quiet_star_tiny": ["method.n_ahead=3", "method.n_ahead_talk=2"]}[method]
+    cli("train", f"method={method}", "model=hf", f"model.name_or_path={smollm2}", f"data.path={corpus}", *SMALL,
+        *settings, "trainer.precision=bf16", "trainer.max_steps=1", "eval.benchmarks=[synth_in]", "eval.synthetic.num=2",
+        "eval.max_new_tokens=3", "eval.headroom.samples=0", "eval.gallery=1", "run_dir=run")
+    rows = json.loads((tmp_path / "run" / "summary.json").read_text())["eval"]["rows"]
+    assert {r["think"] for r in rows} >= {"off", "on"} and all(r["trained"] is not None for r in rows)

@@ -204,7 +204,7 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(cli, tmp_path, overrid
 @pytest.mark.slow
 @pytest.mark.parametrize("content, overrides, message", [
     (b"", [], "has no text (the corpus is empty)"),
-    (b"fine text\n\n\xc3\x28 broken", [], "is not UTF-8 text: byte 0xc3 at offset 11"),
+    (b"\xff\xfe" * 100, [], "is not UTF-8 text: 200 invalid bytes, the first 0xff at offset 0"),
     (b"Ann has 3 apples.\n\n" * 200, ["data.seq_len=1000"], "data.seq_len=1000 is above the model's context of 128 tokens"),
     (b"".join(b"Ann has %d apples.\n\n" % i for i in range(40)), ["data.val_fraction=0.01"],
      "data.val_fraction=0.01 gives no validation window of seq_len=64 tokens"),

@@ -159,8 +159,13 @@ def test_objective_reward_is_the_talk_log_likelihood_and_the_baseline_cancels_it
         scores, _, valid, _ = model.talk_scores(ids.repeat_interleave(3, 0), tp)
     full = torch.arange(8) + 3 < 8  # positions whose 3 talk tokens all exist
     rewards = (scores * valid).sum(-1)[:, full]  # [passes, positions]
-    torch.testing.assert_close(metrics["reward"], rewards.mean())
+    torch.testing.assert_close(metrics["talk_loglik"], rewards.mean())
     torch.testing.assert_close(metrics["advantage"], torch.tensor(0.0), atol=1e-6, rtol=0)
+    # train/reward is the gain over no thought: the same talk tokens scored by a plain forward
+    with torch.no_grad():
+        plain = torch.log_softmax(model.lm(ids).logits[0].float(), -1)  # [8, V]
+    without = torch.tensor([sum(plain[t + j, ids[0, t + j + 1]] for j in range(3)) for t in range(8) if t + 3 < 8])
+    torch.testing.assert_close(metrics["reward"], rewards.mean() - without.mean(), atol=1e-4, rtol=1e-4)
 
 
 def test_gradients_reach_thought_logprobs_mixing_head_and_meta_embeddings(tokenizer):
@@ -382,3 +387,29 @@ def test_the_text_kernel_and_the_chunked_text_path_agree(dtype, window, key_head
     torch.testing.assert_close(out, reference, **tolerance)
     for got, expected in zip(grads_kernel, grads_chunked):
         torch.testing.assert_close(got, expected, **tolerance)
+
+
+@pytest.mark.parametrize("from_markers", [True, False])
+def test_meta_embeddings_start_from_the_markers_the_base_learned_or_from_meta_init(tokenizer, from_markers):
+    lm = tiny_lm("llama", len(tokenizer))
+    rows = lm.get_input_embeddings().weight.detach().clone()
+    model = QuietStar(n_ahead=3, n_ahead_talk=2, meta_from_markers=from_markers).wrap(lm, tokenizer)
+    start, end = tokenizer.convert_tokens_to_ids(["<|startofthought|>", "<|endofthought|>"])
+    dash = tokenizer.encode("---", add_special_tokens=False)[0]
+    expected = rows[[start, end]] if from_markers else rows[[dash, dash]]
+    assert model.meta_source == ("markers" if from_markers else "---")
+    torch.testing.assert_close(model.meta.detach() * model.config.meta_grad_scale, expected)
+
+
+def test_a_tokenizer_without_the_markers_starts_both_from_meta_init(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import hf_folder
+
+    folder = hf_folder(tmp_path / "hub", "llama")
+    tokenizer, lm = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    dash = tokenizer.encode("---", add_special_tokens=False)[0]
+    expected = lm.get_input_embeddings().weight.detach()[[dash, dash]].clone()
+    model = QuietStar(n_ahead=3, n_ahead_talk=2).wrap(lm, tokenizer)  # meta_from_markers=True: none to start from
+    assert model.meta_source == "---"
+    torch.testing.assert_close(model.meta.detach() * model.config.meta_grad_scale, expected)

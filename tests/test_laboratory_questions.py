@@ -324,3 +324,27 @@ def test_a_tuned_comparison_at_two_budgets_from_the_cli(cli, tmp_path):
     cli("compare", *args)  # resumed in the same root: every finished run kept as it was
     assert {p: p.read_text() for p in root.rglob("summary.json")} == summaries
     assert json.loads((root / "tuning.json").read_text()) == tuning
+
+
+# ----------------------------------------------------------------------------- the base as a factor
+
+def test_base_seeds_run_the_whole_comparison_once_per_base_build():
+    cfg, jobs, root = compare_jobs(["compare.base_seeds=[0,1,2]"])
+    seeds = [[o for o in sweep if o.startswith("model.bootstrap.seed=")] for sweep in jobs]
+    _, one, _ = compare_jobs([])  # the default: the model's own base, no base_ folders
+    assert not any(o.startswith("model.bootstrap.seed=") for sweep in one for o in sweep)
+    assert len(jobs) == 3 * len(one) and all(len(s) == 1 for s in seeds)  # every sweep once per base
+    assert sorted({s[0] for s in seeds}) == [f"model.bootstrap.seed={b}" for b in (0, 1, 2)]
+    dirs = {o.split("=", 1)[1] for sweep in jobs for o in sweep if o.startswith("hydra.sweep.dir=")}
+    assert {str(Path(d).relative_to(root)).split("/")[0] for d in dirs} == {"base_0", "base_1", "base_2"}
+
+
+@pytest.mark.parametrize("experiment, wanted", [
+    ("embedded_answers_only", {"data.worked_fraction=0"}),
+    ("embedded_plain", {"data.worked_style=plain", "experiment=embedded_plain"}),
+])
+def test_the_re_asked_questions_are_comparison_presets(experiment, wanted):
+    cfg, jobs, root = compare_jobs([f"experiment={experiment}"])
+    assert all(wanted <= set(sweep) for sweep in jobs)
+    if experiment == "embedded_plain":  # its bases read the working in plain text
+        assert cfg.model.bootstrap.worked_style == "plain"

@@ -66,7 +66,7 @@ def test_the_80_gb_recipe_and_nullable_settings_are_accepted(override):
 
 @pytest.mark.parametrize("override, message", [
     ("experiment=embeded_full",
-     "unknown experiment 'embeded_full'; valid: embedded, embedded_full, embedded_scaling, embedded_tune, smoke"),
+     "unknown experiment 'embeded_full'; valid: embedded, embedded_answers_only, embedded_full, embedded_plain, embedded_scaling, embedded_tune, smoke"),
     ("method=rpt_tinny", "unknown method 'rpt_tinny'; valid: cpt, quiet_star, quiet_star_tiny, rlp, rlp_tiny, rpt, rpt_tiny"),
 ])
 def test_an_unknown_preset_is_refused_with_the_valid_ones(override, message):

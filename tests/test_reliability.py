@@ -110,3 +110,29 @@ def test_a_disk_that_fills_up_is_one_line_and_the_last_good_checkpoint_survives(
         assert json.loads((run / "summary.json").read_text())["steps"] == 6
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_its_end_of_run_evaluation_is_evaluated_again_without_training(cache_dir, tmp_path):
+    folder = hf_folder(tmp_path / "hub", "llama")
+    corpus = text_corpus(tmp_path / "corpus.jsonl")
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "tokreason.cli", "train", *RLP, "model=hf", f"model.name_or_path={folder}",
+            f"data.path={corpus}", *QUICK, "eval.synthetic.num=40", f"run_dir={run}"]
+    env = {**os.environ, "TOKREASON_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run / "train.log"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and "evaluating synth_in" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before its evaluation could be killed"
+    proc.kill()  # kill -9: no handler runs
+    proc.wait(timeout=60)
+    trained = (run / "metrics.jsonl").read_text()
+    assert not (run / "summary.json").exists() and "train/loss" in trained
+    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (run / "metrics.jsonl").read_text().startswith(trained)
+    assert "train/loss" not in (run / "metrics.jsonl").read_text()[len(trained):]  # nothing trained again
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["eval"]["rows"]

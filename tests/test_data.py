@@ -33,7 +33,7 @@ def test_txt_jsonl_and_folder_read_the_same_documents(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b"", "has no text"),
     (b"\n\n  \n", "has no text"),
-    (b"good text\n\n\xff\xfe bad bytes", "is not UTF-8 text: byte 0xff at offset 11"),
+    (b"good text\n\n" + b"\xff\xfe" * 20, "is not UTF-8 text: 40 invalid bytes, the first 0xff at offset 11"),
 ])
 def test_bad_text_files_are_one_line_errors(tmp_path, content, message):
     path = tmp_path / "corpus.txt"
@@ -41,6 +41,14 @@ def test_bad_text_files_are_one_line_errors(tmp_path, content, message):
     with pytest.raises(UserError, match=message) as e:
         read_text_documents(path)
     assert "\n" not in str(e.value)
+
+
+def test_a_stray_invalid_byte_is_read_as_a_replacement_character_and_said(tmp_path, caplog):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"cafe one\n\ntwo \xc3\x28 three")
+    with caplog.at_level("WARNING"):
+        assert read_text_documents(path) == ["cafe one", "two \ufffd( three"]
+    assert "1 byte(s) not UTF-8 (the first 0xc3 at offset 14) read as U+FFFD" in caplog.text
 
 
 def test_jsonl_errors_name_the_line_and_field(tmp_path):

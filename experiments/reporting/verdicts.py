@@ -22,6 +22,8 @@ sentence says which). The verdicts of a report are one family: a verdict says "b
 and says the family's size."""
 from __future__ import annotations
 
+import math
+
 from tokreason.experiments.evaluation import benchmarks
 from tokreason.experiments.reporting.statistics import Difference, contrast, holm, paired_difference
 from tokreason.methods.registration import CONTROL
@@ -134,7 +136,7 @@ def _verdict(question: int, method: str, setting: str, d: Difference, parts: tup
     (subject, better, worse, same, what follows the sentence)."""
     return {"question": QUESTIONS[question], "number": question, "method": method, "setting": setting,
             "delta": d.delta, "ci_low": d.ci_low, "ci_high": d.ci_high, "detectable": d.detectable,
-            "items": d.items, "seeds": d.seeds, "bases": d.bases, "df": d.df, "p": d.p, "covers": d.covers,
+            "items": d.items, "seeds": d.seeds, "bases": d.bases, "df": d.df if math.isfinite(d.df) else None, "p": d.p, "covers": d.covers,
             "_difference": d, "_parts": parts}
 
 

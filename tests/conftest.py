@@ -150,3 +150,8 @@ def rollout_step(method, model, ids, windows=None):
     batch = {"input_ids": ids} if windows is None else {"input_ids": ids, "window_index": windows}
     metrics = method.step(model, batch, LocalBackward(losses.append))
     return sum(losses), metrics
+
+
+def base_only(think: str) -> bool:
+    """A row of the base alone (no trained value): the oracle and the headroom rows."""
+    return think in ("oracle", "oracle_partial") or think.startswith("pass@")

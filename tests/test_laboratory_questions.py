@@ -145,10 +145,13 @@ def write_run(folder: Path, method: str, item_values: dict, *, seed: int = 0, re
                                                       for i, r in enumerate(rewards)))
 
 
+RISING = [-8, -7.9, -8.1, -7, -6, -5.5, -5, -4.5, -4.2, -4, -4.1, -3.9]  # 12 logged values: quarters -8 and -4
+
+
 def test_the_report_says_when_the_reward_rose_while_thinking_accuracy_fell(tmp_path):
     thinking = items("on", 60, 60)  # trained 60/400 right thinking, its base 80/400: -5 points
     write_run(tmp_path / "runs" / "cpt", "cpt", items("off", 100, 60))
-    write_run(tmp_path / "runs" / "rlp", "rlp", thinking, rewards=[-8, -7.9, -8.1, -4, -4.1, -3.9])
+    write_run(tmp_path / "runs" / "rlp", "rlp", thinking, rewards=RISING)
     report = build_report(find_runs([tmp_path / "runs"]), tmp_path / "out")
     [sentence] = report["reward_against_accuracy"]
     assert sentence.startswith("rlp (seed 0): its reward rose (-8 → -4, ")
@@ -160,7 +163,7 @@ def test_the_report_says_when_the_reward_rose_while_thinking_accuracy_fell(tmp_p
 
 def test_a_reward_that_rose_with_the_accuracy_is_not_called_out(tmp_path):
     write_run(tmp_path / "runs" / "cpt", "cpt", items("off", 100, 60))
-    write_run(tmp_path / "runs" / "rlp", "rlp", items("on", 120, 60), rewards=[-8, -7.9, -8.1, -4, -4.1, -3.9])
+    write_run(tmp_path / "runs" / "rlp", "rlp", items("on", 120, 60), rewards=RISING)
     report = build_report(find_runs([tmp_path / "runs"]), tmp_path / "out")
     assert report["reward_against_accuracy"] == []
     assert "## Reward up, accuracy down" not in (tmp_path / "out" / "report.md").read_text()

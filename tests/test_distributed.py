@@ -117,6 +117,22 @@ def _rank_pid(agent: int, rank: int) -> int:
     raise AssertionError(f"no process of rank {rank} under {agent}")
 
 
+def interrupted_torchrun(args: list[str], run: Path, tmp_path, cache_dir, *, after_step: int, rank: int,
+                         sig: int) -> tuple[int, str]:
+    """`train *args` of two processes into `run`, `sig` sent to process `rank` once the checkpoint
+    of `after_step` is written; the launcher's exit code and output."""
+    agent = subprocess.Popen(torchrun_command([*args, f"run_dir={run}"]), cwd=tmp_path, env=environment(cache_dir),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    marker = run / "checkpoints" / f"step_{after_step:08d}" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not marker.exists() and agent.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert agent.poll() is None, "the run finished before it could be interrupted"
+    os.kill(_rank_pid(agent.pid, rank), sig)
+    out = agent.communicate(timeout=300)[0].decode()
+    return agent.returncode, out
+
+
 def streamed_corpus(tmp_path) -> list[str]:
     """A `datasets` folder of 4 files (each process streams 2 of them) in words the tiny model's tokenizer knows."""
     folder = tmp_path / "corpus"
@@ -139,16 +155,8 @@ def test_a_signal_to_one_process_stops_all_at_one_step_and_the_run_resumes_exact
             f"trainer.sharding={sharding}", *(streamed_corpus(tmp_path) if data == "streamed" else [])]
     torchrun([*args, "run_dir=reference"], tmp_path, cache_dir)
     run = tmp_path / "run"
-    agent = subprocess.Popen(torchrun_command([*args, f"run_dir={run}"]), cwd=tmp_path, env=environment(cache_dir),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    marker = run / "checkpoints" / "step_00000005" / "trainer_state.json"
-    deadline = time.time() + 600
-    while not marker.exists() and agent.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert agent.poll() is None, "the run finished before it could be interrupted"
-    os.kill(_rank_pid(agent.pid, rank), sig)
-    out = agent.communicate(timeout=300)[0].decode()
-    assert agent.returncode != 0 and f"stopped by signal {sig.name}" in out
+    returncode, out = interrupted_torchrun(args, run, tmp_path, cache_dir, after_step=5, rank=rank, sig=sig)
+    assert returncode != 0 and f"stopped by signal {sig.name}" in out
     checkpoints = sorted(p for p in (run / "checkpoints").glob("step_*") if not p.name.endswith(".tmp"))
     stopped_at = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["step"]
     assert 5 <= stopped_at < 40
@@ -280,16 +288,8 @@ def test_a_signal_or_a_kill_on_one_rank_in_bf16_under_fsdp2_resumes_exactly(tmp_
     reference = weights(tmp_path / "reference")
     for sig in (signal.SIGTERM, signal.SIGKILL):
         run = tmp_path / f"run_{sig.name}"
-        agent = subprocess.Popen(torchrun_command([*args, f"run_dir={run}"]), cwd=tmp_path, env=environment(cache_dir),
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        marker = run / "checkpoints" / "step_00000004" / "trainer_state.json"
-        deadline = time.time() + 600
-        while not marker.exists() and agent.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        assert agent.poll() is None, "the run finished before it could be interrupted"
-        os.kill(_rank_pid(agent.pid, 1), sig)
-        agent.communicate(timeout=300)
-        assert agent.returncode != 0 and not (run / "summary.json").exists(), sig.name
+        returncode, _ = interrupted_torchrun(args, run, tmp_path, cache_dir, after_step=4, rank=1, sig=sig)
+        assert returncode != 0 and not (run / "summary.json").exists(), sig.name
         torchrun([*args, f"run_dir={run}"], tmp_path, cache_dir)  # the same command resumes
         assert (run / "metrics.jsonl").read_bytes() == (tmp_path / "reference" / "metrics.jsonl").read_bytes(), sig.name
         assert all(torch.equal(v, reference[k]) for k, v in weights(run).items()), sig.name

@@ -50,16 +50,22 @@ def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
 class OutputHead:
     """hidden [.., H] -> logits [.., V]: the LM head, with the final logit transforms some
     architectures apply after it (a logit scale, a soft cap), so a head applied to chunks of
-    hidden states gives what lm(...).logits would."""
+    hidden states gives what lm(...).logits would. float32: the product in float32 whatever the
+    autocast (the weights cast per call, not kept), for a score whose differences are below
+    bf16's resolution (Quiet-STaR's mixing)."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, float32: bool = False):
         self.linear = lm.get_output_embeddings()
         self.vocab_size = self.linear.weight.shape[0]
         self.scale = getattr(lm.config, "logit_scale", None)
         self.cap = getattr(lm.config, "final_logit_softcapping", None)
+        self.float32 = float32
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = self.linear(hidden)
+        if self.float32:
+            out = float32_linear(self.linear, hidden)
+        else:
+            out = self.linear(hidden)
         if self.scale:
             out = out * self.scale
         if self.cap:
@@ -67,8 +73,16 @@ class OutputHead:
         return out
 
 
-def output_head(lm) -> OutputHead:
-    return OutputHead(lm)
+def output_head(lm, float32: bool = False) -> OutputHead:
+    return OutputHead(lm, float32)
+
+
+def float32_linear(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """linear(x) computed in float32, autocast off (bf16 weights, e.g. FSDP's compute copy, are
+    read exactly; only the product and its output gain precision)."""
+    bias = linear.bias
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.float(), linear.weight.float(), None if bias is None else bias.float())
 
 
 HEAD_CHUNK = 2**26  # logits (elements) per chunk of a chunked head: rows x V <= 64M, 256 MB in float32

@@ -32,7 +32,8 @@ from tokreason.methods.base import CORRUPTION, Method, MethodModule
 from tokreason.methods.keys import step_seed, window_keys
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
 from tokreason.methods.inference import PlainScorer, ThoughtScorer
-from tokreason.methods.lm import checkpoint_mlps, chunked, fits_one_chunk, context_length, head_logprobs, output_head, token_logprobs
+from tokreason.methods.lm import (checkpoint_mlps, chunked, fits_one_chunk, context_length, float32_linear, head_logprobs,
+                                  output_head, token_logprobs)
 from tokreason.methods.policy import group_advantages, reinforce_loss
 from tokreason.methods.registration import register_method
 from tokreason.methods.sampler import counter_uniform
@@ -42,6 +43,7 @@ from tokreason.methods.thoughts import add_thought_tokens, mask_thought_logits, 
 from tokreason.methods.verifier import Continuation, Rollouts, continuation_log_likelihood, information_gain
 
 FORMS = ("official", "paper")
+MIX_PRECISIONS = ("float32", "model")
 ATTENTIONS = ("fast", "chunked", "dense")
 FLASH_ONLY = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
 
@@ -63,9 +65,13 @@ class QuietStarConfig:
                                     # fused attention without a kernel (the reference) | dense: the official growing mask
     checkpoint_mlp: bool = False    # recompute every layer's MLP in the backward pass: most of a step's activations
     thought_corrupt: str = "none"   # the ablation: none | shuffle | random (see forward)
+    mix_precision: str = "float32"  # ours: float32: the mixing head, the mix and the scored log-probs in float32 under bf16
+                                    # (w starts near 0: in bf16 (1 - w) rounds to 1 and the two passes' logits differ
+                                    # below bf16's resolution, so the reward's sign is noise) | model: the compute dtype
 
     def __post_init__(self):
         one_of(self, "form", FORMS)
+        one_of(self, "mix_precision", MIX_PRECISIONS)
         one_of(self, "attention", ATTENTIONS)
         check_corruption(self.thought_corrupt)
         if self.n_ahead < 3:
@@ -90,14 +96,20 @@ class ThoughtPass:
 class MixingHead(nn.Module):
     """From (base hidden, post-thought hidden) to one mixing weight; the official shape."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, float32: bool = False):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, 1, bias=False))
         nn.init.zeros_(self.net[-1].weight)  # w = 0: the mixed prediction starts as the base one
+        self.float32 = float32  # computed in float32 whatever the autocast: w ~ 1e-3 is below bf16's step at 1
 
     def forward(self, base: torch.Tensor, thought: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([base, thought], dim=-1))
+        x = torch.cat([base, thought], dim=-1)
+        if not self.float32:
+            return self.net(x)
+        for layer in self.net:
+            x = float32_linear(layer, x) if isinstance(layer, nn.Linear) else layer(x)
+        return x
 
 
 def check_window(config: QuietStarConfig, seq_len: int, context: int | None) -> None:
@@ -140,7 +152,8 @@ class QuietStarModel(MethodModule):
         else:
             rows = embed.weight[init_ids[0]].detach().clone().float().expand(2, -1).clone()
         self.meta = nn.Parameter(rows / config.meta_grad_scale)
-        self.mixing_head = MixingHead(embed.embedding_dim).to(device=embed.weight.device, dtype=embed.weight.dtype)
+        self.mixing_head = MixingHead(embed.embedding_dim, float32=config.mix_precision == "float32").to(
+            device=embed.weight.device, dtype=embed.weight.dtype)
         self.context = context_length(lm.config)
         self.checkpoint_steps = False  # activation checkpointing of every step (Method.enable_activation_checkpointing)
         if config.checkpoint_mlp:
@@ -150,6 +163,12 @@ class QuietStarModel(MethodModule):
     def head(self):
         """hidden -> logits: the LM's head (a property, so no second reference to its weights)."""
         return output_head(self.lm)
+
+    @property
+    def score_head(self):
+        """The head of the mixed prediction and of the log-probs the reward compares it with: in
+        float32 (method.mix_precision=float32), so a small mixing weight still moves them."""
+        return output_head(self.lm, float32=self.config.mix_precision == "float32")
 
     # ------------------------------------------------------------------ the thought pass
     def think(self, ids: torch.Tensor, talk: int, greedy: bool = False, attention: str | None = None,
@@ -248,31 +267,38 @@ class QuietStarModel(MethodModule):
         return torch.searchsorted(cdf, u)[..., 0].clamp(max=logits.shape[-1] - 1)
 
     # ------------------------------------------------------------------ mixing
+    def mix(self, base_hidden: torch.Tensor, talk_hidden: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The official form's mixed hidden state (1 - w) h_base + w h_thought, in float32 when
+        the mixing is."""
+        if self.config.mix_precision == "float32":
+            base_hidden, talk_hidden, w = base_hidden.float(), talk_hidden.float(), w.float()
+        return (1 - w) * base_hidden + w * talk_hidden
+
     def mixed_logprobs(self, base_hidden: torch.Tensor, talk_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log p of the mixed prediction [.., V] and the mixing weight [.., 1] (inference: every
         token's log-prob; training reads only the true tokens', mixed_target_logprobs)."""
-        w = self.mixing_head(base_hidden, talk_hidden)
+        w, head = self.mixing_head(base_hidden, talk_hidden), self.score_head
         if self.config.form == "official":
-            return F.log_softmax(self.head((1 - w) * base_hidden + w * talk_hidden).float(), dim=-1), w
-        base = F.log_softmax(self.head(base_hidden).float(), dim=-1)
-        thought = F.log_softmax(self.head(talk_hidden).float(), dim=-1)
+            return F.log_softmax(head(self.mix(base_hidden, talk_hidden, w)).float(), dim=-1), w
+        base = F.log_softmax(head(base_hidden).float(), dim=-1)
+        thought = F.log_softmax(head(talk_hidden).float(), dim=-1)
         return F.log_softmax((1 - w.float()) * base + w.float() * thought, dim=-1), w
 
     def mixed_target_logprobs(self, base_hidden, talk_hidden, targets) -> tuple[torch.Tensor, torch.Tensor]:
         """log p_mixed(target) [..] and the mixing weight [.., 1], chunked: no [.., V] float32
         log-softmax is kept (official: the head once, on the mixed hidden state; paper: the
         mixture of the two log-softmaxes, recomputed in the backward pass)."""
-        w = self.mixing_head(base_hidden, talk_hidden)
+        w, head = self.mixing_head(base_hidden, talk_hidden), self.score_head
         if self.config.form == "official":
-            return head_logprobs(self.head, (1 - w) * base_hidden + w * talk_hidden, targets), w
+            return head_logprobs(head, self.mix(base_hidden, talk_hidden, w), targets), w
 
         def rows(b: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            lp_base = F.log_softmax(self.head(b).float(), dim=-1)
-            lp_thought = F.log_softmax(self.head(t).float(), dim=-1)
+            lp_base = F.log_softmax(head(b).float(), dim=-1)
+            lp_thought = F.log_softmax(head(t).float(), dim=-1)
             mixed = (1 - weight.float()) * lp_base + weight.float() * lp_thought
             return mixed.gather(-1, target)[:, 0] - torch.logsumexp(mixed, dim=-1)
 
-        return chunked(rows, base_hidden, talk_hidden, w, targets[..., None], width=2 * self.head.vocab_size), w
+        return chunked(rows, base_hidden, talk_hidden, w, targets[..., None], width=2 * head.vocab_size), w
 
     def talk_scores(self, ids: torch.Tensor, tp: ThoughtPass):
         """log p_mixed of each true talk token [N, L, T], those tokens [N, L, T], where they exist
@@ -335,7 +361,8 @@ class QuietStarModel(MethodModule):
         ids = input_ids.repeat_interleave(cfg.n_passes, dim=0)
         scores, targets, valid, mix_weight = self.talk_scores(ids, tp)
         mixed_nll = -(scores * valid).sum() / (valid.sum() * ids.shape[0])
-        base_logprobs = head_logprobs(self.head, tp.base_hidden[:, :-1], ids[:, 1:])  # [N, L-1] log p(x_t+1 | x_<=t)
+        # [N, L-1] log p(x_t+1 | x_<=t), by the head the mixed scores use (the reward is their difference)
+        base_logprobs = head_logprobs(self.score_head, tp.base_hidden[:, :-1], ids[:, 1:])
         base_nll = -base_logprobs.mean()
         # each talk token's log p without a thought: the plain pass's prediction of x_{t+j+1} at t+j
         plain = torch.stack([F.pad(base_logprobs.detach()[:, j:], (0, j + 1)) for j in range(scores.shape[-1])], -1)

@@ -224,6 +224,47 @@ def test_missing_meta_tokens_are_added_and_their_embeddings_start_from_the_init_
     torch.testing.assert_close(model.meta[0] * 100.0, lm.get_input_embeddings().weight[2].detach())
 
 
+class SmallMixingWeight(torch.nn.Module):
+    """w = 1e-3 everywhere: a mixing head early in training (it starts at 0)."""
+
+    def forward(self, base, thought):
+        return base.new_full((*base.shape[:-1], 1), 1e-3)
+
+
+def first_talk_gains(model, ids, tp):
+    """log p_mixed(x_t+1) - log p_base(x_t+1) at every position: the reward's first term."""
+    from tokreason.methods.lm import head_logprobs
+
+    scores = model.talk_scores(ids, tp)[0][:, :-1, 0]
+    return scores - head_logprobs(model.score_head, tp.base_hidden[:, :-1], ids[:, 1:])
+
+
+@pytest.mark.parametrize("form", ["official", "paper"])
+def test_under_bf16_a_small_mixing_weight_still_gives_the_float32_reward(tokenizer, form):
+    """w ~ 1e-3: in bf16, (1 - w) rounds to 1 and the mixed and base logits differ below bf16's
+    resolution, so the sign of the reward is noise. The mixing, the mix and the scored log-probs
+    run in float32 (method.mix_precision=float32): the same hidden states give the float32 gains
+    under CPU bf16 autocast. With mix_precision=model the official form (a mix of hidden states)
+    loses most signs; the paper's form mixes float32 log-softmaxes, so only its head rounds."""
+    ids = torch.randint(4, len(tokenizer), (4, 16))
+    signs = {}
+    for precision in ("float32", "model"):
+        model = make("llama", tokenizer, form=form, mix_precision=precision)
+        model.mixing_head = SmallMixingWeight()
+        with torch.no_grad():
+            tp = model.think(ids, 3, greedy=True)  # the same hidden states for both computations
+            exact = first_talk_gains(model, ids, tp)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                under_bf16 = first_talk_gains(model, ids, tp)
+        assert exact.abs().min() > 0
+        signs[precision] = (torch.sign(under_bf16) == torch.sign(exact)).float().mean().item()
+        if precision == "float32":
+            torch.testing.assert_close(under_bf16, exact, atol=1e-6, rtol=1e-4)
+    assert signs["float32"] == 1.0, signs
+    if form == "official":
+        assert signs["model"] < 0.9, signs
+
+
 def test_a_bfloat16_model_trains_in_its_own_dtype(tokenizer):
     lm = tiny_lm("llama", len(tokenizer)).to(torch.bfloat16)
     model = QuietStar(n_ahead=4, n_ahead_talk=2, policy_weight=1.0).wrap(lm, tokenizer)

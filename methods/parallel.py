@@ -61,6 +61,13 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def is_sharded(module: nn.Module) -> bool:
+    """Whether `module` is an FSDP2 root or unit (its forwards are collectives)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
 def _fsdp_modules(module: nn.Module) -> list:
     from torch.distributed.fsdp import FSDPModule
 

@@ -29,10 +29,10 @@ from tokreason.methods.base import CORRUPTION, SELECTOR, Companion
 from tokreason.methods.corruption import corrupt_thoughts, corruption_generator
 from tokreason.methods.keys import rollout_keys, step_seed
 from tokreason.methods.lm import head_logprobs, hidden_states, lm_device, output_head
-from tokreason.methods.parallel import gathered
+from tokreason.methods.parallel import gathered, is_sharded
 from tokreason.methods.policy import behaviour_logprobs_from_hidden, clipped_surrogate
 from tokreason.methods.registration import register_method
-from tokreason.methods.rollout import RolloutBatch, RolloutMethod, RolloutModule
+from tokreason.methods.rollout import RolloutBatch, RolloutMethod, RolloutModule, companion_skip
 from tokreason.methods.sampler import sample, sample_in_batches
 from tokreason.methods.settings import MicroBatchSettings, SelectorSettings, ThoughtSettings, at_least, one_of
 from tokreason.methods.thought_attention import use_tokreason_attention
@@ -125,7 +125,8 @@ class RLPModel(RolloutModule):
         seed, rank = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
         where, begin = cfg.choose(self.lm, input_ids, min_continuation=cfg.target_tokens, seed=seed, windows=windows,
                                   eos_id=self.tokenizer.eos_token_id, not_targets=self.not_targets)
-        if len(where) == 0:
+        if len(where) == 0:  # the EMA's forward is all-gathers when it is sharded: join the others'
+            companion_skip(self.ema.model, lm_device(self.lm))
             return None
         rows, ts = where[:, 0], where[:, 1]
         k, pad = cfg.target_tokens, self.tokenizer.pad_token_id or 0
@@ -159,7 +160,7 @@ class RLPModel(RolloutModule):
         EMA computes where the policy does (its shards are gathered there, from host memory when
         it is kept there); an unsharded one where its weights are."""
         ema = self.ema.model
-        device = lm_device(self.lm) if _sharded(ema) else next(ema.parameters()).device
+        device = lm_device(self.lm) if is_sharded(ema) else next(ema.parameters()).device
         hidden = hidden_states(ema, input_ids=input_ids.to(device))
         at = torch.stack([ts + j for j in range(targets.shape[1])], -1).to(device)  # [n, k]
         picked = hidden[rows.to(device)[:, None], at]  # [n, k, H]
@@ -170,7 +171,7 @@ class RLPModel(RolloutModule):
         """S_EMA on each position's own context (its document's tokens; context=document): the
         contexts right-padded, the head at each one's last token and the targets after it."""
         ema = self.ema.model
-        device = lm_device(self.lm) if _sharded(ema) else next(ema.parameters()).device
+        device = lm_device(self.lm) if is_sharded(ema) else next(ema.parameters()).device
         k, width = targets.shape[1], max(len(c) for c in contexts)
         full = torch.full((len(contexts), width + k - 1), pad, dtype=torch.long, device=device)
         mask = torch.zeros_like(full)
@@ -227,12 +228,6 @@ class RLPModel(RolloutModule):
                       "all_equal_groups": flat.float().sum() / positions,
                       "advantage_abs": advantages.abs().sum() / (positions * g), "s_pred": s_pred.sum() / (positions * g),
                       "s_ema": s_ema.sum() / positions, "clip_fraction": clip_fraction}
-
-
-def _sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
 
 
 @dataclass

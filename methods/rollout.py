@@ -22,7 +22,10 @@ One micro-batch of the optimizer step (`RolloutMethod.step`):
      across processes once, on the last pass (Backward.accumulate around the others). Every
      process runs as many passes as the busiest one: a process with fewer runs `module.skip()`,
      a forward of one token through the same modules with a zero loss, so the collectives of a
-     sharded (FSDP) or replicated (DDP) model stay in the same order on every process.
+     sharded (FSDP) or replicated (DDP) model stay in the same order on every process. A sharded
+     companion a real pass or rollout reads (RPT's reference with kl_beta > 0 in every pass,
+     RLP's EMA once per rollout) is read by the skip too (`companion_skip`): its forward is
+     all-gathers every other process joins.
 
 The metrics a step logs: the sum over its passes of what `update` returns (each normalised by the
 whole batch, so they add up), then the batch's `stats`; a process with nothing to learn logs
@@ -38,8 +41,8 @@ import torch
 
 from tokreason.methods.base import Backward, MethodModule
 from tokreason.methods.keys import window_keys
-from tokreason.methods.lm import output_head
-from tokreason.methods.parallel import gathered_for_sampling, global_max, per_process, unwrap
+from tokreason.methods.lm import hidden_states, output_head
+from tokreason.methods.parallel import gathered, gathered_for_sampling, global_max, is_sharded, per_process, unwrap
 from tokreason.methods.thinking import MetaThinkingMethod
 
 
@@ -94,6 +97,18 @@ class RolloutModule(MethodModule):
 
     def skip_metrics(self) -> dict:
         return {**{k: 0.0 for k in self.metric_names}, "skipped_batch": 1.0}
+
+
+@torch.no_grad()
+def companion_skip(companion, device: torch.device) -> None:
+    """A one-token forward through a frozen companion and its head, when it is sharded: the
+    all-gathers of its real use (hidden states, then its root gathered for the head), on a
+    process that has nothing to score. Nothing when it is not sharded (no collective)."""
+    if not is_sharded(companion):
+        return
+    hidden = hidden_states(companion, input_ids=torch.zeros(1, 1, dtype=torch.long, device=device))
+    with gathered(companion):
+        output_head(companion)(hidden)
 
 
 class RolloutMethod(MetaThinkingMethod):

@@ -25,11 +25,11 @@ import torch
 from tokreason.methods.base import CORRUPTION, SELECTOR, Companion
 from tokreason.methods.corruption import corrupt_thoughts, corruption_generator
 from tokreason.methods.keys import rollout_keys, step_seed
-from tokreason.methods.lm import hidden_states, output_head
+from tokreason.methods.lm import hidden_states, lm_device, output_head
 from tokreason.methods.parallel import gathered, rank
 from tokreason.methods.policy import behaviour_logprobs_from_hidden, clipped_surrogate, grpo_advantages, kl_penalty
 from tokreason.methods.registration import register_method
-from tokreason.methods.rollout import RolloutBatch, RolloutMethod, RolloutModule
+from tokreason.methods.rollout import RolloutBatch, RolloutMethod, RolloutModule, companion_skip
 from tokreason.methods.sampler import Samples, sample, sample_in_batches
 from tokreason.methods.settings import (MicroBatchSettings, SelectorSettings, ThoughtSettings, at_least, one_of,
                                         positive)
@@ -232,6 +232,14 @@ class RPTModel(RolloutModule):
                        predicted.first_logprob, thoughts.prompt_ids, thoughts.prompt_mask)
 
     # -------------------------------------------------------------- the update
+    def skip(self) -> tuple[torch.Tensor, dict]:
+        """The skip pass, and the reference's forward a real pass makes with kl_beta > 0 (its
+        all-gathers, when it is sharded)."""
+        loss, metrics = super().skip()
+        for reference in self._reference:
+            companion_skip(reference, lm_device(self.lm))
+        return loss, metrics
+
     def update(self, batch: "RPTBatch", rows: slice):
         """The clipped surrogate on rows of a rollout batch: log-probs of the sampled tokens
         under the distribution they were drawn from, with gradients, the head applied only at

@@ -1,6 +1,7 @@
-"""RPT's own evaluation (arXiv:2506.08007, section 4.2): next-token accuracy on held-out text,
+"""RPT's own evaluation (arXiv:2506.08007, section 4.1): next-token accuracy on held-out text,
 split by difficulty. A position is easy, medium or hard when the top-16 entropy of the next
-token exceeds 0.5, 1.0 or 1.5 nats (the buckets nest, as in the paper). Standard mode: the
+token exceeds 0.5, 1.0 or 1.5 nats (the buckets nest, as in the paper; the paper's entropy is
+R1-Distill-Qwen-14B's, ours the run's base model's). Standard mode: the
 model's most likely next token is the true one. Reasoning mode: a greedy thought with the meta
 template (<start> thought <end> prediction), scored by the prefix-match reward. Usable on any
 run: a model whose tokenizer has no thought tokens is scored in standard mode only."""

@@ -224,7 +224,9 @@ class ThoughtScorer(PlainScorer):
         self.format = thought_format or MetaFormat(self.thought_ids)
         self.thought_budget, self.min_thought_tokens = thought_budget, min_thought_tokens
         # positions a thought takes beyond the context: the format's own tokens, the thought, the close
-        self.thought_room = len(self.format.prompt([])) + thought_budget + 1
+        # and what the format puts after it (a chat template's separator)
+        self.after_close = list(self.format.after_close)
+        self.thought_room = len(self.format.prompt([])) + thought_budget + 1 + len(self.after_close)
 
     def _sample(self, prompts: list[list[int]], max_prediction_tokens: int, stop_ids: list[int]):
         return sample(self.lm, prompts, keys=list(range(len(prompts))), seed=0, temperature=0.0,
@@ -233,13 +235,14 @@ class ThoughtScorer(PlainScorer):
                       pad_id=self.pad_id)
 
     def thought_prefixes(self, contexts: list[list[int]]) -> list[list[int]]:
-        """For each context: what precedes the answer, prompt + greedy thought + close token."""
+        """For each context: what precedes the answer, prompt + greedy thought + close token
+        (+ the format's separator after it)."""
         out = []
         for b in range(0, len(contexts), self.batch_size):
             prompts = [self.format.prompt(c) for c in contexts[b: b + self.batch_size]]
             samples = self._sample(prompts, 0, [])
             for prompt, row, n in zip(prompts, samples.tokens.tolist(), samples.thought_len.tolist()):
-                out.append(prompt + row[:n] + [self.format.close_id])
+                out.append(prompt + row[:n] + [self.format.close_id] + self.after_close)
         return out
 
     @torch.no_grad()
@@ -258,7 +261,7 @@ class ThoughtScorer(PlainScorer):
             thoughts = sample(self.lm, contexts, keys=keys, seed=seed, temperature=temperature, repeats=repeats,
                               thought_budget=self.thought_budget, min_thought_tokens=self.min_thought_tokens,
                               close_id=self.format.close_id, max_prediction_tokens=0, stop_ids=[], pad_id=self.pad_id)
-            prefixes = [contexts[r // repeats] + row[:n] + [self.format.close_id]
+            prefixes = [contexts[r // repeats] + row[:n] + [self.format.close_id] + self.after_close
                         for r, (row, n) in enumerate(zip(thoughts.tokens.tolist(), thoughts.thought_len.tolist()))]
             answers = sample(self.lm, prefixes, keys=list(range(len(prefixes))), seed=0, temperature=0.0,
                              thought_budget=max_new_tokens, close_id=None, max_prediction_tokens=max_new_tokens,
@@ -300,7 +303,8 @@ class ThoughtScorer(PlainScorer):
         room = self.thought_room + self._new_tokens(max_new_tokens, reserved=self.thought_room)
         contexts = [self._fit(self.tokenizer(p, add_special_tokens=True)["input_ids"], room) for p in prompts]
         prefixes = self.thought_prefixes(contexts)
-        thoughts = [self.tokenizer.decode(prefix[len(self.format.prompt(c)):-1]) for c, prefix in zip(contexts, prefixes)]
+        after = 1 + len(self.after_close)  # the close and the separator
+        thoughts = [self.tokenizer.decode(prefix[len(self.format.prompt(c)):-after]) for c, prefix in zip(contexts, prefixes)]
         return list(zip(thoughts, self.generate(prompts, max_new_tokens, stop)))
 
     def heldout_tokens(self, windows: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
@@ -325,8 +329,8 @@ def reasoning_correct(scorer: ThoughtScorer, windows: torch.Tensor, where: torch
     correct = []
     for b in range(0, len(where), scorer.batch_size):
         chunk = where[b: b + scorer.batch_size]
-        prompts = [scorer.format.prompt(windows[r, : t + 1].tolist()) for r, t in chunk.tolist()]
-        samples = scorer._sample(prompts, max_prediction_tokens, stops)
+        samples = _thought_and_prediction(scorer, [windows[r, : t + 1].tolist() for r, t in chunk.tolist()],
+                                          max_prediction_tokens, stops)
         eos = scorer.tokenizer.eos_token_id
         predictions = [[prediction_bytes(p, table, eos)] for p in samples.prediction]
         continuation = continuation_at(windows, chunk, table, continuation_tokens, eos)
@@ -334,3 +338,14 @@ def reasoning_correct(scorer: ThoughtScorer, windows: torch.Tensor, where: torch
         correct.append(prefix_match_reward(rollouts, continuation)[:, 0])
         scorer.on_progress(len(chunk))
     return torch.cat(correct).cpu() if correct else torch.zeros(0)
+
+
+def _thought_and_prediction(scorer: ThoughtScorer, contexts: list[list[int]], max_prediction_tokens: int, stops: list[int]):
+    """A greedy thought and prediction after each context: in one sampler call, or, where the
+    format puts a separator after the close, the thought, the separator, then the prediction."""
+    if not scorer.after_close:
+        return scorer._sample([scorer.format.prompt(c) for c in contexts], max_prediction_tokens, stops)
+    prefixes = scorer.thought_prefixes(contexts)
+    return sample(scorer.lm, prefixes, keys=list(range(len(prefixes))), seed=0, temperature=0.0,
+                  thought_budget=max_prediction_tokens, close_id=None, max_prediction_tokens=max_prediction_tokens,
+                  stop_ids=stops, pad_id=scorer.pad_id)

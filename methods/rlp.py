@@ -150,7 +150,7 @@ class RLPModel(RolloutModule):
                                        self.vocab_size, [*self.format.markers, self.tokenizer.eos_token_id, pad])
         s_ema = self.s_ema(input_ids, rows, ts, targets) if cfg.context == "window" else \
             self.s_ema_of_contexts(contexts, targets, pad)
-        batch = ThoughtBatch.build(samples, thought, targets, s_ema, g)
+        batch = ThoughtBatch.build(samples, thought, targets, s_ema, g, self.format.after_close)
         self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
         return batch
 
@@ -247,23 +247,29 @@ class ThoughtBatch(RolloutBatch):
     group: int = 1                   # G, rollouts per position
 
     @classmethod
-    def build(cls, samples, thought: torch.Tensor, targets: torch.Tensor, s_ema: torch.Tensor, group: int) -> "ThoughtBatch":
-        rows, k = len(thought), targets.shape[1]
+    def build(cls, samples, thought: torch.Tensor, targets: torch.Tensor, s_ema: torch.Tensor, group: int,
+              after_close: tuple[int, ...] = ()) -> "ThoughtBatch":
+        """Rows [prompt | thought, close | after_close | targets]: `after_close` the format's own
+        separator (a chat template's "\n\n" after </think>), so S_pred reads the targets where
+        the model's own format puts them."""
+        rows, k, sep = len(thought), targets.shape[1], len(after_close)
         width = samples.prompt_ids.shape[1]
         lengths = samples.thought_len + 1  # thought + close (the sampler always closes it)
         repeated = targets.repeat_interleave(group, dim=0)
-        full = torch.cat([samples.prompt_ids, thought, thought.new_zeros(rows, k)], dim=1)
-        mask = torch.cat([samples.prompt_mask, torch.zeros_like(thought), thought.new_zeros(rows, k)], dim=1)
+        full = torch.cat([samples.prompt_ids, thought, thought.new_zeros(rows, sep + k)], dim=1)
+        mask = torch.cat([samples.prompt_mask, torch.zeros_like(thought), thought.new_zeros(rows, sep + k)], dim=1)
+        separator = torch.tensor(after_close, dtype=full.dtype, device=full.device)
         for r in range(rows):
             end = width + int(lengths[r])
-            mask[r, width:end + k] = 1
-            full[r, end:end + k] = repeated[r]
+            mask[r, width:end + sep + k] = 1
+            full[r, end:end + sep] = separator
+            full[r, end + sep:end + sep + k] = repeated[r]
         stats = {"thought_length": samples.thought_len.float().mean(), "empty_thoughts": (samples.thought_len == 0).float().mean(),
                  "thought_closed": samples.closed.float().mean(),
                  "positions": float(len(targets)), "skipped_batch": 0.0}
         return cls(stats, full=full, mask=mask, positions=(mask.cumsum(-1) - 1).clamp(min=0), width=width, thought=thought,
                    sampled=samples.sampled,
-                   score_at=width - 1 + lengths[:, None] + torch.arange(k, device=thought.device)[None],
+                   score_at=width - 1 + sep + lengths[:, None] + torch.arange(k, device=thought.device)[None],
                    targets=repeated, s_ema=s_ema, group=group)
 
     def counts(self) -> dict[str, float]:

@@ -112,13 +112,38 @@ def chat_prompt_ids(tokenizer, user_text: str, system: str | None = None) -> lis
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+REPLY_SENTINEL, THOUGHT_SENTINEL = "tokreasonreply", "tokreasonthought"
+
+
+def separator_after_close(tokenizer, open_text: str, close_text: str) -> str:
+    """What the chat template writes between `close_text` and the reply of an assistant turn
+    that thought (Qwen3's: "\n\n"), found by rendering one such turn: "" where the template
+    writes nothing there, drops the thought, or writes other than whitespace."""
+    turns = [{"role": "user", "content": "a"},
+             {"role": "assistant", "content": f"{open_text}{THOUGHT_SENTINEL}\n{close_text}{REPLY_SENTINEL}"}]
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False)
+    except Exception:  # a template that refuses this turn says nothing about a separator
+        return ""
+    reply = text.find(REPLY_SENTINEL)
+    close = text.rfind(close_text, 0, max(reply, 0))
+    if reply < 0 or close < 0 or THOUGHT_SENTINEL not in text[:close]:
+        return ""
+    between = text[close + len(close_text): reply]
+    return between if between.strip() == "" else ""
+
+
 class ThoughtFormat(ABC):
     """Where a thought sits in text: `prompt(context)` ends where the thought begins, `close_id`
     ends it, and what the thought is for (the next token, an answer) follows the close.
-    `markers` are the format's own tokens (never drawn into a random, corrupted thought)."""
+    `markers` are the format's own tokens (never drawn into a random, corrupted thought).
+    `after_close`: the ids the format puts between the close and what follows it (a chat
+    model's own separator, Qwen3's "\n\n" after </think>; none for the meta template): a
+    thought's target or answer is read after them."""
 
     close_id: int
     markers: tuple[int, ...]
+    after_close: tuple[int, ...] = ()
 
     @abstractmethod
     def prompt(self, context: list[int]) -> list[int]:
@@ -161,6 +186,8 @@ class ChatFormat(ThoughtFormat):
             raise ValueError(f"method.template=chat: the tokenizer's chat template does not render "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); fix its "
                              "chat_template or use method.template=meta") from None
+        self.separator = separator_after_close(tokenizer, open_text, close_text)
+        self.after_close = tuple(tokenizer.encode(self.separator, add_special_tokens=False)) if self.separator else ()
 
     def prompt(self, context: list[int]) -> list[int]:
         return chat_prompt_ids(self.tokenizer, self.tokenizer.decode(context), self.system) + self.opening

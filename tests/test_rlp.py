@@ -179,6 +179,61 @@ CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
+# A Qwen3-like template: an assistant turn that thought is written <think>\n..\n</think>\n\n reply
+THINKING_CHAT = ("{% for m in messages %}{% if m['role'] == 'assistant' and '</think>' in m['content'] %}"
+                 "<|assistant|><think>\n{{ m['content'].split('</think>')[0].split('<think>')[-1].strip() }}\n</think>\n\n"
+                 "{{ m['content'].split('</think>')[-1].lstrip() }}\n"
+                 "{% else %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.mark.parametrize("template, separator", [(THINKING_CHAT, "\n\n"), (CHAT, "")], ids=["qwen3-like", "no-separator"])
+def test_the_target_follows_the_close_as_the_chat_template_writes_it(template, separator, caplog):
+    """S_pred reads x_t where the model's own format puts it: after </think> and the template's
+    separator (Qwen3's "\n\n"), right after </think> where the template writes none; the
+    thinking evaluation's prefixes end the same way, and the run's log says which."""
+    tok = train_tokenizer([f"Ann has {i} apples and {i + 3} pears." for i in range(100)], 300)
+    tok.add_special_tokens({"extra_special_tokens": ["<think>", "</think>"]}, replace_extra_special_tokens=False)
+    tok.chat_template = template
+    method = RLP(template="chat", system_prompt="Think, then continue.", group_size=2, thought_budget=3,
+                 min_thought_tokens=1, min_context=2)
+    model = method.wrap(tiny_llama(len(tok)), tok)
+    assert model.format.separator == separator
+    after = list(tok.encode(separator, add_special_tokens=False)) if separator else []
+    assert list(model.format.after_close) == after
+    ids = torch.randint(4, 200, (1, 12))
+    batch = model.rollout(ids, torch.arange(1))
+    close = tok.convert_tokens_to_ids("</think>")
+    for r in range(len(batch.full)):
+        at = int(batch.score_at[r, 0])  # the position whose prediction is the target
+        assert int(batch.full[r, at + 1]) == int(batch.targets[r, 0]) and int(batch.mask[r, at + 1]) == 1
+        assert batch.full[r, at + 1 - len(after): at + 1].tolist() == after
+        assert int(batch.full[r, at - len(after)]) == close
+    scorer = method.think_scorer(tiny_llama(len(tok)), tok, batch_size=2)
+    prefix = scorer.thought_prefixes([[5, 6, 7]])[0]
+    assert prefix[len(prefix) - len(after) - 1:] == [close, *after]
+
+
+@pytest.mark.slow
+def test_a_chat_run_says_in_its_log_what_follows_the_close(cli, tmp_path):
+    """Through the CLI on an HF folder whose chat template writes "\n\n" after </think>
+    (the tokenizer lacks <think> and </think>: they are added)."""
+    from conftest import hf_folder, text_corpus
+
+    folder = hf_folder(tmp_path / "hub", "llama")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = THINKING_CHAT
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    corpus = text_corpus(tmp_path / "corpus.jsonl")
+    cli("train", "method=rlp_tiny", "method.template=chat", "method.group_size=2", "method.thought_budget=3", "model=hf",
+        f"model.name_or_path={folder}", "data=text", f"data.path={corpus}", "logger=none", "trainer.progress_bar=false",
+        "trainer.max_steps=2", "trainer.log_every=1", "trainer.eval_every=2", "trainer.checkpoint_every=2",
+        "data.seq_len=64", "trainer.batch_size=2", "eval=none", "run_dir=run")
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "reads what follows a thought after '</think>\\n\\n' (the chat template's own separator '\\n\\n')" in log
+
+
 def test_the_papers_chat_template_thinks_between_think_tags_after_the_system_prompt():
     """method.template=chat (the paper's prompt): a system turn, the context as the user turn,
     the thought between <think> and </think>, S_pred of x_t right after </think>; the thinking

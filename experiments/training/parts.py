@@ -97,6 +97,12 @@ def build_model(cfg: DictConfig, method: Method, model_path: str, seq_len: int) 
     if source is not None:
         log.info("%s's <start>/<end> embeddings start from %s", cfg.method.name,
                  "the base's own thought markers (method.meta_from_markers)" if source == "markers" else f"{source!r}'s first token")
+    separator = getattr(getattr(model, "format", None), "separator", None)  # a chat format: what follows its close
+    if separator is not None:
+        log.info("%s reads what follows a thought after %r%s", cfg.method.name,
+                 model.tokenizer.decode([model.format.close_id]) + separator,
+                 f" (the chat template's own separator {separator!r})" if separator else
+                 " (the chat template puts nothing between the close and the reply)")
     check_master_weights(model, cfg)
     if cfg.trainer.get("activation_checkpointing"):
         method.enable_activation_checkpointing(model)

@@ -30,7 +30,7 @@ from tokreason.methods.parallel import gathered, rank
 from tokreason.methods.policy import behaviour_logprobs_from_hidden, clipped_surrogate, grpo_advantages, kl_penalty
 from tokreason.methods.registration import register_method
 from tokreason.methods.rollout import RolloutBatch, RolloutMethod, RolloutModule, companion_skip
-from tokreason.methods.sampler import Samples, sample, sample_in_batches
+from tokreason.methods.sampler import Samples, join_samples, sample, sample_in_batches, take_rows
 from tokreason.methods.settings import (MicroBatchSettings, SelectorSettings, ThoughtSettings, at_least, one_of,
                                         positive)
 from tokreason.methods.thought_attention import use_tokreason_attention
@@ -44,7 +44,7 @@ REWARDS = {"prefix": prefix_match_reward, "first_token": first_token_reward, "de
 TEMPLATES = ("meta", "boxed")
 # Every step logs the same keys (a skipped batch too), so processes can average them together.
 METRICS = ("loss", "policy_loss", "clip_fraction", "kl", "reward", "reward_std", "all_equal_groups", "format_failures",
-           "thought_length", "empty_thoughts", "thought_closed", "positions")
+           "thought_length", "empty_thoughts", "thought_closed", "positions", "sampling_rounds", "refilled_groups")
 BOXED_PROMPT_ROOM = 128  # tokens the boxed template adds around the context (its text and the chat turn)
 BOXED_PROMPT = ("Complete the given text under '### Context' by predicting the next token, and wrap it in '\\boxed{}'. "
                 "Please reason step by step to find the most probable next token as the final answer, and enclose it "
@@ -118,33 +118,77 @@ class RPTModel(RolloutModule):
         if self._replay is not None:
             return self._replay
         cfg = self.config
-        clock = time.perf_counter()
         seed, _ = step_seed()  # one draw of the global RNG (checkpointed): resumes draw what an uninterrupted run does
-        where, begin = cfg.choose(self._proxy[0] if self._proxy else self.lm, input_ids, min_continuation=1, seed=seed,
-                                  windows=windows, eos_id=self.tokenizer.eos_token_id, not_targets=self.not_targets)
-        if len(where) == 0:
+        dynamic = cfg.dynamic_sampling and int(self.optimizer_steps) >= cfg.dynamic_sampling_from_step
+        rounds = cfg.dynamic_sampling_rounds if dynamic and cfg.dynamic_sampling_mode == "refill" else 1
+        self.last_timing = {"sampling": 0.0, "scoring": 0.0}  # seconds per phase of the last step (benchmarks read it)
+        chosen = cfg.choose(self._proxy[0] if self._proxy else self.lm, input_ids, min_continuation=1, seed=seed,
+                            windows=windows, eos_id=self.tokenizer.eos_token_id, not_targets=self.not_targets,
+                            rounds=rounds)
+        where, begin = chosen[:2]
+        round_of = chosen[2] if rounds > 1 else torch.zeros(len(where), dtype=torch.long)
+        target = int((round_of == 0).sum())
+        if target == 0:
             return None
+        # DAPO's refill: sample further rounds (the next positions of the same windows) until the
+        # batch has as many groups with spread as the first round has groups, or the rounds are spent
+        parts, spread = [], 0
+        for k in range(rounds):
+            at = round_of == k
+            if k > 0 and (spread >= target or not bool(at.any())):
+                break
+            parts.append(self.sample_round(input_ids, windows, where[at], begin[at], seed))
+            spread += int((~parts[-1]["flat"]).sum())
+        return self.build_batch(parts, target, refill=rounds > 1, mask_flat=dynamic and rounds == 1)
+
+    def sample_round(self, input_ids, windows, where, begin, seed: int) -> dict:
+        """G rollouts at each of `where`'s positions and their rewards: one sampling round."""
+        cfg, clock = self.config, time.perf_counter()
         prompts = [self.prompt(input_ids[row, b: t + 1].tolist()) for (row, t), b in zip(where.tolist(), begin.tolist())]
         samples = self.sample_rollouts(prompts, rollout_keys(windows, where, cfg.group_size), seed)
         sampled_at = time.perf_counter()
         rewards, predictions = self.rewards(samples, input_ids, where)
-        advantages, flat = grpo_advantages(rewards, unbiased=cfg.group_std == "unbiased")
+        self.last_timing["sampling"] += sampled_at - clock
+        self.last_timing["scoring"] += time.perf_counter() - sampled_at
+        return {"samples": samples, "rewards": rewards, "predictions": predictions,
+                "flat": (rewards == rewards[:, :1]).all(-1)}
+
+    def build_batch(self, parts: list[dict], target: int, refill: bool, mask_flat: bool) -> "RPTBatch":
+        """The batch from the sampling rounds. Refill: the first `target` groups with spread, in
+        the order sampled (all of the first round's, masked out of the loss, when none has any).
+        Otherwise the first round's groups, flat ones masked out of the loss under mask_flat
+        (dynamic_sampling_mode=mask). Its stats describe the first round (the selected positions
+        as they come), with the rounds sampled and the groups refilled."""
+        cfg, group, first = self.config, self.config.group_size, parts[0]
+        samples, rewards, flat = first["samples"], first["rewards"], first["flat"]
+        if refill and bool((~torch.cat([p["flat"] for p in parts])).any()):
+            every = torch.cat([p["rewards"] for p in parts])
+            kept = (~torch.cat([p["flat"] for p in parts])).nonzero()[:, 0][:target].tolist()
+            joined = join_samples([p["samples"] for p in parts], self.pad_id) if len(parts) > 1 else samples
+            samples = take_rows(joined, [g * group + j for g in kept for j in range(group)])
+            rewards, refilled = every[kept], sum(g >= len(flat) for g in kept)
+        else:
+            refilled = 0
+        advantages, groups_flat = grpo_advantages(rewards, unbiased=cfg.group_std == "unbiased")
         token_mask = samples.sampled.clone()
-        if cfg.dynamic_sampling and int(self.optimizer_steps) >= cfg.dynamic_sampling_from_step:
-            token_mask &= ~flat.repeat_interleave(cfg.group_size)[:, None]  # DAPO: groups without spread leave the loss
-        meta = cfg.template == "meta"
-        stats = {"reward": rewards.mean(), "reward_std": rewards.std(-1, unbiased=False).mean(),
-                 "all_equal_groups": flat.float().mean(),
-                 "format_failures": sum(p is None for p in predictions) / len(predictions),
-                 "thought_length": samples.thought_len.float().mean() if meta else samples.sampled.sum(-1).float().mean(),
-                 "empty_thoughts": (samples.thought_len == 0).float().mean() if meta else 0.0,
-                 "thought_closed": samples.closed.float().mean() if meta else 1.0,
-                 "positions": float(len(prompts)), "skipped_batch": 0.0}
-        # seconds per phase of the last step (benchmarks read it); scoring: the rewards
-        self.last_timing = {"sampling": sampled_at - clock, "scoring": time.perf_counter() - sampled_at}
+        if mask_flat or refill:  # refilled groups all have spread; a round with none is all masked
+            token_mask &= ~groups_flat.repeat_interleave(group)[:, None]  # groups without spread leave the loss
+        stats = self.round_stats(first)
+        stats.update(sampling_rounds=float(len(parts)), refilled_groups=float(refilled), positions=float(len(rewards)))
         return RPTBatch(stats, full=torch.cat([samples.prompt_ids, samples.tokens], dim=1), prompt_mask=samples.prompt_mask,
                         tokens=samples.tokens, token_mask=token_mask, advantages=advantages.view(-1),
                         epochs_left=cfg.epochs - 1)
+
+    def round_stats(self, part: dict) -> dict:
+        """What a step logs about a sampling round's rollouts."""
+        samples, rewards, predictions, meta = part["samples"], part["rewards"], part["predictions"], self.config.template == "meta"
+        return {"reward": rewards.mean(), "reward_std": rewards.std(-1, unbiased=False).mean(),
+                "all_equal_groups": part["flat"].float().mean(),
+                "format_failures": sum(p is None for p in predictions) / len(predictions),
+                "thought_length": samples.thought_len.float().mean() if meta else samples.sampled.sum(-1).float().mean(),
+                "empty_thoughts": (samples.thought_len == 0).float().mean() if meta else 0.0,
+                "thought_closed": samples.closed.float().mean() if meta else 1.0,
+                "positions": float(len(rewards)), "skipped_batch": 0.0}
 
     def after_update(self, batch: "RPTBatch") -> None:
         """After an update over all of a batch's rows: keep it for its next epoch, or let it go."""
@@ -325,6 +369,8 @@ class RPTConfig(ThoughtSettings, SelectorSettings, MicroBatchSettings):
     kl_beta: float = 0.0
     dynamic_sampling: bool = True
     dynamic_sampling_from_step: int = 500
+    dynamic_sampling_mode: str = "refill"
+    dynamic_sampling_rounds: int = 4
     response_budget: int = 8192
     epochs: int = 1
 
@@ -339,6 +385,8 @@ class RPTConfig(ThoughtSettings, SelectorSettings, MicroBatchSettings):
         one_of(self, "group_std", ("biased", "unbiased"))
         at_least(self, ["epochs", "max_prediction_tokens", "continuation_tokens", "response_budget"], 1)
         at_least(self, ["dynamic_sampling_from_step"], 0)
+        one_of(self, "dynamic_sampling_mode", ("refill", "mask"))
+        at_least(self, ["dynamic_sampling_rounds"], 1)
         positive(self, ["temperature"])
 
 

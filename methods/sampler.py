@@ -326,3 +326,11 @@ def join_samples(parts: list[Samples], pad_id: int) -> Samples:
         [row for p in parts for row in p.prediction], torch.cat([p.first_logprob for p in parts]),
         torch.cat([left(p.prompt_ids, pad_id) for p in parts]), torch.cat([left(p.prompt_mask, 0) for p in parts]),
         torch.cat([right(p.logprobs, 0.0) for p in parts]) if all(p.logprobs is not None for p in parts) else None)
+
+
+def take_rows(samples: Samples, rows: list[int]) -> Samples:
+    """The rollouts `rows` of `samples`, in that order (a batch refilled from several calls)."""
+    index = torch.tensor(rows, dtype=torch.long, device=samples.tokens.device)
+    return Samples(samples.tokens[index], samples.sampled[index], samples.thought_len[index], samples.closed[index],
+                   [samples.prediction[r] for r in rows], samples.first_logprob[index], samples.prompt_ids[index],
+                   samples.prompt_mask[index], samples.logprobs[index] if samples.logprobs is not None else None)

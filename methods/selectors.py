@@ -40,14 +40,16 @@ def document_starts(ids: torch.Tensor, eos_id: int | None) -> torch.Tensor:
 def select_positions(kind: str, entropy: torch.Tensor | None, *, per_window: int | None, threshold: float = 0.0,
                      fraction: float = 0.2, min_context: int = 1, min_continuation: int = 1,
                      generator: torch.Generator | None = None, row_seeds: list[int] | None = None,
-                     allowed: torch.Tensor | None = None) -> torch.Tensor:
+                     allowed: torch.Tensor | None = None, rounds: int = 1) -> torch.Tensor:
     """[K, 2] (row, position) pairs from windows [B, L]. `entropy` [B, L] is needed by the
     entropy-based selectors. per_window caps the positions taken from each window (None: all);
     entropy keeps the positions above the threshold (a random subset of them when capped),
     top_fraction the highest-entropy fraction, random a uniform choice. The random choices draw
     from `row_seeds` (one seed per window: a window's choice does not depend on the others in
     its batch), else from `generator`. `allowed` [B, L]: positions that may be chosen at all (a
-    document context long enough)."""
+    document context long enough). rounds > 1 (a capped selector's refills, RPT's dynamic
+    sampling): [K, 3] (row, position, round), round 0 exactly the positions rounds=1 chooses,
+    round k the next per_window of the same random order, none chosen twice."""
     if kind not in SELECTORS:
         raise ValueError(f"unknown selector {kind!r}; valid: {', '.join(SELECTORS)}")
     if kind in ("entropy", "top_fraction") and entropy is None:
@@ -66,10 +68,13 @@ def select_positions(kind: str, entropy: torch.Tensor | None, *, per_window: int
             candidates = candidates[entropy[row, candidates].argsort(descending=True)[:keep]].sort().values
         if per_window is not None and len(candidates) > per_window:
             rng = torch.Generator().manual_seed(row_seeds[row]) if row_seeds is not None else generator
-            pick = torch.randperm(len(candidates), generator=rng, device="cpu")[:per_window].to(candidates.device)
-            candidates = candidates[pick].sort().values
-        chosen.extend((row, int(t)) for t in candidates)
-    return torch.tensor(chosen, dtype=torch.long).view(-1, 2)
+            order = torch.randperm(len(candidates), generator=rng, device="cpu").to(candidates.device)
+            for k in range(rounds):
+                chosen.extend((row, int(t), k) for t in candidates[order[k * per_window:(k + 1) * per_window]].sort().values)
+        else:
+            chosen.extend((row, int(t), 0) for t in candidates)
+    out = torch.tensor(chosen, dtype=torch.long).view(-1, 3)
+    return out if rounds > 1 else out[:, :2]
 
 
 @torch.no_grad()
@@ -90,7 +95,7 @@ def choose_positions(scorer, ids: torch.Tensor, *, selector: str, per_window: in
                      fraction: float, min_context: int, min_continuation: int, top_k: int = 16,
                      renormalize: bool = True, seed: int = 0, windows: torch.Tensor | None = None,
                      starts: torch.Tensor | None = None, eos_id: int | None = None,
-                     not_targets: tuple[int, ...] = ()) -> torch.Tensor:
+                     not_targets: tuple[int, ...] = (), rounds: int = 1) -> torch.Tensor:
     """Positions in windows ids [B, L] for a method's selector settings; the entropy-based
     selectors score the windows with `scorer` (a causal LM: the model, or a proxy). Random
     choices are keyed by (seed, the window's global index). `starts` (document_starts): each
@@ -114,4 +119,4 @@ def choose_positions(scorer, ids: torch.Tensor, *, selector: str, per_window: in
         allowed = text if allowed is None else allowed & text
     return select_positions(selector, entropy, per_window=per_window, threshold=threshold, fraction=fraction,
                             min_context=min_context, min_continuation=min_continuation, row_seeds=row_seeds,
-                            allowed=allowed)
+                            allowed=allowed, rounds=rounds)

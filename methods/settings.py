@@ -103,18 +103,22 @@ class SelectorSettings(Settings):
             raise ValueError(f"method.top_fraction={self.top_fraction} is not valid; it must be in (0, 1]")
 
     def choose(self, scorer, ids, *, min_continuation: int, seed: int, windows=None, eos_id: int | None = None,
-               not_targets: tuple[int, ...] = ()):
+               not_targets: tuple[int, ...] = (), rounds: int = 1):
         """Positions [K, 2] (row, t) in windows ids [B, L], and where each one's context starts
         [K] (its document's first token, or 0); the entropy selectors score with `scorer`; no
-        position whose next token is one of `not_targets` (thought markers in the corpus)."""
+        position whose next token is one of `not_targets` (thought markers in the corpus).
+        rounds > 1: also each position's round [K] (0: the positions rounds=1 gives; k: the
+        k-th refill, the next positions_per_window of each window)."""
         starts = document_starts(ids, eos_id) if self.context == "document" else None
         where = choose_positions(scorer, ids, selector=self.selector, per_window=self.positions_per_window,
                                  threshold=self.entropy_threshold, fraction=self.top_fraction,
                                  min_context=self.min_context, min_continuation=min_continuation,
                                  top_k=self.entropy_top_k, renormalize=self.entropy_renormalize, seed=seed,
-                                 windows=windows, starts=starts, eos_id=eos_id, not_targets=tuple(not_targets))
+                                 windows=windows, starts=starts, eos_id=eos_id, not_targets=tuple(not_targets),
+                                 rounds=rounds)
+        where, round_of = (where[:, :2], where[:, 2]) if rounds > 1 else (where, None)
         begin = starts[where[:, 0], where[:, 1]] if starts is not None and len(where) else torch.zeros(len(where), dtype=torch.long)
-        return where, begin.cpu()
+        return (where, begin.cpu()) if rounds == 1 else (where, begin.cpu(), round_of)
 
 
 @dataclass

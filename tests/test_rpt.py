@@ -388,3 +388,57 @@ def test_the_boxed_template_samples_a_free_response_and_rewards_the_boxed_next_t
     assert metrics["all_equal_groups"] == 0.0 and metrics["thought_length"] > 10  # whole responses, not one token
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.lm.parameters())
+
+
+def test_refill_rounds_continue_the_capped_choice_without_repeating_a_position():
+    entropy = torch.rand(3, 40, generator=torch.Generator().manual_seed(0)) * 3
+    options = dict(per_window=2, threshold=0.5, min_context=2, min_continuation=1, row_seeds=[11, 12, 13])
+    once = select_positions("entropy", entropy, **options)
+    rounds = select_positions("entropy", entropy, rounds=4, **options)
+    assert rounds.shape[1] == 3 and torch.equal(rounds[rounds[:, 2] == 0][:, :2], once)  # round 0: what rounds=1 chooses
+    pairs = {tuple(p) for p in rounds[:, :2].tolist()}
+    assert len(pairs) == len(rounds)  # no position twice
+    for k in range(4):
+        in_round = rounds[rounds[:, 2] == k]
+        assert all((in_round[:, 0] == row).sum() <= 2 for row in range(3))
+        assert (entropy[in_round[:, 0], in_round[:, 1]] > 0.5).all()
+
+
+def _rewards_by_parity(model):
+    """Rewards with spread at odd positions only (even ones: a flat group), whatever was sampled."""
+    group = model.config.group_size
+
+    def rewards(samples, input_ids, where):
+        rows = [[1.0] + [0.0] * (group - 1) if t % 2 else [0.0] * group for _, t in where.tolist()]
+        return torch.tensor(rows), [b"x"] * (len(where) * group)
+
+    model.rewards = rewards
+
+
+@pytest.mark.parametrize("mode", ["refill", "mask"])
+def test_dynamic_sampling_refills_the_batch_with_groups_that_have_spread_or_masks_flat_ones(tokenizer, mode):
+    """DAPO (refill): further rounds at the next positions of the same windows until the batch
+    holds as many groups with spread as the first round had groups; mask (the old behaviour):
+    the first round's groups, the flat ones out of the loss."""
+    method = RPT(template="meta", group_size=2, thought_budget=2, min_thought_tokens=1, selector="random",
+                 positions_per_window=2, dynamic_sampling=True, dynamic_sampling_from_step=0,
+                 dynamic_sampling_mode=mode, dynamic_sampling_rounds=6)
+    model = method.wrap(LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer) + 2, hidden_size=32, intermediate_size=64,
+                                                     num_hidden_layers=1, num_attention_heads=4,
+                                                     max_position_embeddings=128)), tokenizer)
+    _rewards_by_parity(model)
+    ids = torch.randint(4, 200, (2, 40), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    batch = model.rollout(ids, torch.arange(2))
+    groups = batch.advantages.view(-1, 2)
+    per_group_tokens = batch.token_mask.view(-1, 2, batch.token_mask.shape[1]).sum((1, 2))
+    assert len(groups) == 4  # 2 windows x 2 positions: the first round's count
+    if mode == "refill":
+        assert (groups.abs().sum(-1) > 0).all() and (per_group_tokens > 0).all()  # every group has spread
+        assert batch.stats["sampling_rounds"] > 1 and batch.stats["refilled_groups"] > 0
+    else:
+        flat = groups.abs().sum(-1) == 0
+        assert torch.equal(per_group_tokens == 0, flat) and batch.stats["sampling_rounds"] == 1
+    assert 0.0 <= batch.stats["all_equal_groups"] <= 1.0  # of the first round, as the positions came
+    _, metrics = rollout_step(method, model, ids, torch.arange(2))
+    assert {"sampling_rounds", "refilled_groups"} <= set(metrics)

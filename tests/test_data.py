@@ -161,3 +161,65 @@ def test_two_ranks_of_batch_b_see_what_one_rank_of_batch_2b_sees():
     assert torch.equal(resumed.next()["input_ids"], one.next()["input_ids"])
     epochs = source.take(0, 100).view(2, 50, 4)
     assert not torch.equal(epochs[0], epochs[1]) and sorted(epochs[0][:, 0].tolist()) == sorted(epochs[1][:, 0].tolist())
+
+
+def _document_rows(tokenizer, docs, seq_len):
+    eos = tokenizer.eos_token_id
+    rows = []
+    for d in docs:
+        row = (tokenizer(d, add_special_tokens=False)["input_ids"] + [eos])[:seq_len]
+        rows.append(row + [eos] * (seq_len - len(row)))
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("kind", ["text", "hf"])
+def test_one_row_per_document_from_its_start_cropped_then_eos(tmp_path, tokenizer, kind, monkeypatch):
+    """data.examples=documents: each training row is one document from its first token (cropped
+    to seq_len, EOS after it to the row's end), in a text corpus and a stream (resumable);
+    validation stays packed windows."""
+    docs = [*DOCS[:40], "Ann " * 30]  # the last one is longer than a row: cropped, its start kept
+    if kind == "text":
+        (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        cfg = text_cfg(tmp_path / "c.jsonl", val_fraction=0.0, val_windows=0, examples="documents")
+        windows = build_corpus(text_cfg(tmp_path / "c.jsonl", val_fraction=0.0, val_windows=0), tokenizer, seed=0)
+        corpus = build_corpus(cfg, tokenizer, seed=0)
+        rows = corpus.train.windows
+        assert torch.equal(rows, _document_rows(tokenizer, docs, 16)) and len(windows.train) != len(rows)
+        assert "41 rows of one document each" in corpus.description
+    else:
+        cfg = OmegaConf.merge(hf_cfg(jsonl_folder(tmp_path, docs)), {"examples": "documents"})
+        monkeypatch.setattr(StreamedWindows, "CHUNK", 7)
+        train = build_corpus(cfg, tokenizer, seed=0).train
+        expected = _document_rows(tokenizer, docs[10:], 16)  # the first val_docs documents are held out
+        assert torch.equal(train.next(5), expected[:5])
+        state = json.loads(json.dumps(train.state_dict()))
+        later = train.next(9)
+        resumed = build_corpus(cfg, tokenizer, seed=0).train
+        resumed.load_state_dict(state)
+        assert torch.equal(resumed.next(9), later) and torch.equal(later, expected[5:14])
+    with pytest.raises(UserError, match="data.examples='pages' is not valid; valid: windows, documents"):
+        build_corpus(OmegaConf.merge(cfg, {"examples": "pages"}), tokenizer, seed=0)
+
+
+@pytest.mark.parametrize("method", ["rpt", "rlp"])
+def test_on_document_rows_a_position_is_in_its_document_and_its_context_starts_there(tokenizer, method):
+    """RPT and RLP (method.context=document) on document rows: every chosen position is a token
+    of its document (never the EOS padding), its context starts at the row's start, and RLP takes
+    one position per document."""
+    from conftest import tiny_llama
+    from tokreason.methods.rlp import RLP
+    from tokreason.methods.rpt import RPT
+
+    docs = [DOCS[i] + " " + "and more words" * (i % 3) for i in range(8)]
+    rows = _document_rows(tokenizer, docs, 48)
+    trained = (RPT if method == "rpt" else RLP)(template="meta", selector="random", positions_per_window=1 if method == "rlp" else 3,
+                                                min_context=2)
+    model = trained.wrap(tiny_llama(len(tokenizer) + 2), tokenizer)
+    where, begin = model.config.choose(model.lm, rows, min_continuation=1, seed=3, windows=torch.arange(len(rows)),
+                                       eos_id=tokenizer.eos_token_id)
+    eos = tokenizer.eos_token_id
+    lengths = [(r == eos).nonzero()[0, 0].item() for r in rows]  # each document's tokens before its EOS
+    assert len(where) and (begin == 0).all()
+    assert all(t < lengths[r] for r, t in where.tolist())
+    if method == "rlp":
+        assert sorted(where[:, 0].tolist()) == list(range(len(rows)))  # one position per document

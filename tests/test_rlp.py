@@ -262,3 +262,15 @@ def test_the_papers_chat_template_thinks_between_think_tags_after_the_system_pro
     assert len(scorer.generate(["Ann has 3 apples"], 3)) == 1
     with pytest.raises(ValueError, match="needs a tokenizer with a chat template; use method.template=meta"):
         RLP(template="chat").wrap(tiny_llama(300), train_tokenizer(["a b"] * 20, 270))
+
+
+@pytest.mark.slow
+def test_rlp_trains_on_one_row_per_document_through_the_cli(cli, tmp_path):
+    """data.examples=documents (the paper presets' data path) through the CLI: one position per
+    document, trained and evaluated."""
+    cli("train", *FAST, "method=rlp_tiny", "method.group_size=2", "method.thought_budget=3", "method.positions_per_window=1",
+        "data.examples=documents", "data.seq_len=48", "run_dir=run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train/positions" in r]
+    assert steps and all(r["train/positions"] <= 4 for r in steps)  # batch_size 4: a position per document at most
+    assert "rows of one document each" in (tmp_path / "run" / "train.log").read_text()

@@ -1,7 +1,11 @@
 """Corpora as fixed-length token windows, and a batch stream whose position is resumable.
 
 Every corpus (synthetic, local text, a `datasets` corpus) becomes documents joined by EOS and
-cut into windows of `seq_len` tokens. The stream hands out windows in one global order that
+cut into windows of `seq_len` tokens (data.examples=windows), or, for the methods whose papers
+take examples per document (RPT, RLP: data.examples=documents), one row per document: its
+tokens from its start, cropped to `seq_len`, then EOS to the end of the row (a position's
+context is then its own document's prefix, never another's text or a cut-off start).
+Validation is packed windows either way, so every method is validated on the same windows. The stream hands out windows in one global order that
 depends only on the seed: with W processes of batch b, optimizer step k uses global windows
 [k*W*b, (k+1)*W*b) and process r takes its slice, so W processes of batch b see exactly the
 windows one process of batch W*b sees."""
@@ -64,9 +68,10 @@ class StreamedWindows:
 
     CHUNK = 256  # documents tokenised at once
 
-    def __init__(self, dataset, field: str, tokenizer, seq_len: int, held_out: frozenset = frozenset(), name: str = ""):
+    def __init__(self, dataset, field: str, tokenizer, seq_len: int, held_out: frozenset = frozenset(), name: str = "",
+                 documents: bool = False):
         self.dataset, self.field, self.tokenizer, self.seq_len = dataset, field, tokenizer, seq_len
-        self.held_out, self.name = held_out, name
+        self.held_out, self.name, self.documents = held_out, name, documents
         self._start = copy.deepcopy(dataset.state_dict())  # an epoch's beginning
         self._state = {"epoch": 0, "stream": None, "carry": [], "taken": 0}
         self._windows: Iterator[torch.Tensor] | None = None
@@ -93,25 +98,35 @@ class StreamedWindows:
                 chunk = list(itertools.islice(documents, self.CHUNK))
                 if not chunk:
                     break
-                buffer = list(state["carry"])
-                for ids in self.tokenizer(chunk, add_special_tokens=False)["input_ids"]:
-                    buffer.extend(ids)
-                    buffer.append(self.tokenizer.eos_token_id)
-                n_windows = len(buffer) // self.seq_len
+                rows, carry = self._rows(chunk, state["carry"])
                 skip = state["taken"] if resumed else 0  # resumed inside this chunk: its first windows were taken
                 resumed = False
                 state["taken"] = skip
-                for i in range(skip, n_windows):
+                for i in range(skip, len(rows)):
                     produced_this_epoch = True
                     state["taken"] = i + 1
-                    yield torch.tensor(buffer[i * self.seq_len:(i + 1) * self.seq_len], dtype=torch.long)
+                    yield torch.tensor(rows[i], dtype=torch.long)
                 # the next chunk begins where this one ended, with this one's leftover tokens
-                state.update(stream=copy.deepcopy(self.dataset.state_dict()), carry=buffer[n_windows * self.seq_len:], taken=0)
+                state.update(stream=copy.deepcopy(self.dataset.state_dict()), carry=carry, taken=0)
             if not produced_this_epoch:
                 raise UserError(f"the corpus {self.name} has no text to train on in this process's share "
                                 f"(fewer tokens than one window of {self.seq_len})")
             state.update(epoch=state["epoch"] + 1, stream=None, taken=0)
             produced_this_epoch = False
+
+    def _rows(self, chunk: list[str], carry: list[int]) -> tuple[list[list[int]], list[int]]:
+        """A chunk of documents as rows, and the tokens carried into the next chunk: packed
+        windows (the leftover carried), or one row per document (nothing carried)."""
+        encoded = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        if self.documents:
+            return [document_row(ids, eos, self.seq_len) for ids in encoded], []
+        buffer = list(carry)
+        for ids in encoded:
+            buffer.extend(ids)
+            buffer.append(eos)
+        n = len(buffer) // self.seq_len
+        return [buffer[i * self.seq_len:(i + 1) * self.seq_len] for i in range(n)], buffer[n * self.seq_len:]
 
     def _documents(self, records) -> Iterator[str]:
         for record in records:
@@ -159,6 +174,30 @@ def pack(docs: list[str], tokenizer, seq_len: int) -> torch.Tensor:
     return torch.stack(windows) if windows else torch.empty(0, seq_len, dtype=torch.long)
 
 
+def document_row(ids: list[int], eos: int, seq_len: int) -> list[int]:
+    """One document as a row: its tokens and EOS, cropped to seq_len, then EOS to the end."""
+    row = [*ids, eos][:seq_len]
+    return row + [eos] * (seq_len - len(row))
+
+
+def pack_documents(docs: list[str], tokenizer, seq_len: int) -> torch.Tensor:
+    """One row per (non-empty) document (data.examples=documents)."""
+    eos = tokenizer.eos_token_id
+    rows = [document_row(ids, eos, seq_len) for ids in tokenizer([d for d in docs if d.strip()], add_special_tokens=False)["input_ids"]]
+    return torch.tensor(rows, dtype=torch.long) if rows else torch.empty(0, seq_len, dtype=torch.long)
+
+
+EXAMPLES = ("windows", "documents")
+
+
+def training_packer(data_cfg: DictConfig):
+    """How training text becomes rows: data.examples (windows, or one row per document)."""
+    examples = str(data_cfg.get("examples", "windows"))
+    if examples not in EXAMPLES:
+        raise UserError(f"data.examples={examples!r} is not valid; valid: {', '.join(EXAMPLES)}")
+    return pack_documents if examples == "documents" else pack
+
+
 def build_corpus(data_cfg: DictConfig, tokenizer, seed: int, rank: int = 0, world: int = 1,
                  cache: Path | None = None) -> Corpus:
     """The training windows and the held-out ones. With several processes a streamed corpus is
@@ -181,6 +220,12 @@ def build_corpus(data_cfg: DictConfig, tokenizer, seed: int, rank: int = 0, worl
 
 
 VALIDATION_KNOB = {"synthetic": "data.num_val_docs", "text": "data.val_fraction", "hf": "data.val_docs"}
+
+
+def _rows_said(data_cfg: DictConfig, train: torch.Tensor, tokens: str = "tokens") -> str:
+    if training_packer(data_cfg) is pack_documents:
+        return f"{len(train)} rows of one document each"
+    return f"{train.numel()} {tokens}"
 
 
 def _check_validation(corpus: Corpus, data_cfg: DictConfig) -> None:
@@ -227,12 +272,12 @@ def _synthetic_corpus(data_cfg: DictConfig, tokenizer, seed: int) -> Corpus:
     seq_len, n_val = int(data_cfg.seq_len), int(data_cfg.val_windows)
     train_docs = synthetic_documents(data_cfg, int(data_cfg.num_train_docs), "train")
     val_docs = synthetic_documents(data_cfg, int(data_cfg.num_val_docs), "validation")
-    train = pack(train_docs, tokenizer, seq_len)
+    train = training_packer(data_cfg)(train_docs, tokenizer, seq_len)
     if len(train) == 0:
         raise UserError(f"data.num_train_docs={data_cfg.num_train_docs} gives fewer tokens than one window of seq_len={seq_len}")
     val = pack(val_docs, tokenizer, seq_len)[:n_val]
     return Corpus(InMemoryWindows(train, seed), val,
-                  f"synthetic corpus: {len(train_docs)} documents, {train.numel()} tokens; validation: "
+                  f"synthetic corpus: {len(train_docs)} documents, {_rows_said(data_cfg, train)}; validation: "
                   f"{len(val_docs)} documents, {len(val)} windows")
 
 
@@ -246,16 +291,17 @@ def _text_corpus(data_cfg: DictConfig, tokenizer, seed: int, cache: Path | None)
     if cache is not None:
         key = {"files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in text_files(path)],
                "text_field": str(data_cfg.text_field), "val_fraction": frac, "seq_len": seq_len,
-               "tokenizer": tokenizer_fingerprint(tokenizer)}
+               "tokenizer": tokenizer_fingerprint(tokenizer),
+               **({"examples": "documents"} if str(data_cfg.get("examples", "windows")) == "documents" else {})}
         folder = cache / "corpora" / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     if folder is None or not (folder / "train.npy").exists():
         docs = read_text_documents(path, str(data_cfg.text_field))
         is_val = [_stable_fraction(d) < frac for d in docs]
-        train = pack([d for d, v in zip(docs, is_val) if not v], tokenizer, seq_len)
+        train = training_packer(data_cfg)([d for d, v in zip(docs, is_val) if not v], tokenizer, seq_len)
         val = pack([d for d, v in zip(docs, is_val) if v], tokenizer, seq_len)
         if len(train) == 0:
             raise UserError(f"data.path={data_cfg.path} has fewer training tokens than one window of seq_len={seq_len}")
-        description = (f"{data_cfg.path}: {len(docs)} documents, {train.numel()} training tokens; validation "
+        description = (f"{data_cfg.path}: {len(docs)} documents, {_rows_said(data_cfg, train, 'training tokens')}; validation "
                        f"(data.val_fraction={frac}): {sum(is_val)} documents, {len(val)} windows")
         if folder is None:
             return Corpus(InMemoryWindows(train, seed), val[:n_val], description)
@@ -307,7 +353,8 @@ def _datasets_corpus(data_cfg: DictConfig, tokenizer, rank: int, world: int) -> 
     reader = StreamedWindows(dataset, field, tokenizer, seq_len, name=name)
     val_docs = list(itertools.islice(reader._documents(iter(dataset)), n_val_docs))
     share = split_dataset_by_node(dataset, rank=rank, world_size=world) if world > 1 else dataset
-    train = StreamedWindows(share, field, tokenizer, seq_len, frozenset(map(_digest, val_docs)), name)
+    documents = training_packer(data_cfg) is pack_documents
+    train = StreamedWindows(share, field, tokenizer, seq_len, frozenset(map(_digest, val_docs)), name, documents)
     train.next(1)  # fail now, not mid-run, on an empty or unreadable corpus
     train.load_state_dict({"epoch": 0, "stream": None, "carry": [], "taken": 0})
     shares = f", process {rank + 1} of {world} reads its share" if world > 1 else ""

@@ -3,6 +3,7 @@ import logging
 
 from omegaconf import DictConfig
 
+from tokreason.experiments.data.corpus import pack_documents, training_packer
 from tokreason.experiments.errors import UserError
 from tokreason.experiments.evaluation.evaluate import check_eval_config
 from tokreason.experiments.reporting.tracking import wandb_mode
@@ -52,6 +53,7 @@ def check_config(cfg: DictConfig) -> None:
         if t[key] not in valid:
             raise UserError(f"trainer.{key}={t[key]!r} is not valid; valid: {', '.join(valid)}")
     check_eval_config(cfg)
+    check_examples(cfg)
     if cfg.logger.kind not in ("wandb", "none"):
         raise UserError(f"unknown logger.kind {cfg.logger.kind!r}; valid: wandb, none")
     if cfg.logger.kind == "wandb":
@@ -59,3 +61,17 @@ def check_config(cfg: DictConfig) -> None:
             wandb_mode(str(cfg.logger.mode))
         except ValueError as e:
             raise UserError(f"logger.mode: {e}") from None
+
+
+def check_examples(cfg: DictConfig) -> None:
+    """data.examples=documents (one row per document, EOS after it) is read by a method that takes
+    positions in a document's own context (method.context=document: RPT, RLP); a method that
+    trains on every position of a row would train on the padding."""
+    if training_packer(cfg.data) is not pack_documents:  # (an invalid value is refused there)
+        return
+    context = cfg.method.get("context")
+    if context != "document":
+        said = f"method.context={context}" if context is not None else "every position of a row"
+        raise UserError(f"data.examples=documents needs a method that reads each document's own context "
+                        f"(method.context=document: rpt, rlp); method={cfg.method.name} reads {said}; use "
+                        "data.examples=windows")

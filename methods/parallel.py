@@ -91,6 +91,21 @@ def gathered(module: nn.Module):
         module.reshard()
 
 
+RESHARD_FLAG = "_tokreason_reshard_after_forward"  # set by training.distributed.shard on every unit it makes
+
+
+def reshard_after_forward(unit) -> bool:
+    """A sharded unit's reshard_after_forward: as `shard` recorded it (FSDP2 has no public
+    getter), else from FSDP2's private parameter groups where this torch has them (2.6-2.13),
+    else True (FSDP2's default)."""
+    if hasattr(unit, RESHARD_FLAG):
+        return bool(getattr(unit, RESHARD_FLAG))
+    try:
+        return any(group._reshard_after_forward for group in unit._get_fsdp_state()._fsdp_param_groups)
+    except AttributeError:  # another torch's internals
+        return True
+
+
 @contextmanager
 def gathered_for_sampling(module: nn.Module):
     """Every sharded unit of `module` gathered once, and kept whole until the block ends: a
@@ -103,8 +118,7 @@ def gathered_for_sampling(module: nn.Module):
     if not units:
         yield module
         return
-    # each unit's own setting, to put back (FSDP2 has no public getter; its parameter groups do)
-    flags = [any(group._reshard_after_forward for group in unit._get_fsdp_state()._fsdp_param_groups) for unit in units]
+    flags = [reshard_after_forward(unit) for unit in units]  # each unit's own setting, to put back
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()

@@ -79,6 +79,7 @@ class CpuFlash:
     window as a mask."""
 
     name = "cpu_flash"
+    op_names = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward")
 
     def __init__(self, mask: torch.Tensor | None = None, ops=None):
         self.mask, self.ops = mask, ops or torch.ops.aten
@@ -98,6 +99,7 @@ class CudaFlash:
     query heads (the op's grouped-query support is not relied on), their gradients summed back."""
 
     name = "cuda_flash"
+    op_names = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward")
 
     def __init__(self, ops=None):
         self.ops = ops or torch.ops.aten
@@ -125,6 +127,7 @@ class CudaEfficient:
     are expanded to the query heads, their gradients summed back."""
 
     name = "cuda_efficient"
+    op_names = ("_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward")
 
     def __init__(self, mask: torch.Tensor | None = None, ops=None):
         self.ops, self.mask = ops or torch.ops.aten, mask
@@ -175,12 +178,21 @@ def kernel_name(device_type: str, dtype: torch.dtype, head_dim: int, length: int
     flash attention for bf16/fp16 without a binding window, else the memory-efficient kernel."""
     if mode != "fast" or (window is not None and steps >= window):
         return None
+    chosen = None
     if device_type == "cpu":
-        return CpuFlash.name
-    if device_type == "cuda":
+        chosen = CpuFlash
+    elif device_type == "cuda":
         flash_ok = dtype in (torch.bfloat16, torch.float16) and head_dim % 8 == 0 and head_dim <= 256
-        return CudaFlash.name if flash_ok and not window_binds(length, steps, window) else CudaEfficient.name
-    return None
+        chosen = CudaFlash if flash_ok and not window_binds(length, steps, window) else CudaEfficient
+    return chosen.name if chosen is not None and has_ops(chosen.op_names) else None
+
+
+def has_ops(names: tuple[str, ...], ops=None) -> bool:
+    """Whether this torch has the private aten ops a kernel calls (they exist from torch 2.1 to
+    2.13): a torch without one gets the chunked path (the reference: the same numbers, slower),
+    which calls no private op."""
+    ops = ops if ops is not None else torch.ops.aten
+    return all(hasattr(ops, name) for name in names)
 
 
 def select_text_kernel(q: torch.Tensor, steps: int, window: int | None, mode: str = "fast"):

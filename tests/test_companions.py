@@ -70,3 +70,17 @@ def test_a_float32_ema_tracks_bf16_weights_where_a_bf16_one_stalls():
     moved = (fp32.model.weight.double() - bf16.model.weight.double()).abs().max()
     assert drift < 1e-6, drift
     assert moved > 100 * drift  # the bf16 EMA is far from the exact one
+
+
+def test_a_units_reshard_setting_is_read_without_fsdps_private_state():
+    """gathered_for_sampling puts each unit's reshard_after_forward back: as `shard` recorded it,
+    else from FSDP2's private parameter groups where this torch has them, else FSDP2's default."""
+    from types import SimpleNamespace
+
+    from tokreason.methods.parallel import RESHARD_FLAG, reshard_after_forward
+
+    recorded = SimpleNamespace(**{RESHARD_FLAG: False})
+    private = SimpleNamespace(_get_fsdp_state=lambda: SimpleNamespace(
+        _fsdp_param_groups=[SimpleNamespace(_reshard_after_forward=False)]))
+    assert reshard_after_forward(recorded) is False and reshard_after_forward(private) is False
+    assert reshard_after_forward(SimpleNamespace()) is True  # another torch's internals: the default

@@ -454,3 +454,25 @@ def test_a_tokenizer_without_the_markers_starts_both_from_meta_init(tmp_path):
     model = QuietStar(n_ahead=3, n_ahead_talk=2).wrap(lm, tokenizer)  # meta_from_markers=True: none to start from
     assert model.meta_source == "---"
     torch.testing.assert_close(model.meta.detach() * model.config.meta_grad_scale, expected)
+
+
+def test_a_torch_without_the_kernels_private_ops_takes_the_chunked_path(tokenizer, monkeypatch):
+    """The text kernels call private aten ops; where this torch lacks one (another release), the
+    chunked path (no private op) computes the same forward."""
+    from tokreason.methods import text_kernels
+
+    q = torch.empty(2, 4, 9, 8)
+    assert text_kernels.kernel_name("cpu", q.dtype, 8, 9, 3, None) == "cpu_flash"
+    assert text_kernels.has_ops(text_kernels.CudaFlash.op_names + text_kernels.CudaEfficient.op_names)
+    assert not text_kernels.has_ops(("_no_such_attention_op",))
+    ids = torch.randint(4, len(tokenizer), (1, 9))
+    model = make("llama", tokenizer)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        fast = model(ids)[0]
+        monkeypatch.setattr(text_kernels.CpuFlash, "op_names", ("_no_such_attention_op",))
+        assert text_kernels.kernel_name("cpu", q.dtype, 8, 9, 3, None) is None
+        assert text_kernels.select_text_kernel(q, 3, None) is None
+        torch.manual_seed(0)
+        chunked = model(ids)[0]
+    torch.testing.assert_close(fast, chunked, atol=1e-5, rtol=1e-5)

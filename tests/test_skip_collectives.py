@@ -58,6 +58,9 @@ def _worker(rank: int, port: int, method: str, options: dict, out: str) -> None:
     trained = cls(template="meta", group_size=2, thought_budget=3, min_thought_tokens=1, **options)
     model = trained.wrap(tiny_llama(len(tokenizer)), tokenizer)
     shard(model, model.lm, trained.companions(model), bf16=False)
+    from tokreason.methods.parallel import RESHARD_FLAG, _fsdp_modules
+
+    assert all(hasattr(unit, RESHARD_FLAG) for unit in _fsdp_modules(model))  # read back without FSDP2's internals
     if rank == 1:
         _no_position_on_rank_one(model.config)
     ids = torch.randint(4, len(tokenizer), (2, 24), generator=torch.Generator().manual_seed(rank))

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from tokreason.experiments.errors import UserError
+from tokreason.methods.parallel import RESHARD_FLAG
 
 SHARDINGS = ("auto", "none", "ddp", "fsdp")
 
@@ -74,16 +75,20 @@ def shard(model: torch.nn.Module, lm: torch.nn.Module, companions: list, bf16: b
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     device = next(model.parameters()).device
+    def unit(module, reshard: bool, **options) -> None:  # recorded: FSDP2 has no public getter (parallel.py reads it)
+        fully_shard(module, mp_policy=policy, reshard_after_forward=reshard, **options)
+        setattr(module, RESHARD_FLAG, reshard)
+
     for companion in companions:
         # FSDP moves each unit to the device as it shards it; an offloaded unit's shards then go back to host memory
         offload = CPUOffloadPolicy(pin_memory=True) if not companion.follow_device and device.type != "cpu" else OffloadPolicy()
         for layer in decoder_layers(companion.model, lm):
-            fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard_after_forward, offload_policy=offload)
-        fully_shard(companion.model, mp_policy=policy, reshard_after_forward=reshard_after_forward, offload_policy=offload)
+            unit(layer, reshard_after_forward, offload_policy=offload)
+        unit(companion.model, reshard_after_forward, offload_policy=offload)
     if not keep_gathered:
         for layer in decoder_layers(model, lm):
-            fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mp_policy=policy, reshard_after_forward=False)  # the root: resharded after its backward
+            unit(layer, reshard_after_forward)
+    unit(model, False)  # the root: resharded after its backward
     _register_forward_methods(model, [c.model for c in companions], device)
 
 

@@ -94,8 +94,10 @@ def preset(method: str, caps: dict, knobs: dict) -> tuple[dict, dict]:
     for key in ("update_batch_size", "sample_batch_size"):
         if key in knobs:
             section[key] = knobs[key]
+    # CPT's preset has no window of its own (the data default's 128 says nothing of a GPU): the methods' window
+    seq_len = caps["seq_len"] if method == "cpt" else min(int(cfg.data.seq_len), caps["seq_len"])
     run = {"windows": min(int(cfg.trainer.batch_size), caps["windows"], knobs.get("batch", caps["windows"])),
-           "seq_len": min(int(cfg.data.seq_len), caps["seq_len"]),
+           "seq_len": seq_len,
            "checkpoint_layers": bool(knobs.get("checkpoint_layers")), "checkpoint_mlp": bool(knobs.get("checkpoint_mlp"))}
     if run["checkpoint_mlp"] and "checkpoint_mlp" in section:
         section["checkpoint_mlp"] = True
@@ -184,14 +186,19 @@ def guarded(fn, *args) -> dict:
             torch.cuda.empty_cache()
 
 
-def methods_section(dry: bool, device, budget_gb: float) -> list[dict]:
+def methods_section(dry: bool, device, budget_gb: float, log) -> list[dict]:
     caps, tokenizer, rows = CAPS["dry" if dry else "gpu"], benchmark_tokenizer(), []
     models = [("qwen3-1.7b", None), *[("mistral-7b", depth) for depth in MISTRAL_DEPTHS]]
     for method in ("cpt", "quiet_star", "rpt", "rlp"):
         for name, depth in models:
+            if log.out_of_time():
+                break
             config = model_config(name, dry, depth)
             shape = ModelShape.from_config(config.to_dict())
-            knobs, _ = fitting(method, shape, caps["seq_len"], budget_gb)
+            # the knobs the real depth needs (a 2- or 4-layer cut of Mistral-7B runs with its 32 layers' knobs,
+            # so the per-layer extrapolation is of the setting the whole model would run with)
+            full = ModelShape.from_config({**config.to_dict(), "num_hidden_layers": SHAPES[name][1]["num_hidden_layers"]})
+            knobs, _ = fitting(method, full if not dry else shape, caps["seq_len"], budget_gb)
             row = {"method": method, "model": name, "layers": config.num_hidden_layers, "knobs": knobs,
                    **guarded(run_method, method, config, tokenizer, caps, knobs, device)}
             if row["status"] == "ok":
@@ -200,6 +207,7 @@ def methods_section(dry: bool, device, budget_gb: float) -> list[dict]:
                 row["predicted_gb"] = predict_gb(method, shape, row["run"]["seq_len"], settings, dtype_bytes=2.5, **flags)
             rows.append(row)
             print_method_row(row)
+            log.add("methods", row)
     return rows + extrapolated(rows)
 
 
@@ -240,55 +248,92 @@ def print_method_row(row: dict) -> None:
           flush=True)
 
 
-def attention_section(dry: bool, device) -> list[dict]:
-    """The thought attention alone: fused with its kernel, chunked, dense; ms per forward+backward."""
+ATTENTION_CASES = {  # (kernel, dtype, window): both CUDA kernels, a binding window (the memory-efficient
+    # kernel's aligned bias), fp32 (memory-efficient only) and the official dense mask
+    "gpu": [("cuda_flash", "bf16", None), ("cuda_efficient", "bf16", None), ("cuda_efficient", "bf16", "binding"),
+            ("cuda_efficient", "fp32", None), ("dense", "bf16", None)],
+    "dry": [("cpu_flash", "fp32", None), ("cpu_flash", "bf16", "binding"), ("dense", "fp32", None)],
+}
+
+
+def attention_section(dry: bool, device, log) -> list[dict]:
+    """The thought attention alone, forward + backward of one call: each kernel case against the
+    chunked path on the same inputs (the relative error of the output and of every gradient),
+    ms per call of each."""
     rows = []
-    for length in ((32, 64) if dry else (256, 512, 1024, 2048)):
-        results = {mode: guarded(time_attention, mode, length, dry, device) for mode in ("fast", "chunked", "dense")}
-        reference = results["chunked"].get("out")
-        for mode, r in results.items():
-            error = None
-            if r.get("out") is not None and reference is not None:
-                error = float((r["out"] - reference).abs().max() / reference.abs().max())
-            rows.append({"length": length, "mode": mode, "status": r["status"], "ms": r.get("ms"),
-                         "kernel": r.get("kernel"), "relative_error": error})
-            print(f"  L {length:>5} {mode:<8} {str(r.get('kernel')):<15} {r['status'][:30]:<30} {fmt(r.get('ms'), '9.2f')} ms "
-                  f"err {fmt(error, '.1e')}", flush=True)
+    for length in ((32, 64) if dry else (256, 1024, 2048)):
+        for kernel, dtype, window in ATTENTION_CASES["dry" if dry else "gpu"]:
+            if log.out_of_time():
+                return rows
+            r = guarded(compare_attention, kernel, dtype, window, length, dry, device)
+            row = {"length": length, "kernel": kernel, "dtype": dtype, "window": r.get("window"), **r}
+            rows.append(row)
+            log.add("attention", row)
+            print(f"  L {length:>5} {kernel:<15} {dtype:<5} window {str(row['window']):<5} {r['status'][:30]:<30} "
+                  f"{fmt(r.get('ms'), '9.2f')} ms (chunked {fmt(r.get('chunked_ms'), '9.2f')}) "
+                  f"err out {fmt(r.get('error_out'), '.1e')} grads {fmt(r.get('error_grads'), '.1e')}", flush=True)
     return rows
 
 
-def time_attention(mode: str, length: int, dry: bool, device) -> dict:
+def forced_kernel(kind: str, q: torch.Tensor, steps: int, window: int | None):
+    """The text kernel `kind` for these queries (None: chunked or dense), whatever
+    select_text_kernel would choose, with the window's mask where the window binds."""
+    from tokreason.methods import text_kernels as tk
+
+    binds = window is not None and tk.window_binds(q.shape[2], steps, window)
+    mask = tk.window_mask(q, steps, window) if binds else None
+    if kind == "cuda_flash":
+        return tk.CudaFlash()
+    if kind == "cuda_efficient":
+        return tk.CudaEfficient(mask)
+    if kind == "cpu_flash":
+        return tk.CpuFlash(None if mask is None else torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, float("-inf")))
+    return None
+
+
+def compare_attention(kind: str, dtype_name: str, window, length: int, dry: bool, device) -> dict:
+    """One case: its output and gradients against the chunked path's, and both timed."""
     import tokreason.methods.thought_attention as ta
-    from tokreason.methods.text_kernels import select_text_kernel
 
     heads, key_heads, dim, steps = (4, 2, 16, 3) if dry else (16, 8, 128, 10)
-    dtype = torch.float32 if dry else torch.bfloat16
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    window = length // 2 if window == "binding" else None
     g = torch.Generator(device=device).manual_seed(0)
+    leaves = [torch.randn(1, h, length, dim, generator=g, device=device, dtype=dtype)
+              for h in (heads, key_heads, key_heads, *[key_heads] * (2 * steps))]
 
-    def leaf(h):
-        return torch.randn(1, h, length, dim, generator=g, device=device, dtype=dtype).requires_grad_()
-
-    q, k, v = leaf(heads), leaf(key_heads), leaf(key_heads)
-    own_k, own_v = [leaf(key_heads) for _ in range(steps)], [leaf(key_heads) for _ in range(steps)]
-    kernel = select_text_kernel(q, steps, None, mode if mode != "dense" else "chunked")
-
-    def call():
+    def call(mode: str):
+        inputs = [x.detach().clone().requires_grad_() for x in leaves]
+        q, k, v, own = inputs[0], inputs[1], inputs[2], inputs[3:]
         if mode == "dense":
-            out, _ = ta.dense_thought_attention(ta_module_stub(), q, k, v, own_k, own_v, dim ** -0.5, None, 0.0)
-            return out.transpose(1, 2)
-        return ta.FusedThoughtAttention.apply(q, k, v, dim ** -0.5, None, ta.QUERY_CHUNK, kernel, *own_k, *own_v)
+            out, _ = ta.dense_thought_attention(ta_module_stub(), q, k, v, own[:steps], own[steps:], dim ** -0.5, window, 0.0)
+            out = out.transpose(1, 2)
+        else:
+            kernel = forced_kernel(mode, q, steps, window)
+            out = ta.FusedThoughtAttention.apply(q, k, v, dim ** -0.5, window, ta.QUERY_CHUNK, kernel, *own)
+        grad = torch.randn(out.shape, generator=torch.Generator(device=device).manual_seed(1), device=device, dtype=out.dtype)
+        out.backward(grad)  # the same upstream gradient for every mode (the layouts agree: dense is transposed to it)
+        return out.detach().float(), [x.grad.float() for x in inputs]
 
-    out = call()  # warm-up
-    out.float().sum().backward()
-    synchronize(device)
-    repeats = 1 if dry else 5
-    started = time.perf_counter()
-    for _ in range(repeats):
-        out = call()
-        out.float().sum().backward()
-    synchronize(device)
-    return {"ms": (time.perf_counter() - started) / repeats * 1e3, "out": out.detach().float().reshape(1, heads, length, dim),
-            "kernel": getattr(kernel, "name", None)}
+    def timed(mode: str):
+        call(mode)  # warm-up
+        synchronize(device)
+        started, repeats = time.perf_counter(), 1 if dry else 5
+        for _ in range(repeats):
+            result = call(mode)
+        synchronize(device)
+        return result, (time.perf_counter() - started) / repeats * 1e3
+
+    (out, grads), ms = timed(kind)
+    (ref, ref_grads), chunked_ms = timed("chunked")
+    finite = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(g_).all()) for g_ in grads)
+    error_out = float((out - ref).abs().max() / ref.abs().max())
+    error_grads = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-30)) for a, b in zip(grads, ref_grads))
+    tolerance = 5e-2 if dtype == torch.bfloat16 else 1e-3
+    if not finite or error_out > tolerance or error_grads > tolerance:
+        raise AssertionError(f"{kind} differs from the chunked path: output {error_out:.1e}, gradients {error_grads:.1e}"
+                             f"{'' if finite else ', not finite'} (tolerance {tolerance:.0e})")
+    return {"ms": ms, "chunked_ms": chunked_ms, "error_out": error_out, "error_grads": error_grads, "window": window}
 
 
 def ta_module_stub():
@@ -297,7 +342,7 @@ def ta_module_stub():
     return Layer()
 
 
-def sampler_section(dry: bool, device) -> list[dict]:
+def sampler_section(dry: bool, device, log) -> list[dict]:
     rows = []
     config = model_config("qwen3-1.7b", dry)
     with torch.device(device):
@@ -307,12 +352,43 @@ def sampler_section(dry: bool, device) -> list[dict]:
 
         lm = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     use_tokreason_attention(lm)
+    for backend in sdpa_backends(device):
+        r = {"check": "left-padded prefill", "backend": backend, **guarded(padded_prefill_is_finite, lm, backend, device)}
+        rows.append(r)
+        log.add("sampler", r)
+        print(f"  left-padded prefill, SDPA {backend:<22} {r['status'][:60]}", flush=True)
     for count in ((2, 4, 8) if dry else (16, 64, 256)):
-        r = guarded(time_sampler, lm, count, dry, device)
-        rows.append({"rows": count, **r})
+        if log.out_of_time():
+            break
+        r = {"rows": count, **guarded(time_sampler, lm, count, dry, device)}
+        rows.append(r)
+        log.add("sampler", r)
         print(f"  rows {count:>4}  {r['status'][:30]:<30} {fmt(r.get('tokens_per_second'), '10.0f')} tokens/s "
               f"({fmt(r.get('seconds'), '.2f')} s)", flush=True)
     return rows
+
+
+def sdpa_backends(device) -> list[str]:
+    """The SDPA backends this device can be asked for (cuDNN, the one sm90 prefers, first)."""
+    if torch.device(device).type != "cuda":
+        return ["MATH"]
+    return ["CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "FLASH_ATTENTION", "MATH"]
+
+
+def padded_prefill_is_finite(lm, backend: str, device) -> dict:
+    """Prompts of unequal length, left-padded, through the sampler (prefill and decoding) with
+    SDPA held to `backend`: every log-prob finite (a pad row's NaN would reach the real rows)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from tokreason.methods.sampler import sample
+
+    prompts = [list(range(5, 5 + n)) for n in (3, 17, 40)]
+    with sdpa_kernel([getattr(SDPBackend, backend)]), torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        out = sample(lm, prompts, keys=list(range(6)), seed=0, temperature=1.0, thought_budget=4, close_id=None,
+                     max_prediction_tokens=4, stop_ids=[], pad_id=0, repeats=2)
+    if not torch.isfinite(out.first_logprob).all():
+        raise AssertionError("a left-padded prefill gave a non-finite log-prob")
+    return {}
 
 
 def time_sampler(lm, rows: int, dry: bool, device) -> dict:
@@ -332,40 +408,81 @@ def time_sampler(lm, rows: int, dry: bool, device) -> dict:
     return {"seconds": seconds, "tokens_per_second": int(out.sampled.sum()) / seconds}
 
 
+class Results:
+    """Every row as it comes, written to --out after each (a run cut by its time guard or the
+    device still returns what it finished), and the time guard: no row starts after --minutes."""
+
+    def __init__(self, out: Path | None, minutes: float | None):
+        self.out, self.sections = out, {}
+        self.deadline = time.perf_counter() + minutes * 60 if minutes else None
+        self.skipped_for_time = False
+
+    def out_of_time(self) -> bool:
+        late = self.deadline is not None and time.perf_counter() > self.deadline
+        self.skipped_for_time |= late
+        return late
+
+    def add(self, section: str, row: dict) -> None:
+        self.sections.setdefault(section, []).append({k: v for k, v in row.items() if not isinstance(v, torch.Tensor)})
+        self.write()
+
+    def write(self) -> None:
+        if self.out:
+            self.out.write_text(json.dumps(self.sections, indent=2, default=str))
+
+    def rows(self) -> list[dict]:
+        return [r for rows in self.sections.values() for r in rows]
+
+
+def device_budget_gb(args) -> float:
+    """The GPU memory the knobs must fit: --budget-gb, else this device's own less 8% (the
+    allocator's and CUDA's own share)."""
+    if args.budget_gb is not None:
+        return args.budget_gb
+    if args.dry:
+        return 80.0
+    return torch.cuda.get_device_properties(0).total_memory / 2**30 * 0.92
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry", action="store_true", help="the same code on the CPU at toy size")
-    parser.add_argument("--sections", default="methods,attention,sampler")
-    parser.add_argument("--budget-gb", type=float, default=130.0, help="the GPU memory the knobs must fit")
-    parser.add_argument("--out", type=Path, default=None, help="write every figure here as JSON")
+    parser.add_argument("--sections", default="attention,sampler,methods", help="in this order (the soonest figures first)")
+    parser.add_argument("--budget-gb", type=float, default=None, help="the GPU memory the knobs must fit (default: the device's)")
+    parser.add_argument("--minutes", type=float, default=None, help="start no row after this many minutes")
+    parser.add_argument("--out", type=Path, default=None, help="write every figure here as JSON, after every row")
     args = parser.parse_args()
     if not args.dry and not torch.cuda.is_available():
         parser.error("no GPU here; run with --dry for the CPU twin")
     device = "cpu" if args.dry else "cuda"
     torch.backends.cuda.matmul.allow_tf32 = True
-    sections = args.sections.split(",")
+    budget = device_budget_gb(args)
     print(f"tokreason GPU check on {torch.cuda.get_device_name() if not args.dry else 'the CPU (dry)'}; "
-          f"torch {torch.__version__}; caps {CAPS['dry' if args.dry else 'gpu']}", flush=True)
-    results, started = {}, time.perf_counter()
-    if "methods" in sections:
-        print(f"{'method':<11} {'model':<11} {'lay':>3} {'status':<40} {'alloc GB':>8} {'resv GB':>8} {'model GB':>9} "
-              f"{'s/step':>8} {'tokens/s':>10} {'MFU':>6}  knobs")
-        results["methods"] = methods_section(args.dry, device, args.budget_gb)
-        for row in results["methods"]:
-            if row["status"] == "extrapolated":
-                print_method_row(row)
-    if "attention" in sections:
-        print("thought attention, one call forward + backward (relative error against the chunked path):")
-        results["attention"] = attention_section(args.dry, device)
-    if "sampler" in sections:
-        print("sampler, random Qwen3-1.7B shape, bf16 autocast:")
-        results["sampler"] = sampler_section(args.dry, device)
-    print(f"done in {time.perf_counter() - started:.0f} s")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2, default=str))
-    failed = [r for rows in results.values() for r in rows if str(r.get("status", "ok")).startswith("FAIL")]
-    if failed:
-        sys.exit(f"error: {len(failed)} rows failed (their status says why)")
+          f"torch {torch.__version__}; memory budget {budget:.0f} GB; caps {CAPS['dry' if args.dry else 'gpu']}", flush=True)
+    log, started = Results(args.out, args.minutes), time.perf_counter()
+    for section in args.sections.split(","):
+        if log.out_of_time():
+            break
+        if section == "attention":
+            print("thought attention, one call forward + backward, each case against the chunked path:")
+            attention_section(args.dry, device, log)
+        elif section == "sampler":
+            print("sampler, random Qwen3-1.7B shape, bf16 autocast (a left-padded prefill checked finite per SDPA backend):")
+            sampler_section(args.dry, device, log)
+        elif section == "methods":
+            print(f"{'method':<11} {'model':<11} {'lay':>3} {'status':<40} {'alloc GB':>8} {'resv GB':>8} {'model GB':>9} "
+                  f"{'s/step':>8} {'tokens/s':>10} {'MFU':>6}  knobs")
+            for row in methods_section(args.dry, device, budget, log)[len(log.sections.get("methods", [])):]:
+                print_method_row(row)  # the extrapolated rows
+                log.add("methods", row)
+        else:
+            parser.error(f"unknown section {section!r}; valid: attention, sampler, methods")
+    rows = log.rows()
+    bad = [r for r in rows if str(r.get("status", "ok")) not in ("ok", "extrapolated")]
+    print(f"done in {time.perf_counter() - started:.0f} s: {len(rows)} rows, {len(rows) - len(bad)} ok, {len(bad)} failed or OOM"
+          f"{'; stopped at the time guard, later rows not run' if log.skipped_for_time else ''}", flush=True)
+    if bad:
+        sys.exit(f"error: {len(bad)} rows failed or ran out of memory (their status says which)")
 
 
 if __name__ == "__main__":

@@ -53,8 +53,8 @@ def thought_attention(module, query, key, value, attention_mask, dropout: float 
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return shared_prefix_attention(module, query, shared_prefix, scale), None
     if thought_text_len is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      sliding_window=sliding_window, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, with_own_key(attention_mask), dropout=dropout,
+                                      scaling=scaling, sliding_window=sliding_window, **kwargs)
     text_k, text_v, own_k, own_v = thought_cache.layer(module.layer_idx)
     # Under autocast the rotary embedding leaves queries and keys in float32 and values in bf16:
     # every input goes to the compute dtype here, so both paths and their backward see one dtype.
@@ -67,6 +67,22 @@ def thought_attention(module, query, key, value, attention_mask, dropout: float 
     kernel = select_text_kernel(query, len(own_k), sliding_window, "fast" if thought_mode == "fast" and TEXT_KERNEL else "chunked")
     out = FusedThoughtAttention.apply(query, text_k, text_v, scale, sliding_window, QUERY_CHUNK, kernel, *own_k, *own_v)
     return out.transpose(1, 2).contiguous(), None
+
+
+def with_own_key(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """An attention mask [.., q, k] in which every query sees at least its own key (the last q
+    keys are the queries'). A left-padded prompt's pad queries see no key at all: PyTorch's CPU
+    and math kernels return 0 for such a row, but other kernels (cuDNN's on sm90) have returned
+    NaN, and a NaN in a pad row's values reaches every real row through 0 x NaN. A real query
+    sees its own key already, so its output is unchanged; a pad row's is finite, and never read."""
+    if mask is None or mask.dim() < 2:
+        return mask
+    q, k = mask.shape[-2], mask.shape[-1]
+    own = torch.zeros(q, k, dtype=torch.bool, device=mask.device)
+    own[torch.arange(q), torch.arange(k - q, k)] = True
+    if mask.dtype == torch.bool:
+        return mask | own
+    return mask.masked_fill(own, 0.0)  # an additive mask: 0 where visible
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -422,20 +422,71 @@ def test_a_bf16_run_validates_and_evaluates_under_the_autocast_it_trained_in(cac
     assert seen["evaluate"] == [True]
 
 
+def torch_only_venv(folder: Path) -> Path:
+    """A fresh virtual environment holding torch (and what torch requires) and nothing else, as
+    a lent image holds its own torch: linked from this one, so no second torch is installed."""
+    import importlib.metadata as metadata
+    import venv
+
+    from packaging.requirements import Requirement
+
+    venv.create(folder / "venv", with_pip=True)
+    names, todo = set(), ["torch"]
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in names:
+            continue
+        names.add(name)
+        todo += [r.name for r in map(Requirement, metadata.requires(name) or []) if r.marker is None or r.marker.evaluate({"extra": ""})]
+    linked = folder / "torch_only"
+    linked.mkdir()
+    for name in names:
+        dist = metadata.distribution(name)
+        for top in {f.parts[0] for f in dist.files or []} - {".."}:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (linked / top).exists():
+                (linked / top).symlink_to(source)
+    site = next((folder / "venv" / "lib").glob("python*/site-packages"))
+    (site / "torch_only.pth").write_text(f"{linked}\n")
+    return folder / "venv" / "bin" / "python"
+
+
 @pytest.mark.slow
-def test_the_gpu_check_runs_its_code_on_the_cpu_at_toy_size(tmp_path):
-    """benchmarks/gpu.py --dry: the GPU check's every section, the same code, on the CPU (so the
-    script a GPU session runs has run before)."""
+def test_the_gpu_check_runs_as_one_command_from_a_wheelhouse_in_a_torch_only_environment(tmp_path):
+    """benchmarks/gpu_wheelhouse.py: the wheelhouse of what a torch-only Python lacks, built
+    here; then the one command a GPU session runs (`run --dry`: the same install without network,
+    the version check and gpu.py's every section, on the CPU at toy size) in that Python, its
+    JSON written; a wheelhouse without hydra-core fails in one line naming it."""
+    import shutil
     import subprocess
     import sys
 
-    script = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
-    proc = subprocess.run([sys.executable, str(script), "--dry", "--out", str(tmp_path / "gpu.json")], capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "gpu.json").read_text())
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_wheelhouse.py"
+    python = torch_only_venv(tmp_path)
+    built = subprocess.run([sys.executable, str(script), "build", "--against", str(python), "--out", str(tmp_path / "wh")],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    manifest = json.loads((tmp_path / "wh" / "MANIFEST.json").read_text())
+    assert {"transformers", "hydra-core", "omegaconf", "antlr4-python3-runtime"} <= set(manifest["carried"])
+    assert "torch" not in manifest["carried"] and manifest["bytes"] < 64 * 2**20
+    (tmp_path / "out").mkdir()
+    proc = subprocess.run([str(python), str(script), "run", "--dry", "--wheelhouse", str(tmp_path / "wh"), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "versions ok: torch 2." in proc.stdout and "26 rows, 26 ok, 0 failed or OOM" in proc.stdout
+    results = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert list(results) == ["attention", "sampler", "methods"]  # the soonest figures first
     methods = {(r["method"], r["model"], r["layers"]): r["status"] for r in results["methods"]}
     assert len(methods) == 4 * 4 and set(methods.values()) <= {"ok", "extrapolated"}, methods
-    assert {r["mode"] for r in results["attention"]} == {"fast", "chunked", "dense"}
-    assert all(r["status"] == "ok" and r["relative_error"] < 1e-5 for r in results["attention"])
-    assert [r["rows"] for r in results["sampler"]] == [2, 4, 8] and all(r["tokens_per_second"] > 0 for r in results["sampler"])
+    assert {r["kernel"] for r in results["attention"]} == {"cpu_flash", "dense"} and any(r["window"] for r in results["attention"])
+    assert all(r["status"] == "ok" for r in results["attention"] + results["sampler"])
+    assert any(r.get("check") == "left-padded prefill" for r in results["sampler"])
+    lacking = tmp_path / "lacking"
+    shutil.copytree(tmp_path / "wh", lacking)
+    for wheel in lacking.glob("hydra_core-*.whl"):
+        wheel.unlink()
+    bad = subprocess.run([str(python), str(script), "run", "--dry", "--wheelhouse", str(lacking), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+        f"error: the GPU check cannot run here: missing or too old: hydra-core (wanted "
+        f"{manifest['requirements']['hydra-core']['version']})"), bad.stderr[-2000:]

@@ -154,3 +154,30 @@ def test_output_head_applies_the_final_logit_transforms(tokenizer):
     hidden = torch.randn(3, lm.config.hidden_size)
     expected = torch.tanh(lm.lm_head(hidden) / 2.0) * 2.0
     torch.testing.assert_close(output_head(lm)(hidden), expected)
+
+
+def test_a_left_padded_prefill_has_no_query_without_a_key_and_real_rows_are_unchanged():
+    """with_own_key: a pad query of a left-padded prompt sees no key (the row some GPU kernels
+    fill with NaN); it is given its own, and the real queries' outputs do not move."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tokreason.methods.thought_attention import use_tokreason_attention, with_own_key
+
+    bool_mask = torch.tensor([[[[False, False, False], [False, True, False], [False, True, True]]]])
+    assert with_own_key(bool_mask)[0, 0].tolist() == [[True, False, False], [False, True, False], [False, True, True]]
+    additive = torch.zeros(1, 1, 2, 4).masked_fill(torch.tensor([[True, True, True, True], [True, True, False, False]]), float("-inf"))
+    assert with_own_key(additive)[0, 0].tolist() == [[float("-inf")] * 2 + [0.0, float("-inf")], [float("-inf")] * 2 + [0.0, 0.0]]
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=32)).eval()
+    ids = torch.randint(3, 64, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[0, :5] = 0
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        plain = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+        use_tokreason_attention(lm)
+        ours = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours[mask.bool()], plain[mask.bool()])

@@ -75,9 +75,28 @@ class EMA:
 
     @torch.no_grad()
     def update(self, lm: nn.Module) -> None:
-        for ema, live in zip(self.model.parameters(), lm.parameters()):
-            ema, live = _local(ema), _local(live.detach())
-            ema.lerp_(live.to(ema.device, ema.dtype), 1 - self.decay)  # ema = d*ema + (1-d)*live
+        pairs = [(_local(ema), _local(live.detach())) for ema, live in zip(self.model.parameters(), lm.parameters())]
+        here = [(e, l) for e, l in pairs if e.device == l.device]
+        for ema, live in here:
+            ema.lerp_(live.to(ema.dtype), 1 - self.decay)  # ema = d*ema + (1-d)*live
+        if len(here) < len(pairs):  # the EMA in host memory (method.ema_device=cpu)
+            self.update_staged([(e, l) for e, l in pairs if e.device != l.device])
+
+    def update_staged(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """The EMA's host tensors toward live ones on another device: every live tensor copied
+        into a host buffer of its own (pinned where CUDA is, kept between steps) without
+        blocking, one wait for all the copies, then the updates on the host; not a blocking
+        copy per parameter."""
+        if getattr(self, "_staging", None) is None or len(self._staging) != len(pairs):
+            pin = torch.cuda.is_available()
+            self._staging = [torch.empty(live.shape, dtype=live.dtype, pin_memory=pin) for _, live in pairs]
+        for buffer, (_, live) in zip(self._staging, pairs):
+            buffer.copy_(live, non_blocking=True)
+        devices = {live.device for _, live in pairs if live.device.type == "cuda"}
+        for device in devices:
+            torch.cuda.synchronize(device)
+        for buffer, (ema, _) in zip(self._staging, pairs):
+            ema.lerp_(buffer.to(ema.dtype), 1 - self.decay)
 
     def state_dict(self) -> dict:
         return self.model.state_dict()

@@ -274,3 +274,20 @@ def test_rlp_trains_on_one_row_per_document_through_the_cli(cli, tmp_path):
     steps = [r for r in rows if "train/positions" in r]
     assert steps and all(r["train/positions"] <= 4 for r in steps)  # batch_size 4: a position per document at most
     assert "rows of one document each" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_an_ema_in_host_memory_is_updated_from_staged_copies_as_a_direct_update_would():
+    """update_staged (the EMA in host memory, the live weights on a GPU): the same numbers as the
+    direct update, from host buffers kept between steps (one wait for all copies)."""
+    lm = torch.nn.Linear(3, 2)
+    direct, staged = EMA(lm, decay=0.9), EMA(lm, decay=0.9)
+    for step in range(2):
+        torch.nn.init.normal_(lm.weight, generator=torch.Generator().manual_seed(step))
+        direct.update(lm)
+        pairs = list(zip(staged.model.parameters(), (p.detach() for p in lm.parameters())))
+        staged.update_staged(pairs)
+        buffers = [b.data_ptr() for b in staged._staging]
+    for a, b in zip(direct.model.parameters(), staged.model.parameters()):
+        torch.testing.assert_close(a, b)
+    staged.update_staged(list(zip(staged.model.parameters(), lm.parameters())))
+    assert [b.data_ptr() for b in staged._staging] == buffers  # kept, not allocated per step

@@ -90,3 +90,49 @@ def test_a_process_without_a_position_makes_the_collectives_of_one_that_learns(t
     assert logs[0]["skipped"] == 0.0 and logs[1]["skipped"] == 1.0, logs  # rank 1 learned nothing: it ran the skip
     assert logs[0]["collectives"] == logs[1]["collectives"]
     assert any(name.startswith("all_gather") for name, _ in logs[0]["collectives"])
+
+
+class _Logits(torch.nn.Module):
+    """An LM whose forward is its float32 logits (the root a test shards)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids):
+        return self.lm(input_ids=ids).logits.float()
+
+    def language_nll(self, ids):  # shard registers it as a forward method
+        return self.forward(ids).mean()
+
+
+def _logits_worker(rank: int, port: int, cast: bool, out: str) -> None:
+    import copy
+
+    from conftest import tiny_llama
+    from tokreason.experiments.training import distributed
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    model = _Logits(tiny_llama(300))
+    ids = torch.randint(4, 300, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        whole = copy.deepcopy(model)(ids)
+        distributed.CAST_FORWARD_INPUTS = cast
+        distributed.shard(model, model.lm, [], bf16=True)
+        sharded = model(ids)
+    if rank == 0:
+        torch.save({"whole": whole, "sharded": sharded}, os.path.join(out, f"logits_{cast}.pt"))
+    dist.destroy_process_group()
+
+
+def test_under_bf16_sharded_logits_agree_with_unsharded_ones(tmp_path):
+    """FSDP2 with bf16 compute (param_dtype bf16, cast_forward_inputs off: each block gets its
+    inputs as an unsharded block does) against the same model unsharded under bf16 autocast: the
+    logits agree to bf16's resolution (a sharded model's residual stream is bf16, from its bf16
+    embedding weights, an unsharded one's float32)."""
+    mp.spawn(_logits_worker, args=(_free_port(), False, str(tmp_path)), nprocs=2, join=True)
+    got = torch.load(tmp_path / "logits_False.pt")
+    error = float((got["sharded"] - got["whole"]).abs().max() / got["whole"].abs().max())
+    assert error < 2e-2, error

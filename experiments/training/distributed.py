@@ -21,6 +21,7 @@ from tokreason.experiments.errors import UserError
 from tokreason.methods.parallel import RESHARD_FLAG
 
 SHARDINGS = ("auto", "none", "ddp", "fsdp")
+CAST_FORWARD_INPUTS = False  # FSDP2's MixedPrecisionPolicy.cast_forward_inputs (see shard)
 
 
 def strategy(t: DictConfig, world: int) -> str:
@@ -73,7 +74,10 @@ def shard(model: torch.nn.Module, lm: torch.nn.Module, companions: list, bf16: b
     optimizer state stay sharded."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    # cast_forward_inputs off: a block gets its inputs as an unsharded model's block does (under autocast, RoPE's
+    # cos/sin in float32); FSDP2's default would cast every floating input of every unit to bf16
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                  cast_forward_inputs=CAST_FORWARD_INPUTS) if bf16 else MixedPrecisionPolicy()
     device = next(model.parameters()).device
     def unit(module, reshard: bool, **options) -> None:  # recorded: FSDP2 has no public getter (parallel.py reads it)
         fully_shard(module, mp_policy=policy, reshard_after_forward=reshard, **options)

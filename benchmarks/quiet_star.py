@@ -10,7 +10,12 @@ how its peak memory grows with L. Every configuration runs in its own process: i
 median of --steps timed steps is printed, and its ratio to the median of the plain steps timed
 between them in the same process (this machine's speed drifts between processes).
 
-    python benchmarks/quiet_star.py [--lengths 128 256 512] [--sweep 256 512 1024 2048] [--steps 2]
+    python benchmarks/quiet_star.py [--lengths 128 256 512] [--sweep 256 512 1024 2048] [--steps 2] [--cli 512]
+
+--cli L: the same step through `tokreason train` (the same random Mistral saved as a Hugging Face
+folder, a text corpus of windows of L tokens, batch 4, method=quiet_star's n_ahead 12 / talk 4 /
+2 passes, 2 steps, the end-of-run evaluation off), its process's peak RSS printed beside this
+script's own step at the same L: what the CLI's machinery adds to the method's memory.
 """
 import argparse
 import json
@@ -86,16 +91,69 @@ def ratio(result: dict) -> float:
     return result["seconds"] / result["plain_seconds"]
 
 
+def cli_peak(length: int, checkpoint_mlp: bool) -> dict:
+    """`tokreason train` of the benchmark's shape at window L: its peak RSS (GB) and seconds."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from tokreason.experiments.data.tokenizer import train_tokenizer
+
+    folder = Path(tempfile.mkdtemp(prefix="quiet_star_cli_"))
+    texts = [f"Ann has {i} apples --- and {i + 4} pears, so {2 * i + 4} in all." for i in range(4000)]
+    tokenizer = train_tokenizer(texts[:400], 300)
+    torch.manual_seed(0)
+    lm = MistralForCausalLM(MistralConfig(vocab_size=514, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
+                                          sliding_window=None, eos_token_id=tokenizer.eos_token_id))
+    lm.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    (folder / "corpus.txt").write_text("\n\n".join(texts))
+    command = [sys.executable, "-m", "tokreason.cli", "train", "method=quiet_star", "model=hf",
+               f"model.name_or_path={folder / 'model'}", "data=text", f"data.path={folder / 'corpus.txt'}",
+               f"data.seq_len={length}", "data.val_windows=4", "trainer.batch_size=4", "trainer.grad_accum=1",
+               "trainer.max_steps=2", "trainer.eval_every=0", "trainer.checkpoint_every=2", "trainer.progress_bar=false",
+               "eval=none", "logger=none", f"method.checkpoint_mlp={str(checkpoint_mlp).lower()}",
+               f"run_dir={folder / 'run'}", f"cache_dir={folder / 'cache'}"]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"error: the CLI run failed: {(done.stderr.strip().splitlines() or [''])[-1]}")
+    return {"seconds": time.perf_counter() - started,
+            "peak_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--lengths", type=int, nargs="*", default=[128, 256, 512])
     parser.add_argument("--sweep", type=int, nargs="*", default=[256, 512, 1024, 2048])
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--cli", type=int, nargs="*", default=[], metavar="L",
+                        help="also the step through tokreason train at these windows, peak beside this script's")
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "ATTENTION", "LENGTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--cli-one", nargs=2, metavar=("LENGTH", "MLP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], int(args.one[2]), args.steps)))
         return
+    if args.cli_one:
+        print(json.dumps(cli_peak(int(args.cli_one[0]), args.cli_one[1] == "true")))
+        return
+    if args.cli:
+        print("the step through `tokreason train` (one process: the CLI and its run) beside this script's step, peak RSS GB")
+        print(f"{'L':>5} {'':<10} {'script GB':>9} {'CLI GB':>7} {'CLI - script':>12}")
+        for length in args.cli:
+            for label, attention in (("fused", "fast"), ("fused+mlp", "fast+mlp")):
+                script = measure("quiet_star", attention, length, 1)
+                out = subprocess.run([sys.executable, __file__, "--cli-one", str(length), str(attention == "fast+mlp").lower()],
+                                     capture_output=True, text=True, check=True)
+                cli = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"{length:>5} {label:<10} {script['peak_gb']:>9.2f} {cli['peak_gb']:>7.2f} "
+                      f"{cli['peak_gb'] - script['peak_gb']:>+12.2f}", flush=True)
+        if not args.lengths and not args.sweep:
+            return
     print("one optimizer step: random Mistral (vocab 514, hidden 128, 4 layers), 4 windows, n_ahead 12 / talk 4 / passes 2")
     print("  official: the issue's measurement of ezelikman/quiet-star (same shape, this CPU); dense: its attention here")
     print("  fused: method.attention=fast (default); +mlp: and method.checkpoint_mlp=true")

@@ -54,3 +54,20 @@ def test_every_method_runs_and_is_evaluated_on_every_kind_of_model(folders, cach
         if not expected <= modes or any(r["trained"] is None for r in rows if r["think"] in ("off", "on")):
             failures.append(f"tied={key[0]} spare={key[1]} thought_tokens={key[2]}: rows {sorted(modes)}")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["quiet_star_tiny", "rlp_tiny"])
+def test_two_processes_on_a_tied_hf_folder_in_bf16_train_and_are_evaluated(tmp_path, cache_dir, method):
+    """The GPU default on the most common small models, as two processes: a tied model without
+    thought tokens or spare rows (the thought tokens added), bf16 under FSDP2, through torchrun
+    to the end-of-run evaluation (one process evaluates, the other waits)."""
+    from test_distributed import torchrun
+
+    folder = hf_folder(tmp_path / "hub", "llama", tied=True)
+    corpus = text_corpus(tmp_path / "corpus.jsonl")
+    torchrun(["model=hf", f"model.name_or_path={folder}", *RUN, f"data.path={corpus}", *SETTINGS[method],
+              f"method={method}", "trainer.sharding=fsdp", "trainer.precision=bf16", "run_dir=run"], tmp_path, cache_dir)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["sharding"] == "fsdp" and summary["precision"] == "bf16" and summary["steps"] == 2
+    assert summary["eval"]["rows"] and any(r["think"] == "on" and r["trained"] is not None for r in summary["eval"]["rows"])

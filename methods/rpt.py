@@ -14,6 +14,11 @@ Templates (method.template):
   the chat template, a free response of up to response_budget tokens (thinking, </think>, the
   answer) ending at EOS; the prediction is the content of the last \\boxed{} after </think>.
 
+Dynamic sampling (DAPO, from method.dynamic_sampling_from_step): refill (default) samples further
+rounds at the next positions of the same windows until the batch holds as many groups whose
+rewards have spread as the first round had groups (at most dynamic_sampling_rounds); mask keeps
+the first round and masks its flat groups out of the loss.
+
 The loss is computed under the distribution the sampler drew from (the close token masked while
 a thought is shorter than min_thought_tokens; a close forced at the budget is not the policy's)."""
 import copy

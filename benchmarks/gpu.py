@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-import torch
+# before torch's allocator starts: segments that grow instead of fragmenting (the wheelhouse's `run` sets it too)
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from memory_model import ModelShape, fitting, predict_gb  # noqa: E402

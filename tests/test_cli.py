@@ -194,7 +194,7 @@ def _error(proc: subprocess.CompletedProcess) -> str:
     (["model=hf", "model.name_or_path=/no/such/model"], "model.name_or_path='/no/such/model' is not an existing folder"),
     (["data=text", "data.path=missing.txt"], "data.path='missing.txt' does not exist"),
     (["data.examples=documents"], "data.examples=documents needs a method that reads each document's own context "
-                                  "(method.context=document: rpt, rlp); method=cpt reads every position of a row"),
+                                  "(a method with method.context=document); method=cpt reads every position of a row"),
     (["data.examples=pages"], "data.examples='pages' is not valid; valid: windows, documents"),
 ])
 def test_bad_input_is_a_one_line_error_and_writes_nothing(cli, tmp_path, overrides, message):

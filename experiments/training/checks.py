@@ -73,5 +73,5 @@ def check_examples(cfg: DictConfig) -> None:
     if context != "document":
         said = f"method.context={context}" if context is not None else "every position of a row"
         raise UserError(f"data.examples=documents needs a method that reads each document's own context "
-                        f"(method.context=document: rpt, rlp); method={cfg.method.name} reads {said}; use "
+                        f"(a method with method.context=document); method={cfg.method.name} reads {said}; use "
                         "data.examples=windows")

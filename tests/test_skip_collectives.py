@@ -5,7 +5,6 @@ NCCL a process that skips a collective the others make hangs until the process-g
 under gloo it errors or hangs until this test's 30 s timeout."""
 import json
 import os
-import socket
 from datetime import timedelta
 
 import pytest
@@ -42,7 +41,7 @@ def _no_position_on_rank_one(config) -> None:
     object.__setattr__(config, "choose", none)
 
 
-def _worker(rank: int, port: int, method: str, options: dict, out: str) -> None:
+def _worker(rank: int, store: str, method: str, options: dict, out: str) -> None:
     from conftest import rollout_step, tiny_llama
     from tokreason.experiments.data.tokenizer import train_tokenizer
     from tokreason.experiments.training.distributed import shard
@@ -50,7 +49,7 @@ def _worker(rank: int, port: int, method: str, options: dict, out: str) -> None:
     from tokreason.methods.rpt import RPT
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=30))
     tokenizer = train_tokenizer([f"Bo has {i} pens and {i + 1} cups." for i in range(100)], 300)
     torch.manual_seed(0)
@@ -72,12 +71,6 @@ def _worker(rank: int, port: int, method: str, options: dict, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("method, options", [
     ("rpt", {"selector": "random"}),
     ("rpt", {"selector": "entropy", "kl_beta": 0.1}),  # the proxy in the rollout, the reference in every pass
@@ -85,7 +78,8 @@ def _free_port() -> int:
     ("rlp", {"ema_device": "cpu"}),                     # the EMA kept in host memory, sharded there
 ], ids=["rpt", "rpt-proxy-reference", "rlp-ema", "rlp-ema-on-host"])
 def test_a_process_without_a_position_makes_the_collectives_of_one_that_learns(tmp_path, method, options):
-    mp.spawn(_worker, args=(_free_port(), method, options, str(tmp_path)), nprocs=2, join=True)
+    # a file store, not a TCP port picked free and then bound (another process may take it between)
+    mp.spawn(_worker, args=(str(tmp_path / "store"), method, options, str(tmp_path)), nprocs=2, join=True)
     logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert logs[0]["skipped"] == 0.0 and logs[1]["skipped"] == 1.0, logs  # rank 1 learned nothing: it ran the skip
     assert logs[0]["collectives"] == logs[1]["collectives"]
@@ -106,14 +100,14 @@ class _Logits(torch.nn.Module):
         return self.forward(ids).mean()
 
 
-def _logits_worker(rank: int, port: int, cast: bool, out: str) -> None:
+def _logits_worker(rank: int, store: str, cast: bool, out: str) -> None:
     import copy
 
     from conftest import tiny_llama
     from tokreason.experiments.training import distributed
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=60))
     model = _Logits(tiny_llama(300))
     ids = torch.randint(4, 300, (2, 32), generator=torch.Generator().manual_seed(0))
@@ -132,7 +126,7 @@ def test_under_bf16_sharded_logits_agree_with_unsharded_ones(tmp_path):
     inputs as an unsharded block does) against the same model unsharded under bf16 autocast: the
     logits agree to bf16's resolution (a sharded model's residual stream is bf16, from its bf16
     embedding weights, an unsharded one's float32)."""
-    mp.spawn(_logits_worker, args=(_free_port(), False, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_logits_worker, args=(str(tmp_path / "store"), False, str(tmp_path)), nprocs=2, join=True)
     got = torch.load(tmp_path / "logits_False.pt")
     error = float((got["sharded"] - got["whole"]).abs().max() / got["whole"].abs().max())
     assert error < 2e-2, error

@@ -211,7 +211,10 @@ def methods_section(dry: bool, device, budget_gb: float, log) -> list[dict]:
             rows.append(row)
             print_method_row(row)
             log.add("methods", row)
-    return rows + extrapolated(rows)
+    for row in extrapolated(rows):
+        print_method_row(row)
+        log.add("methods", row)
+    return rows
 
 
 def extrapolated(rows: list[dict]) -> list[dict]:
@@ -475,9 +478,7 @@ def main() -> None:
         elif section == "methods":
             print(f"{'method':<11} {'model':<11} {'lay':>3} {'status':<40} {'alloc GB':>8} {'resv GB':>8} {'model GB':>9} "
                   f"{'s/step':>8} {'tokens/s':>10} {'MFU':>6}  knobs")
-            for row in methods_section(args.dry, device, budget, log)[len(log.sections.get("methods", [])):]:
-                print_method_row(row)  # the extrapolated rows
-                log.add("methods", row)
+            methods_section(args.dry, device, budget, log)
         else:
             parser.error(f"unknown section {section!r}; valid: attention, sampler, methods")
     rows = log.rows()

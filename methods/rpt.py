@@ -166,9 +166,10 @@ class RPTModel(RolloutModule):
         as they come), with the rounds sampled and the groups refilled."""
         cfg, group, first = self.config, self.config.group_size, parts[0]
         samples, rewards, flat = first["samples"], first["rewards"], first["flat"]
-        if refill and bool((~torch.cat([p["flat"] for p in parts])).any()):
+        spread = ~torch.cat([p["flat"] for p in parts])
+        if refill and bool(spread.any()):
             every = torch.cat([p["rewards"] for p in parts])
-            kept = (~torch.cat([p["flat"] for p in parts])).nonzero()[:, 0][:target].tolist()
+            kept = spread.nonzero()[:, 0][:target].tolist()
             joined = join_samples([p["samples"] for p in parts], self.pad_id) if len(parts) > 1 else samples
             samples = take_rows(joined, [g * group + j for g in kept for j in range(group)])
             rewards, refilled = every[kept], sum(g >= len(flat) for g in kept)
@@ -178,8 +179,8 @@ class RPTModel(RolloutModule):
         token_mask = samples.sampled.clone()
         if mask_flat or refill:  # refilled groups all have spread; a round with none is all masked
             token_mask &= ~groups_flat.repeat_interleave(group)[:, None]  # groups without spread leave the loss
-        stats = self.round_stats(first)
-        stats.update(sampling_rounds=float(len(parts)), refilled_groups=float(refilled), positions=float(len(rewards)))
+        stats = {**self.round_stats(first), "sampling_rounds": float(len(parts)), "refilled_groups": float(refilled),
+                 "positions": float(len(rewards))}  # the batch's groups, not the first round's
         return RPTBatch(stats, full=torch.cat([samples.prompt_ids, samples.tokens], dim=1), prompt_mask=samples.prompt_mask,
                         tokens=samples.tokens, token_mask=token_mask, advantages=advantages.view(-1),
                         epochs_left=cfg.epochs - 1)
@@ -192,8 +193,7 @@ class RPTModel(RolloutModule):
                 "format_failures": sum(p is None for p in predictions) / len(predictions),
                 "thought_length": samples.thought_len.float().mean() if meta else samples.sampled.sum(-1).float().mean(),
                 "empty_thoughts": (samples.thought_len == 0).float().mean() if meta else 0.0,
-                "thought_closed": samples.closed.float().mean() if meta else 1.0,
-                "positions": float(len(rewards)), "skipped_batch": 0.0}
+                "thought_closed": samples.closed.float().mean() if meta else 1.0, "skipped_batch": 0.0}
 
     def after_update(self, batch: "RPTBatch") -> None:
         """After an update over all of a batch's rows: keep it for its next epoch, or let it go."""

@@ -77,12 +77,15 @@ def with_own_key(mask: torch.Tensor | None) -> torch.Tensor | None:
     sees its own key already, so its output is unchanged; a pad row's is finite, and never read."""
     if mask is None or mask.dim() < 2:
         return mask
+    made = getattr(mask, "_tokreason_own_key", None)  # every layer of a forward gets the same mask: made once,
+    if made is not None:                               # kept on the mask (it lives as long as the mask does)
+        return made
     q, k = mask.shape[-2], mask.shape[-1]
     own = torch.zeros(q, k, dtype=torch.bool, device=mask.device)
     own[torch.arange(q), torch.arange(k - q, k)] = True
-    if mask.dtype == torch.bool:
-        return mask | own
-    return mask.masked_fill(own, 0.0)  # an additive mask: 0 where visible
+    made = mask | own if mask.dtype == torch.bool else mask.masked_fill(own, 0.0)  # an additive mask: 0 where visible
+    mask._tokreason_own_key = made
+    return made
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

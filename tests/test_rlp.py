@@ -179,6 +179,16 @@ CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
+def chat_rlp(template: str):
+    """A tokenizer with <think>/</think> and `template`, RLP's chat format on it, and its model."""
+    tok = train_tokenizer([f"Ann has {i} apples and {i + 3} pears." for i in range(100)], 300)
+    tok.add_special_tokens({"extra_special_tokens": ["<think>", "</think>"]}, replace_extra_special_tokens=False)
+    tok.chat_template = template
+    method = RLP(template="chat", system_prompt="Think, then continue.", group_size=2, thought_budget=3,
+                 min_thought_tokens=1, min_context=2)
+    return tok, method, method.wrap(tiny_llama(len(tok)), tok)
+
+
 # A Qwen3-like template: an assistant turn that thought is written <think>\n..\n</think>\n\n reply
 THINKING_CHAT = ("{% for m in messages %}{% if m['role'] == 'assistant' and '</think>' in m['content'] %}"
                  "<|assistant|><think>\n{{ m['content'].split('</think>')[0].split('<think>')[-1].strip() }}\n</think>\n\n"
@@ -192,12 +202,7 @@ def test_the_target_follows_the_close_as_the_chat_template_writes_it(template, s
     """S_pred reads x_t where the model's own format puts it: after </think> and the template's
     separator (Qwen3's "\n\n"), right after </think> where the template writes none; the
     thinking evaluation's prefixes end the same way, and the run's log says which."""
-    tok = train_tokenizer([f"Ann has {i} apples and {i + 3} pears." for i in range(100)], 300)
-    tok.add_special_tokens({"extra_special_tokens": ["<think>", "</think>"]}, replace_extra_special_tokens=False)
-    tok.chat_template = template
-    method = RLP(template="chat", system_prompt="Think, then continue.", group_size=2, thought_budget=3,
-                 min_thought_tokens=1, min_context=2)
-    model = method.wrap(tiny_llama(len(tok)), tok)
+    tok, method, model = chat_rlp(template)
     assert model.format.separator == separator
     after = list(tok.encode(separator, add_special_tokens=False)) if separator else []
     assert list(model.format.after_close) == after
@@ -238,12 +243,7 @@ def test_the_papers_chat_template_thinks_between_think_tags_after_the_system_pro
     """method.template=chat (the paper's prompt): a system turn, the context as the user turn,
     the thought between <think> and </think>, S_pred of x_t right after </think>; the thinking
     evaluation uses the same format, on the base as on the trained model."""
-    tok = train_tokenizer([f"Ann has {i} apples and {i + 3} pears." for i in range(100)], 300)
-    tok.add_special_tokens({"extra_special_tokens": ["<think>", "</think>"]}, replace_extra_special_tokens=False)
-    tok.chat_template = CHAT
-    method = RLP(template="chat", system_prompt="Think, then continue.", group_size=2, thought_budget=3,
-                 min_thought_tokens=1, min_context=2)
-    model = method.wrap(tiny_llama(len(tok)), tok)
+    tok, method, model = chat_rlp(CHAT)
     calls = []
     real_sample = rlp_module.sample
     rlp_module.sample = lambda *a, **k: calls.append((a, k)) or real_sample(*a, **k)

@@ -29,10 +29,15 @@ import time
 # shape: seconds per step and peak GB by window length (printed beside ours; not re-measured).
 OFFICIAL = {128: (2.18, 2.98), 256: (6.40, 5.84), 512: (20.9, 11.45)}
 PLAIN_PER_STEP = 5  # plain steps (~0.1 s each) timed before each timed step, in the same process
+# The Quiet-STaR variants measured: the method's settings each sets (the CLI's overrides are the same).
+VARIANTS = {"dense": dict(attention="dense"),                  # the official growing mask
+            "fused": dict(attention="fast"),                   # the default: fused attention, lean MLP
+            "fused-autograd": dict(attention="fast", lean_mlp=False),  # autograd's own MLP (method.lean_mlp=false)
+            "fused+mlp": dict(attention="fast", checkpoint_mlp=True)}  # every MLP recomputed (method.checkpoint_mlp)
 
 
-def one(method: str, attention: str, length: int, steps: int) -> dict:
-    """Time `method`'s step (quiet_star with `attention`, or floor) and, interleaved with it in
+def one(method: str, variant: str, length: int, steps: int) -> dict:
+    """Time `method`'s step (quiet_star as VARIANTS[variant] sets it, or floor) and, interleaved with it in
     the same process, a plain step on 4 windows of the same model shape: PLAIN_PER_STEP plain
     steps before each timed step, so both see the same machine state (the peak RSS then includes
     the plain model's weights and AdamW state, about 18 MB)."""
@@ -40,7 +45,7 @@ def one(method: str, attention: str, length: int, steps: int) -> dict:
 
     tokenizer = train_tokenizer(["Ann has 3 apples --- and 4 pears."] * 50, 300)
     plain = stepper("cpt", "-", length, tokenizer)
-    subject = stepper(method, attention, length, tokenizer)
+    subject = stepper(method, variant, length, tokenizer)
     plain(), subject()  # warm-up (allocations, kernels)
     plain_times, times = [], []
     for _ in range(steps):
@@ -50,7 +55,7 @@ def one(method: str, attention: str, length: int, steps: int) -> dict:
             "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def stepper(method: str, attention: str, length: int, tokenizer):
+def stepper(method: str, variant: str, length: int, tokenizer):
     """A function that runs one timed optimizer step of `method` on its own random Mistral and
     returns its seconds. floor: a plain step over as many tokens as the thought pass feeds
     (2 passes x (text + 10 thought + 4 talk steps) = 30x the 4 windows)."""
@@ -65,8 +70,7 @@ def stepper(method: str, attention: str, length: int, tokenizer):
     lm = MistralForCausalLM(MistralConfig(vocab_size=514, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
                                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
                                           sliding_window=None))
-    options = dict(attention="fast", checkpoint_mlp=True) if attention == "fast+mlp" else dict(attention=attention)
-    method_obj = QuietStar(n_ahead=12, n_ahead_talk=4, n_passes=2, **options) if method == "quiet_star" else CPT()
+    method_obj = QuietStar(n_ahead=12, n_ahead_talk=4, n_passes=2, **VARIANTS[variant]) if method == "quiet_star" else CPT()
     model = method_obj.wrap(lm, tokenizer)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batch = {"input_ids": torch.randint(4, 514, (4 * (30 if method == "floor" else 1), length))}
@@ -81,8 +85,8 @@ def stepper(method: str, attention: str, length: int, tokenizer):
     return run
 
 
-def measure(method: str, attention: str, length: int, steps: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", method, attention, str(length), "--steps", str(steps)],
+def measure(method: str, variant: str, length: int, steps: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", method, variant, str(length), "--steps", str(steps)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -91,8 +95,9 @@ def ratio(result: dict) -> float:
     return result["seconds"] / result["plain_seconds"]
 
 
-def cli_peak(length: int, checkpoint_mlp: bool) -> dict:
-    """`tokreason train` of the benchmark's shape at window L: its peak RSS (GB) and seconds."""
+def cli_peak(length: int, variant: str) -> dict:
+    """`tokreason train` of the benchmark's shape at window L, with the variant's settings as
+    overrides: its peak RSS (GB) and seconds."""
     import tempfile
     from pathlib import Path
 
@@ -115,7 +120,7 @@ def cli_peak(length: int, checkpoint_mlp: bool) -> dict:
                f"model.name_or_path={folder / 'model'}", "data=text", f"data.path={folder / 'corpus.txt'}",
                f"data.seq_len={length}", "data.val_windows=4", "trainer.batch_size=4", "trainer.grad_accum=1",
                "trainer.max_steps=2", "trainer.eval_every=0", "trainer.checkpoint_every=2", "trainer.progress_bar=false",
-               "eval=none", "logger=none", f"method.checkpoint_mlp={str(checkpoint_mlp).lower()}",
+               "eval=none", "logger=none", *(f"method.{k}={str(v).lower()}" for k, v in VARIANTS[variant].items()),
                f"run_dir={folder / 'run'}", f"cache_dir={folder / 'cache'}"]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -132,51 +137,52 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--cli", type=int, nargs="*", default=[], metavar="L",
                         help="also the step through tokreason train at these windows, peak beside this script's")
-    parser.add_argument("--one", nargs=3, metavar=("METHOD", "ATTENTION", "LENGTH"), help=argparse.SUPPRESS)
-    parser.add_argument("--cli-one", nargs=2, metavar=("LENGTH", "MLP"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("METHOD", "VARIANT", "LENGTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--cli-one", nargs=2, metavar=("LENGTH", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], int(args.one[2]), args.steps)))
         return
     if args.cli_one:
-        print(json.dumps(cli_peak(int(args.cli_one[0]), args.cli_one[1] == "true")))
+        print(json.dumps(cli_peak(int(args.cli_one[0]), args.cli_one[1])))
         return
     if args.cli:
         print("the step through `tokreason train` (one process: the CLI and its run) beside this script's step, peak RSS GB")
-        print(f"{'L':>5} {'':<10} {'script GB':>9} {'CLI GB':>7} {'CLI - script':>12}")
+        print(f"{'L':>5} {'':<14} {'script GB':>9} {'CLI GB':>7} {'CLI - script':>12}")
         for length in args.cli:
-            for label, attention in (("fused", "fast"), ("fused+mlp", "fast+mlp")):
-                script = measure("quiet_star", attention, length, 1)
-                out = subprocess.run([sys.executable, __file__, "--cli-one", str(length), str(attention == "fast+mlp").lower()],
+            for variant in ("fused", "fused-autograd", "fused+mlp"):
+                script = measure("quiet_star", variant, length, 1)
+                out = subprocess.run([sys.executable, __file__, "--cli-one", str(length), variant],
                                      capture_output=True, text=True, check=True)
                 cli = json.loads(out.stdout.strip().splitlines()[-1])
-                print(f"{length:>5} {label:<10} {script['peak_gb']:>9.2f} {cli['peak_gb']:>7.2f} "
+                print(f"{length:>5} {variant:<14} {script['peak_gb']:>9.2f} {cli['peak_gb']:>7.2f} "
                       f"{cli['peak_gb'] - script['peak_gb']:>+12.2f}", flush=True)
         if not args.lengths and not args.sweep:
             return
     print("one optimizer step: random Mistral (vocab 514, hidden 128, 4 layers), 4 windows, n_ahead 12 / talk 4 / passes 2")
     print("  official: the issue's measurement of ezelikman/quiet-star (same shape, this CPU); dense: its attention here")
-    print("  fused: method.attention=fast (default); +mlp: and method.checkpoint_mlp=true")
+    print("  fused: method.attention=fast (default), its MLP lean (method.lean_mlp, default); -autograd: lean_mlp=false;")
+    print("  +mlp: checkpoint_mlp=true (every MLP recomputed)")
     print("  floor: a plain step over the thought pass's tokens (2 passes x 15 steps = 30x the windows), no thought attention")
     print("  x plain: against the plain steps timed between its steps in the same process (plain s: the floor's)")
-    columns = (("dense", "dense"), ("fused", "fast"), ("fused+mlp", "fast+mlp"))
+    columns = list(VARIANTS)
     print(f"{'L':>5} {'plain s':>8} {'floor s (x plain)':>18} | {'official s':>10} {'GB':>6} | "
-          + " | ".join(f"{name + ' s (x plain)':>20} {'GB':>5} {'vs off.':>7}" for name, _ in columns))
+          + " | ".join(f"{name + ' s (x plain)':>25} {'GB':>5} {'vs off.':>7}" for name in columns))
     for length in args.lengths:
         floor = measure("floor", "-", length, args.steps)
         official = OFFICIAL.get(length)
         line = (f"{length:>5} {floor['plain_seconds']:>8.3f} {floor['seconds']:>10.2f} ({ratio(floor):>4.1f}x) | "
                 + (f"{official[0]:>10.2f} {official[1]:>6.2f}" if official else f"{'n/a':>10} {'':>6}"))
-        for _, attention in columns:
-            r = measure("quiet_star", attention, length, args.steps)
+        for variant in columns:
+            r = measure("quiet_star", variant, length, args.steps)
             speed = f"{official[0] / r['seconds']:>6.2f}x" if official else f"{'n/a':>7}"
-            line += f" | {r['seconds']:>11.2f} ({ratio(r):>5.1f}x) {r['peak_gb']:>5.2f} {speed}"
+            line += f" | {r['seconds']:>16.2f} ({ratio(r):>5.1f}x) {r['peak_gb']:>5.2f} {speed}"
         print(line)
     if args.sweep:
         print("\nthe fused path (with checkpoint_mlp) at longer windows: peak GB, and its growth per doubling of L")
         previous = None
         for length in args.sweep:
-            fused = measure("quiet_star", "fast+mlp", length, 1)
+            fused = measure("quiet_star", "fused+mlp", length, 1)
             growth = f"{fused['peak_gb'] / previous:.2f}x" if previous else ""
             print(f"{length:>5} {fused['seconds']:>8.2f} s {fused['peak_gb']:>6.2f} GB {growth:>7}")
             previous = fused["peak_gb"]

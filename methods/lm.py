@@ -133,6 +133,63 @@ def head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature
     return chunked(rows, hidden, targets, chunk=chunk, width=getattr(head, "vocab_size", 1))
 
 
+class GatedDown(torch.autograd.Function):
+    """down_proj(act(gate) * up) that keeps only gate and up for the backward pass. Autograd
+    would keep act(gate) and the product as well (each as wide as gate): half of a gated MLP's
+    activations. The backward pass recomputes them from gate and up, elementwise; no matmul is
+    repeated (torch.utils.checkpoint would redo the projections). The down projection runs in
+    gate's dtype, as autocast runs it (its weight cast to it, the weight's gradient cast back)."""
+
+    @staticmethod
+    def forward(ctx, gate, up, weight, bias, act):
+        ctx.act, ctx.has_bias = act, bias is not None
+        ctx.save_for_backward(gate, up, weight)
+        with torch.autocast(gate.device.type, enabled=False):
+            return F.linear(act(gate) * up, weight.to(gate.dtype), None if bias is None else bias.to(gate.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        gate, up, weight = ctx.saved_tensors
+        with torch.autocast(gate.device.type, enabled=False):
+            with torch.enable_grad():
+                gate_leaf, up_leaf = gate.detach().requires_grad_(), up.detach().requires_grad_()
+                product = ctx.act(gate_leaf) * up_leaf
+            grad_out = grad_out.to(gate.dtype)
+            grad_gate, grad_up = torch.autograd.grad(product, (gate_leaf, up_leaf), grad_out @ weight.to(gate.dtype))
+            rows = grad_out.reshape(-1, grad_out.shape[-1])
+            grad_weight = (rows.T @ product.detach().reshape(-1, product.shape[-1])).to(weight.dtype)
+            grad_bias = rows.sum(0).to(weight.dtype) if ctx.has_bias else None
+        return grad_gate, grad_up, grad_weight, grad_bias, None
+
+
+def is_gated_mlp(mlp) -> bool:
+    """An MLP of the form down_proj(act_fn(gate_proj(x)) * up_proj(x)) (Llama, Mistral, Qwen2/3,
+    Gemma, SmolLM2), its projections plain nn.Linear with no hooks (a hook, an adapter or a
+    quantised layer would be bypassed by GatedDown, so those MLPs are left as they are)."""
+    linears = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    return (all(type(m) is torch.nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in linears)
+            and callable(getattr(mlp, "act_fn", None)) and not getattr(mlp, "_tokreason_lean", False))
+
+
+def lean_gated_mlps(lm) -> int:
+    """Run every decoder layer's gated MLP (is_gated_mlp) through GatedDown: the same outputs
+    and gradients, half its activations kept for the backward pass. Returns how many; an MLP of
+    another form (GPT-2's, a fused gate_up_proj) keeps its own forward."""
+    lean = 0
+    for module in lm.modules():
+        mlp = getattr(module, "mlp", None)
+        if isinstance(mlp, torch.nn.Module) and is_gated_mlp(mlp):
+            def run(x, _mlp=mlp):
+                if not torch.is_grad_enabled():
+                    return _mlp.down_proj(_mlp.act_fn(_mlp.gate_proj(x)) * _mlp.up_proj(x))
+                down = _mlp.down_proj
+                return GatedDown.apply(_mlp.gate_proj(x), _mlp.up_proj(x), down.weight, down.bias, _mlp.act_fn)
+
+            mlp.forward, mlp._tokreason_lean = run, True
+            lean += 1
+    return lean
+
+
 def checkpoint_mlps(lm) -> int:
     """Activation-checkpoint the MLP of every decoder layer (a submodule named `mlp`): its
     intermediate activations (the widest of a layer) are recomputed in the backward pass

@@ -32,7 +32,7 @@ from tokreason.methods.base import CORRUPTION, Method, MethodModule
 from tokreason.methods.keys import step_seed, window_keys
 from tokreason.methods.corruption import check_corruption, corrupt_thoughts, corruption_generator
 from tokreason.methods.inference import PlainScorer, ThoughtScorer
-from tokreason.methods.lm import (checkpoint_mlps, chunked, fits_one_chunk, context_length, float32_linear, head_logprobs,
+from tokreason.methods.lm import (checkpoint_mlps, chunked, lean_gated_mlps, fits_one_chunk, context_length, float32_linear, head_logprobs,
                                   output_head, token_logprobs)
 from tokreason.methods.policy import group_advantages, reinforce_loss
 from tokreason.methods.registration import register_method
@@ -63,6 +63,8 @@ class QuietStarConfig:
     meta_grad_scale: float = 100.0  # stored as e/scale, used as scale*p: gradient x scale (under Adam ~ lr x scale)
     attention: str = "fast"         # fast: the fused thought attention, a kernel where the device has one | chunked: the
                                     # fused attention without a kernel (the reference) | dense: the official growing mask
+    lean_mlp: bool = True           # ours: a gated MLP keeps only gate and up for the backward pass (lm.GatedDown):
+                                    # half its activations, the same numbers, no matmul repeated
     checkpoint_mlp: bool = False    # recompute every layer's MLP in the backward pass: most of a step's activations
     thought_corrupt: str = "none"   # the ablation: none | shuffle | random (see forward)
     mix_precision: str = "float32"  # ours: float32: the mixing head, the mix and the scored log-probs in float32 under bf16
@@ -156,6 +158,7 @@ class QuietStarModel(MethodModule):
             device=embed.weight.device, dtype=embed.weight.dtype)
         self.context = context_length(lm.config)
         self.checkpoint_steps = False  # activation checkpointing of every step (Method.enable_activation_checkpointing)
+        self.lean_mlps = lean_gated_mlps(lm) if config.lean_mlp else 0  # before checkpoint_mlps, which wraps the forward it finds
         if config.checkpoint_mlp:
             checkpoint_mlps(lm)
 

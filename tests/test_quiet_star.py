@@ -476,3 +476,26 @@ def test_a_torch_without_the_kernels_private_ops_takes_the_chunked_path(tokenize
         torch.manual_seed(0)
         chunked = model(ids)[0]
     torch.testing.assert_close(fast, chunked, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral_window"])
+def test_the_lean_mlp_changes_neither_the_loss_nor_a_gradient(tokenizer, arch):
+    """method.lean_mlp (the default) against autograd's own MLP, through the whole objective:
+    the same loss and every gradient, the same thoughts given; and it is on by default."""
+    from tokreason.methods.lm import lean_gated_mlps
+
+    assert make(arch, tokenizer).lean_mlps == 2
+    model = make(arch, tokenizer, lean_mlp=False)
+    assert model.lean_mlps == 0
+    ids = torch.randint(4, len(tokenizer), (2, 11))
+    torch.manual_seed(1)
+    _, _, tp = model(ids)
+    loss, _, _ = model(ids, thoughts=tp.thought_ids)
+    loss.backward()
+    reference = grads(model)
+    assert lean_gated_mlps(model.lm) == 2
+    lean_loss, _, _ = model(ids, thoughts=tp.thought_ids)
+    lean_loss.backward()
+    torch.testing.assert_close(lean_loss, loss, atol=1e-6, rtol=1e-6)
+    for k, g in grads(model).items():
+        torch.testing.assert_close(g, reference[k], atol=1e-6, rtol=1e-4, msg=k)

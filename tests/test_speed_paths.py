@@ -181,3 +181,72 @@ def test_a_left_padded_prefill_has_no_query_without_a_key_and_real_rows_are_unch
         ours = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
     assert torch.isfinite(ours).all()
     torch.testing.assert_close(ours[mask.bool()], plain[mask.bool()])
+
+
+def saved_activation_bytes(fn) -> int:
+    """Bytes autograd keeps for the backward pass of fn(), parameters not counted."""
+    saved = []
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(saved)
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_pytorch_tanh"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_lean_gated_mlp_has_autograds_outputs_and_gradients_and_keeps_half(act, bias, autocast):
+    """lm.GatedDown (Quiet-STaR's method.lean_mlp) against the MLP's own forward: the same
+    output, input gradient and every weight gradient, in fp32 and under CPU bf16 autocast, with
+    bias and another activation; it keeps gate and up only, where autograd also keeps act(gate)
+    and the product (each as wide as gate): about half."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    from tokreason.methods.lm import lean_gated_mlps
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=16, intermediate_size=64, num_attention_heads=2, hidden_act=act, mlp_bias=bias)
+    holder = torch.nn.Module()
+    holder.mlp = LlamaMLP(config)
+    x = torch.randn(3, 7, 16)
+
+    def run():
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, kept = saved_activation_bytes(lambda: holder.mlp(leaf))
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), leaf.grad, grads(holder), kept
+
+    reference = run()
+    assert lean_gated_mlps(holder) == 1 and lean_gated_mlps(holder) == 0  # once only
+    lean = run()
+    assert lean[0].dtype == reference[0].dtype
+    torch.testing.assert_close(lean[0], reference[0], atol=0, rtol=0)
+    torch.testing.assert_close(lean[1], reference[1])
+    assert reference[2].keys() == lean[2].keys() and len(lean[2]) == (6 if bias else 3)
+    for name, g in lean[2].items():
+        torch.testing.assert_close(g, reference[2][name], msg=name)
+    assert lean[3] <= 0.6 * reference[3], (lean[3], reference[3])
+    if not autocast:
+        with torch.no_grad():  # without gradients the MLP's own computation
+            torch.testing.assert_close(holder.mlp(x), reference[0], atol=0, rtol=0)
+
+
+def test_an_mlp_of_another_form_or_with_a_hook_is_left_alone():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    from tokreason.methods.lm import lean_gated_mlps
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=50))
+    assert lean_gated_mlps(gpt2) == 0
+    holder = torch.nn.Module()
+    holder.mlp = LlamaMLP(LlamaConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2))
+    holder.mlp.down_proj.register_forward_hook(lambda *a: None)
+    assert lean_gated_mlps(holder) == 0

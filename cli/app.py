@@ -124,25 +124,33 @@ def compare(overrides: Annotated[list[str] | None, typer.Argument(metavar="OVERR
 
 @app.command()
 def report(paths: Annotated[list[str], typer.Argument(metavar="PATHS", help="Run dirs, or sweep dirs holding run dirs.", show_default=False)],
-           out: Annotated[str | None, typer.Option(help="Where report.md and its images go (default: the sweep dir given, else ./report).")] = None):
+           out: Annotated[str | None, typer.Option(help="Where report.md and its images go (default: the sweep dir given, else ./report).")] = None,
+           against: Annotated[str | None, typer.Option(help="A reference report.json (e.g. docs/reference/embedded.json): print each verdict "
+                                                            "beside the reference's 95% interval; exit 1 if one falls outside.")] = None):
     """Rebuild the comparison report (report.md + PNGs) from run dirs alone, without W&B."""
     from pathlib import Path
 
     from tokreason.experiments.errors import UserError
 
     try:
+        from tokreason.experiments.reporting.reference import against_lines, hold_against, load_report
         from tokreason.experiments.reporting.report import build_report, find_runs
 
+        reference = load_report(Path(against)) if against else None  # a bad reference fails before any work
         runs = find_runs([Path(p) for p in paths])
         target = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "summary.json").exists()
                                         else Path("report"))
-        build_report(runs, target)
+        held = hold_against(build_report(runs, target), reference) if reference else None
     except UserError as e:
         _fail(str(e))
     except Exception as e:
         _crash(e, "report")
     skipped = f" ({len(runs.skipped)} unfinished skipped)" if runs.skipped else ""
     typer.echo(f"report of {len(runs)} runs{skipped} -> {target / 'report.md'}")
+    if held:
+        typer.echo("\n".join(against_lines(held)))
+        if held["inside"] < held["compared"]:
+            raise typer.Exit(1)
 
 
 @app.command(name="lm-eval")

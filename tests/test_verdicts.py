@@ -178,3 +178,30 @@ def test_the_report_shows_whether_each_learning_signal_moved(tmp_path):
     assert flat["change"] == pytest.approx(0.0) and flat["moved"] == "no"
     md = (tmp_path / "out" / "report.md").read_text()
     assert f"| rpt | 0 | {REWARD_MEANING} | 12 | 0.1100 | 0.3100 | +0.2000 (" in md
+
+
+def test_a_comparison_is_held_against_a_reference_through_the_cli(cli, tmp_path):
+    """`tokreason report <runs> --against <reference report.json>`: each verdict beside the
+    reference's interval; exit 0 when all fall inside, 1 when one does not (its line says NO); a
+    bad reference is one error line (exit 2) before any work."""
+    write_run(tmp_path / "runs" / "cpt", "cpt", "off", 100, 60)
+    write_run(tmp_path / "runs" / "rlp", "rlp", "on", 180, 70)
+    report = build_report(find_runs([tmp_path / "runs"]), tmp_path / "first")
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps(report))
+    done = cli("report", str(tmp_path / "runs"), "--out", str(tmp_path / "again"), "--against", str(reference))
+    compared = sum(v.get("ci_low") is not None for v in report["verdicts"])
+    assert compared >= 3 and f"{compared} of {compared} verdicts inside the reference's 95% intervals" in done.stdout
+    assert "1. rlp in distribution" in done.stdout and "+20.0" in done.stdout
+    moved = json.loads(reference.read_text())
+    [v] = [v for v in moved["verdicts"] if v["number"] == 1 and v["setting"] == "in distribution"]
+    v["ci_low"], v["ci_high"] = 0.25, 0.35  # a reference that found more than this run did
+    reference.write_text(json.dumps(moved))
+    done = cli("report", str(tmp_path / "runs"), "--out", str(tmp_path / "again"), "--against", str(reference), check=False)
+    assert done.returncode == 1 and f"{compared - 1} of {compared} verdicts inside" in done.stdout
+    assert any(line.startswith("1. rlp in distribution") and line.endswith("NO") for line in done.stdout.splitlines())
+    (tmp_path / "bad.json").write_text("{not json")
+    for bad, says in ((tmp_path / "bad.json", "is not a report.json"), (tmp_path / "none.json", "has no report.json")):
+        done = cli("report", str(tmp_path / "runs"), "--against", str(bad), check=False)
+        assert done.returncode == 2 and done.stderr.strip().startswith("error:") and says in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1

@@ -125,7 +125,7 @@ def compare(overrides: Annotated[list[str] | None, typer.Argument(metavar="OVERR
 @app.command()
 def report(paths: Annotated[list[str], typer.Argument(metavar="PATHS", help="Run dirs, or sweep dirs holding run dirs.", show_default=False)],
            out: Annotated[str | None, typer.Option(help="Where report.md and its images go (default: the sweep dir given, else ./report).")] = None,
-           against: Annotated[str | None, typer.Option(help="A reference report.json (e.g. docs/reference/embedded.json): print each verdict "
+           against: Annotated[str | None, typer.Option(help="A reference report.json or its folder (e.g. docs/reference/embedded): print each verdict "
                                                             "beside the reference's 95% interval; exit 1 if one falls outside.")] = None):
     """Rebuild the comparison report (report.md + PNGs) from run dirs alone, without W&B."""
     from pathlib import Path

@@ -190,7 +190,7 @@ def test_embedded_tune_plans_each_methods_grid_on_the_validation_split():
     sweeps = tuning_sweeps(cfg.compare, common, root)
     assert list(sweeps) == ["cpt", "quiet_star_tiny", "rpt_tiny", "rlp_tiny"]
     rpt = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in sweeps["rpt_tiny"]}
-    assert rpt["trainer.lr"] == "3e-05,0.0001,0.0003" and rpt["method.temperature"] == "0.8,1.0"
+    assert rpt["trainer.lr"] == "1e-05,3e-05,0.0001,0.0003" and rpt["method.temperature"] == "0.8,1.0"
     assert rpt["eval.benchmarks"] == "[synth_val]" and rpt["eval.think_with"] == "[]"
     assert rpt["trainer.max_flops"] == "2000000000000.0" and rpt["hydra.sweep.dir"] == f"{root}/tune/rpt_tiny"
     assert "method.temperature" not in {o.split("=", 1)[0] for o in sweeps["quiet_star_tiny"]}
@@ -351,3 +351,23 @@ def test_the_re_asked_questions_are_comparison_presets(experiment, wanted):
     assert all(wanted <= set(sweep) for sweep in jobs)
     if experiment == "embedded_plain":  # its bases read the working in plain text
         assert cfg.model.bootstrap.worked_style == "plain"
+
+
+@pytest.mark.parametrize("name", ["embedded", "embedded_answers_only", "embedded_plain"])
+def test_the_readmes_findings_are_the_committed_references_numbers(name):
+    """The README's findings are read from the committed references (docs/reference/<preset>/,
+    the report.json a comparison over 3 base builds wrote, which `tokreason report --against`
+    takes): each verdict 1 and 3 interval there appears in the README to the digit."""
+    from tokreason.experiments.reporting.reference import load_report
+
+    root = Path(__file__).parents[1]
+    report = load_report(root / "docs" / "reference" / name)
+    readme = (root / "README.md").read_text()
+    assert len(report["bases"]) >= 3 and f"docs/reference/{name}/" in readme
+
+    def points(x: float) -> str:
+        return f"{100 * x:+.1f}"
+
+    for v in report["verdicts"]:
+        if v["number"] in (1, 3):
+            assert f"{points(v['delta'])} ({points(v['ci_low'])} to {points(v['ci_high'])})" in readme, v["sentence"]

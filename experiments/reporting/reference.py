@@ -1,4 +1,4 @@
-"""A comparison held against a committed reference (`docs/reference/*.json`, a `report.json`
+"""A comparison held against a committed reference (`docs/reference/<preset>/report.json`, a `report.json`
 that `tokreason compare` wrote): is each verdict's delta inside the reference's 95% interval,
 and which of its base builds (by weights hash) the reference had. A reference that pooled
 several bases has intervals that cover another draw of the base, so a fresh machine's run

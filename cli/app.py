@@ -140,7 +140,8 @@ def report(paths: Annotated[list[str], typer.Argument(metavar="PATHS", help="Run
         runs = find_runs([Path(p) for p in paths])
         target = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "summary.json").exists()
                                         else Path("report"))
-        held = hold_against(build_report(runs, target), reference) if reference else None
+        built = build_report(runs, target)
+        held = hold_against(built, reference) if reference else None
     except UserError as e:
         _fail(str(e))
     except Exception as e:

@@ -168,26 +168,34 @@ def is_gated_mlp(mlp) -> bool:
     quantised layer would be bypassed by GatedDown, so those MLPs are left as they are)."""
     linears = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
     return (all(type(m) is torch.nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in linears)
-            and callable(getattr(mlp, "act_fn", None)) and not getattr(mlp, "_tokreason_lean", False))
+            and callable(getattr(mlp, "act_fn", None)))
+
+
+def patch_mlps(lm, flag: str, wants, forward_for) -> int:
+    """Give every decoder layer's MLP (a submodule named `mlp`) for which wants(mlp) holds the
+    forward forward_for(mlp, its current forward), once (marked by `flag`). Returns how many."""
+    patched = 0
+    for module in lm.modules():
+        mlp = getattr(module, "mlp", None)
+        if isinstance(mlp, torch.nn.Module) and not getattr(mlp, flag, False) and wants(mlp):
+            mlp.forward = forward_for(mlp, mlp.forward)
+            setattr(mlp, flag, True)
+            patched += 1
+    return patched
 
 
 def lean_gated_mlps(lm) -> int:
     """Run every decoder layer's gated MLP (is_gated_mlp) through GatedDown: the same outputs
     and gradients, half its activations kept for the backward pass. Returns how many; an MLP of
     another form (GPT-2's, a fused gate_up_proj) keeps its own forward."""
-    lean = 0
-    for module in lm.modules():
-        mlp = getattr(module, "mlp", None)
-        if isinstance(mlp, torch.nn.Module) and is_gated_mlp(mlp):
-            def run(x, _mlp=mlp):
-                if not torch.is_grad_enabled():
-                    return _mlp.down_proj(_mlp.act_fn(_mlp.gate_proj(x)) * _mlp.up_proj(x))
-                down = _mlp.down_proj
-                return GatedDown.apply(_mlp.gate_proj(x), _mlp.up_proj(x), down.weight, down.bias, _mlp.act_fn)
+    def lean(mlp, forward):
+        def run(x):
+            if not torch.is_grad_enabled():
+                return forward(x)
+            return GatedDown.apply(mlp.gate_proj(x), mlp.up_proj(x), mlp.down_proj.weight, mlp.down_proj.bias, mlp.act_fn)
+        return run
 
-            mlp.forward, mlp._tokreason_lean = run, True
-            lean += 1
-    return lean
+    return patch_mlps(lm, "_tokreason_lean", is_gated_mlp, lean)
 
 
 def checkpoint_mlps(lm) -> int:
@@ -196,17 +204,11 @@ def checkpoint_mlps(lm) -> int:
     instead of kept. Returns how many were wrapped."""
     from torch.utils.checkpoint import checkpoint
 
-    wrapped = 0
-    for module in lm.modules():
-        mlp = getattr(module, "mlp", None)
-        if isinstance(mlp, torch.nn.Module) and not getattr(mlp, "_tokreason_checkpointed", False):
-            forward = mlp.forward
+    def checkpointed(mlp, forward):
+        def run(*args, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            return forward(*args, **kwargs)
+        return run
 
-            def run(*args, _forward=forward, **kwargs):
-                if torch.is_grad_enabled():
-                    return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
-                return _forward(*args, **kwargs)
-
-            mlp.forward, mlp._tokreason_checkpointed = run, True
-            wrapped += 1
-    return wrapped
+    return patch_mlps(lm, "_tokreason_checkpointed", lambda mlp: True, checkpointed)

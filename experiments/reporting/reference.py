@@ -50,10 +50,11 @@ def hold_against(report: dict, reference: dict) -> dict:
                      "setting": ref["setting"], "reference": ref["delta"], "ci_low": ref["ci_low"],
                      "ci_high": ref["ci_high"], "delta": delta,
                      "inside": delta is not None and ref["ci_low"] <= delta <= ref["ci_high"]})
-    shared, ours_only = _hashes(report) & _hashes(reference), _hashes(report) - _hashes(reference)
+    mine, theirs = _hashes(report), _hashes(reference)
+    shared, ours_only = mine & theirs, mine - theirs
     return {"rows": rows, "inside": sum(r["inside"] for r in rows), "compared": len(rows),
             "bases_shared": sorted(h[:16] for h in shared), "bases_new": sorted(h[:16] for h in ours_only),
-            "reference_bases": len(_hashes(reference))}
+            "reference_bases": len(theirs)}
 
 
 def against_lines(result: dict) -> list[str]:
